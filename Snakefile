@@ -1,0 +1,18 @@
+# rsis: Recurrent Referring Instance Segmentation, reproducible end to end.
+# Users edit config.yaml; rules live in workflow/rules/, one file per stage.
+from snakemake.utils import min_version
+
+min_version("8.10")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_outputs(),

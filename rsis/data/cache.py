@@ -1,0 +1,277 @@
+"""Per-split HDF5 cache of resized images and masks, and the torch Dataset that reads it.
+
+The file format is documented in docs/architecture.md. Images are resized to (height, width)
+without keeping the aspect ratio (bilinear), as the paper's 240x427 input does; masks are
+decoded at the original size and resized with nearest neighbour.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import h5py
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from rsis.data.refer import Refer, load_refer
+from rsis.errors import UserError
+from rsis.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+ORDERS = ("area", "random", "dataset")
+EXPRESSIONS = ("first", "random")
+
+
+def _load_resized_image(path: Path, height: int, width: int) -> np.ndarray:
+    """Read an image as RGB and resize it to (height, width, 3) uint8."""
+    try:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
+    except (OSError, UnidentifiedImageError) as error:
+        raise UserError(f"cannot decode image {path}: {error}. Replace or remove it.") from error
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def _resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of a 0/1 mask to (height, width)."""
+    resized = Image.fromarray(mask * 255).resize((width, height), Image.Resampling.NEAREST)
+    return (np.asarray(resized) > 127).astype(np.uint8)
+
+
+def write_cache(refer: Refer, split: str, out: Path, height: int, width: int) -> dict[str, int]:
+    """Write the cache of one split; return counts (images, referents, skipped empty masks).
+
+    Images are visited in the order their first referent appears in the refs file, and an
+    image's referents stay in dataset order. A referent whose mask is empty at the original
+    size (zero-area annotation) cannot be segmented: it is skipped, counted and logged.
+
+    Args:
+        refer: the loaded dataset.
+        split: exact split name.
+        out: destination ``.h5`` file (written to a temporary name, then renamed).
+        height: cached image height.
+        width: cached image width.
+    """
+    per_image: dict[int, list[dict]] = {}
+    for ref in refer.refs_in_split(split):
+        per_image.setdefault(ref["image_id"], []).append(ref)
+    index: dict[str, list] = {k: [] for k in ("ref_id", "ann_id", "category_id", "image_index")}
+    areas: list[float] = []
+    sent_ids: list[int] = []
+    sent_ptr = [0]
+    image_ids: list[int] = []
+    skipped_empty = 0
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+        images = f.create_dataset(
+            "images",
+            (0, height, width, 3),
+            np.uint8,
+            chunks=(1, height, width, 3),
+            maxshape=(None, height, width, 3),
+        )
+        masks = f.create_dataset(
+            "masks",
+            (0, height, width),
+            np.uint8,
+            chunks=(1, height, width),
+            maxshape=(None, height, width),
+            compression="lzf",
+        )
+        for image_id, refs in tqdm(per_image.items(), desc=f"cache {split}", unit="img"):
+            decoded = [(ref, refer.decode_mask(ref["ann_id"])) for ref in refs]
+            kept = [(ref, mask) for ref, mask in decoded if mask.any()]
+            skipped_empty += len(decoded) - len(kept)
+            if not kept:
+                continue
+            row = len(image_ids)
+            image_ids.append(image_id)
+            images.resize(row + 1, axis=0)
+            images[row] = _load_resized_image(refer.image_path(image_id), height, width)
+            first = masks.shape[0]
+            masks.resize(first + len(kept), axis=0)
+            masks[first:] = np.stack([_resize_mask(mask, height, width) for _, mask in kept])
+            for ref, mask in kept:
+                for key in ("ref_id", "ann_id", "category_id"):
+                    index[key].append(ref[key])
+                index["image_index"].append(row)
+                areas.append(float(mask.sum()))
+                sent_ids.extend(ref["sent_ids"])
+                sent_ptr.append(len(sent_ids))
+        if not image_ids:
+            raise UserError(f"split {split!r} of {refer.dataset} has no referent with a mask")
+        for key, values in index.items():
+            f[key] = np.asarray(values, np.int64)
+        f["area"] = np.asarray(areas, np.float64)
+        f["sent_ids"] = np.asarray(sent_ids, np.int64)
+        f["sent_ptr"] = np.asarray(sent_ptr, np.int64)
+        f["image_id"] = np.asarray(image_ids, np.int64)
+        f["image_hw"] = np.asarray(
+            [(refer.images[i]["height"], refer.images[i]["width"]) for i in image_ids], np.int32
+        )
+        f["file_name"] = [refer.images[i]["file_name"] for i in image_ids]
+        f.attrs.update(
+            split=split,
+            dataset=refer.dataset,
+            split_by=refer.split_by,
+            height=height,
+            width=width,
+            source=str(refer.root / refer.dataset),
+        )
+    if skipped_empty:
+        log.warning("%s %s: skipped %d empty masks", refer.dataset, split, skipped_empty)
+    return {"images": len(image_ids), "referents": len(areas), "skipped_empty": skipped_empty}
+
+
+class TextLookup(Protocol):
+    """Anything that maps sentence ids to embedding rows (rsis.text.EmbeddingTable)."""
+
+    def lookup(self, sent_ids: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class _ImageReferents:
+    image_row: int
+    start: int
+    stop: int
+
+
+class SequenceDataset(torch.utils.data.Dataset):
+    """Sequences of up to ``max_referents`` referents of one image, read from a split cache.
+
+    Args:
+        cache_path: a file written by ``write_cache``.
+        embeddings: maps sent_ids to embedding rows.
+        order: ``area`` (largest first), ``random`` (new permutation each epoch) or ``dataset``.
+        expression: ``first`` (the paper's evaluation) or ``random`` (a new one each epoch).
+        max_referents: longest sequence; an image with more referents gives several sequences.
+        seed: makes the random order and expression choice reproducible per (epoch, item).
+    """
+
+    def __init__(
+        self,
+        cache_path: str | Path,
+        embeddings: TextLookup,
+        *,
+        order: str = "dataset",
+        expression: str = "first",
+        max_referents: int = 6,
+        seed: int = 0,
+    ) -> None:
+        if order not in ORDERS:
+            raise UserError(f"referent order must be one of {ORDERS}, got {order!r}")
+        if expression not in EXPRESSIONS:
+            raise UserError(f"expression must be one of {EXPRESSIONS}, got {expression!r}")
+        self.cache_path = Path(cache_path)
+        self.embeddings = embeddings
+        self.order = order
+        self.expression = expression
+        self.max_referents = max_referents
+        self.seed = seed
+        self.epoch = 0
+        self._file: h5py.File | None = None
+        with h5py.File(self.cache_path, "r") as f:
+            self.image_index = f["image_index"][:]
+            self.area = f["area"][:]
+            self.ref_id = f["ref_id"][:]
+            self.sent_ids = f["sent_ids"][:]
+            self.sent_ptr = f["sent_ptr"][:]
+        bounds = np.flatnonzero(np.diff(self.image_index)) + 1
+        starts = np.concatenate([[0], bounds])
+        stops = np.concatenate([bounds, [len(self.image_index)]])
+        self._items: list[tuple[_ImageReferents, int]] = [
+            (_ImageReferents(int(self.image_index[a]), int(a), int(b)), chunk)
+            for a, b in zip(starts, stops, strict=True)
+            for chunk in range(-(-(b - a) // max_referents))
+        ]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose random order and expressions the next items use."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _h5(self) -> h5py.File:
+        # Opened lazily so that every DataLoader worker gets its own handle.
+        if self._file is None:
+            self._file = h5py.File(self.cache_path, "r")
+        return self._file
+
+    def _referent_order(self, group: _ImageReferents, rng: np.random.Generator) -> np.ndarray:
+        refs = np.arange(group.start, group.stop)
+        if self.order == "area":
+            return refs[np.argsort(-self.area[refs], kind="stable")]
+        if self.order == "random":
+            return rng.permutation(refs)
+        return refs
+
+    def _sentence(self, ref: int, rng: np.random.Generator) -> int:
+        first, stop = self.sent_ptr[ref], self.sent_ptr[ref + 1]
+        pick = first if self.expression == "first" else rng.integers(first, stop)
+        return int(self.sent_ids[pick])
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        group, chunk = self._items[index]
+        # One generator per (seed, epoch, image): every chunk of an image sees one permutation.
+        rng = np.random.default_rng([self.seed, self.epoch, group.image_row])
+        ordered = self._referent_order(group, rng)
+        refs = ordered[chunk * self.max_referents : (chunk + 1) * self.max_referents]
+        sent_ids = np.asarray([self._sentence(int(r), rng) for r in refs], np.int64)
+        f = self._h5()
+        masks = f["masks"][group.start : group.stop][refs - group.start]
+        return {
+            "image": torch.from_numpy(f["images"][group.image_row]).permute(2, 0, 1),
+            "masks": torch.from_numpy(masks),
+            "text": torch.from_numpy(self.embeddings.lookup(sent_ids)),
+            "ref_id": torch.from_numpy(self.ref_id[refs]),
+            "sent_id": torch.from_numpy(sent_ids),
+            "image_row": torch.tensor(group.image_row),
+        }
+
+
+def collate_sequences(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack sequences, padding referents to the longest; ``valid`` marks the real ones."""
+    longest = max(len(item["sent_id"]) for item in items)
+    batch: dict[str, torch.Tensor] = {
+        "image": torch.stack([item["image"] for item in items]),
+        "image_row": torch.stack([item["image_row"] for item in items]),
+        "valid": torch.zeros(len(items), longest, dtype=torch.bool),
+    }
+    for key, fill in (("masks", 0), ("text", 0.0), ("ref_id", -1), ("sent_id", -1)):
+        first = items[0][key]
+        padded = torch.full((len(items), longest, *first.shape[1:]), fill, dtype=first.dtype)
+        for row, item in enumerate(items):
+            padded[row, : len(item[key])] = item[key]
+        batch[key] = padded
+    for row, item in enumerate(items):
+        batch["valid"][row, : len(item["sent_id"])] = True
+    return batch
+
+
+def _prepare_command(args: argparse.Namespace) -> None:
+    refer = load_refer(args.refs_root, args.dataset, args.split_by, args.images)
+    counts = write_cache(refer, args.split, Path(args.out), args.height, args.width)
+    log.info("wrote %s: %s", args.out, counts)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``rsis prepare``."""
+    parser = subparsers.add_parser(
+        "prepare", help="cache one split's resized images and masks in HDF5"
+    )
+    parser.add_argument("--refs-root", required=True, help="folder holding <dataset>/refs(...).p")
+    parser.add_argument("--dataset", required=True, help="dataset folder name, e.g. refcoco")
+    parser.add_argument("--split-by", required=True, help="unc, umd or google")
+    parser.add_argument("--images", help="image folder (default: refer layout under root)")
+    parser.add_argument("--split", required=True, help="split name, exactly as in the refs file")
+    parser.add_argument("--height", type=int, default=240, help="cached image height")
+    parser.add_argument("--width", type=int, default=427, help="cached image width")
+    parser.add_argument("--out", required=True, help="output .h5 file")
+    parser.set_defaults(func=_prepare_command)

@@ -1,0 +1,122 @@
+"""ResNet image encoder: torchvision ResNet truncated before pooling, five feature maps."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from rsis.errors import UserError
+
+log = logging.getLogger(__name__)
+
+BACKBONES: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101")
+
+
+class ResNetEncoder(nn.Module):
+    """A torchvision ResNet without ``avgpool`` and ``fc``.
+
+    Module names match torchvision's, so a torchvision ResNet state dict (``fc.*`` aside)
+    loads into this encoder and the other way round.
+
+    Args:
+        net: a torchvision ``ResNet``; its layers are taken over, ``avgpool``/``fc`` dropped.
+    """
+
+    def __init__(self, net: torchvision.models.ResNet) -> None:
+        super().__init__()
+        layers = (net.layer1, net.layer2, net.layer3, net.layer4)
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        # blocks after the first keep the channel count: the last one's input is the output
+        self.channels: tuple[int, ...] = (
+            net.conv1.out_channels,
+            *(layer[-1].conv1.in_channels for layer in layers),
+        )
+        self.strides: tuple[int, ...] = (2, 4, 8, 16, 32)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Return the features of conv1 (after BN + ReLU), layer1, layer2, layer3, layer4.
+
+        Args:
+            x: normalised images (B, 3, H, W).
+        """
+        c1 = self.relu(self.bn1(self.conv1(x)))
+        l1 = self.layer1(self.maxpool(c1))
+        l2 = self.layer2(l1)
+        l3 = self.layer3(l2)
+        return [c1, l1, l2, l3, self.layer4(l3)]
+
+
+def build_backbone(name: str = "resnet101", weights: str = "imagenet") -> ResNetEncoder:
+    """Build a ResNet encoder and load its starting weights.
+
+    Args:
+        name: one of ``BACKBONES``.
+        weights: ``imagenet`` (torchvision's default ImageNet weights, from the torch hub cache
+            ``$TORCH_HOME/hub/checkpoints`` or downloaded), ``none`` (random initialisation),
+            or the path of a torchvision ResNet state dict saved with ``torch.save``.
+    """
+    if name not in BACKBONES:
+        raise UserError(f"unknown backbone {name!r}: use one of {', '.join(BACKBONES)}")
+    net = torchvision.models.get_model(name, weights=None)
+    if weights == "imagenet":
+        _load_state(net, _imagenet_state(name), f"torchvision ImageNet weights for {name}")
+    elif weights != "none":
+        _load_state(net, _file_state(Path(weights)), str(weights))
+    return ResNetEncoder(net)
+
+
+def _imagenet_state(name: str) -> dict[str, torch.Tensor]:
+    """Fetch torchvision's default ImageNet weights, as a user-facing error when offline."""
+    entry = torchvision.models.get_model_weights(name).DEFAULT
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(entry.url).name
+    try:
+        return entry.get_state_dict(progress=False)
+    except OSError as error:  # URLError, HTTPError, socket errors: no network
+        raise UserError(
+            f"ImageNet weights for {name} ({entry}) are not in the torch hub cache and could "
+            f"not be downloaded ({error}). Put {entry.url} at {cached} (set TORCH_HOME to use "
+            "another cache), or set the model weights to a local state_dict file, or to 'none' "
+            "for a randomly initialised encoder."
+        ) from error
+    except RuntimeError as error:  # a truncated or corrupt file in the cache
+        raise UserError(
+            f"cannot read the cached ImageNet weights {cached} ({error}): delete the file "
+            "and fetch it again."
+        ) from error
+
+
+def _file_state(path: Path) -> dict[str, torch.Tensor]:
+    """Read a state dict saved with ``torch.save``."""
+    if not path.is_file():
+        raise UserError(
+            f"backbone weights file {path} does not exist: give a torchvision ResNet state_dict "
+            "file, 'imagenet' or 'none'"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch.load raises several types for unreadable files
+        raise UserError(f"cannot read backbone weights {path}: {error}") from error
+    if not isinstance(state, dict):
+        raise UserError(f"backbone weights {path} hold a {type(state).__name__}, not a state_dict")
+    return state
+
+
+def _load_state(net: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into ``net``; only the classifier (``fc.*``) may be absent."""
+    try:
+        result = net.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shape mismatches: weights of another ResNet
+        raise UserError(f"backbone weights {source} do not fit this ResNet: {error}") from error
+    missing = [key for key in result.missing_keys if not key.startswith("fc.")]
+    if missing or result.unexpected_keys:
+        raise UserError(
+            f"backbone weights {source} do not fit this ResNet: missing {missing[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]} (is it a torchvision ResNet state_dict "
+            "of the same depth?)"
+        )
+    log.info("loaded backbone weights from %s", source)
