@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from rsis.data.cache import SequenceDataset, collate_sequences, write_cache
+from rsis.data.cache import SequenceDataset, collate_sequences, read_masks, write_cache
 from rsis.errors import UserError
 
 HEIGHT, WIDTH = 60, 107
@@ -29,20 +29,21 @@ def val_cache(sample_refer, tmp_path_factory):
 
 
 def test_cache_round_trips_direct_decoding(sample_refer, val_cache):
-    from rsis.data.cache import _load_resized_image, _resize_mask
+    from rsis.data.cache import load_resized_image, resize_mask
 
     with h5py.File(val_cache) as f:
         assert f["images"].shape == (4, HEIGHT, WIDTH, 3)
-        assert f["masks"].shape == (13, HEIGHT, WIDTH)
+        masks = read_masks(f, slice(None))
+        assert masks.shape == (13, HEIGHT, WIDTH)
         image_ids = f["image_id"][:]
         for row, ann_id in enumerate(f["ann_id"][:]):
             ann = sample_refer.annotations[int(ann_id)]
             mask = sample_refer.decode_mask(int(ann_id))
-            np.testing.assert_array_equal(f["masks"][row], _resize_mask(mask, HEIGHT, WIDTH))
+            np.testing.assert_array_equal(masks[row], resize_mask(mask, HEIGHT, WIDTH))
             assert f["area"][row] == mask.sum()
             assert image_ids[f["image_index"][row]] == ann["image_id"]
         for row, image_id in enumerate(image_ids):
-            direct = _load_resized_image(sample_refer.image_path(int(image_id)), HEIGHT, WIDTH)
+            direct = load_resized_image(sample_refer.image_path(int(image_id)), HEIGHT, WIDTH)
             np.testing.assert_array_equal(f["images"][row], direct)
         ref_ids = [r["ref_id"] for r in sample_refer.refs_in_split("val")]
         assert sorted(f["ref_id"][:].tolist()) == sorted(ref_ids)

@@ -35,36 +35,29 @@ def benchmark_path(path):
     return f"benchmarks/{DATASET}/{path}.tsv"
 
 
-def refs_files(wildcards=None):
-    """The refs pickle and instances.json of the configured dataset.
+def dataset_inputs(wildcards=None):
+    """Files the data stage reads: the generated demo folder, or the real refer files.
 
     For real data, a missing file fails here, naming the path and the config key to set.
     """
+    if IS_DEMO:
+        return [DEMO_ROOT]
     folder = Path(DS["root"]) / DS["name"]
-    files = {
-        "refs": str(folder / f"refs({DS['splitBy']}).p"),
-        "instances": str(folder / "instances.json"),
-    }
-    if not IS_DEMO:
-        checks = [
-            (DS["root"], "root"),
-            (folder, "name"),
-            (files["refs"], "splitBy"),
-            (files["instances"], "root"),
-            (DS["images"], "images"),
-        ]
-        for path, key in checks:
-            if not Path(path).exists():
-                raise ValueError(
-                    f"{path} does not exist: set datasets.{DATASET}.{key} in config.yaml "
-                    "(README.md, 'Reproducing the paper', says where the files come from)"
-                )
-    return files
-
-
-def image_dir():
-    """Image folder input: the demo's is produced by a rule, real ones must exist."""
-    return DS["images"]
+    files = [folder / f"refs({DS['splitBy']}).p", folder / "instances.json"]
+    checks = [
+        (DS["root"], "root"),
+        (folder, "name"),
+        (files[0], "splitBy"),
+        (files[1], "root"),
+        (DS["images"], "images"),
+    ]
+    for path, key in checks:
+        if not Path(path).exists():
+            raise ValueError(
+                f"{path} does not exist: set datasets.{DATASET}.{key} in config.yaml "
+                "(README.md, 'Reproducing the paper', says where the files come from)"
+            )
+    return [str(f) for f in files]
 
 
 def all_outputs():

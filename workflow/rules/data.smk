@@ -3,15 +3,12 @@
 
 rule demo_dataset:
     output:
-        refs=f"{DEMO_ROOT}/demo/refs(unc).p",
-        instances=f"{DEMO_ROOT}/demo/instances.json",
-        images=directory(f"{DEMO_ROOT}/images"),
+        directory(DEMO_ROOT),
     log:
         "logs/demo_dataset.log",
     benchmark:
         "benchmarks/demo_dataset.tsv"
     params:
-        out=DEMO_ROOT,
         seed=config["demo"]["seed"],
         train=config["demo"]["train_images"],
         val=config["demo"]["val_images"],
@@ -20,7 +17,7 @@ rule demo_dataset:
         height=config["demo"]["height"],
         width=config["demo"]["width"],
     shell:
-        "rsis demo --out {params.out} --seed {params.seed} --train-images {params.train}"
+        "rsis demo --out {output:q} --seed {params.seed} --train-images {params.train}"
         " --val-images {params.val} --testa-images {params.testa}"
         " --testb-images {params.testb} --height {params.height} --width {params.width}"
         " > {log:q} 2>&1"
@@ -28,8 +25,7 @@ rule demo_dataset:
 
 rule prepare:
     input:
-        unpack(refs_files),
-        images=image_dir(),
+        dataset_inputs(),
     output:
         result("cache/{split}.h5"),
     log:
@@ -40,9 +36,10 @@ rule prepare:
         root=DS["root"],
         name=DS["name"],
         split_by=DS["splitBy"],
+        images=DS["images"],
         height=SETTING["image_size"][0],
         width=SETTING["image_size"][1],
     shell:
         "rsis prepare --refs-root {params.root:q} --dataset {params.name} --split-by"
-        " {params.split_by} --images {input.images:q} --split {wildcards.split}"
+        " {params.split_by} --images {params.images:q} --split {wildcards.split}"
         " --height {params.height} --width {params.width} --out {output:q} > {log:q} 2>&1"

@@ -1,0 +1,121 @@
+"""``rsis bench loader``: training data-loader throughput from the HDF5 cache vs direct decoding.
+
+Both paths deliver the same batches (images and masks resized to H x W, a random expression per
+referent): the cached path reads ``SequenceDataset``; the direct path decodes the JPEG and the
+polygons of every referent for every item, as a loader without a cache must.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from rsis.data.cache import (
+    SequenceDataset,
+    collate_sequences,
+    load_resized_image,
+    resize_mask,
+    write_cache,
+)
+from rsis.data.refer import Refer, load_refer
+
+
+class _ConstantText:
+    """Embedding stand-in: the benchmark measures images and masks, not text lookups."""
+
+    def lookup(self, sent_ids: np.ndarray) -> np.ndarray:
+        return np.zeros((len(sent_ids), 64), np.float32)
+
+
+class DirectDataset(Dataset):
+    """Decode JPEG + polygons for every item: the loader one would write without a cache."""
+
+    def __init__(self, refer: Refer, split: str, height: int, width: int) -> None:
+        self.refer, self.height, self.width = refer, height, width
+        self.sequences = refer.sequences(split)
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        refs = self.sequences[index]
+        image = load_resized_image(
+            self.refer.image_path(refs[0]["image_id"]), self.height, self.width
+        )
+        masks = np.stack(
+            [
+                resize_mask(self.refer.decode_mask(r["ann_id"]), self.height, self.width)
+                for r in refs
+            ]
+        )
+        sent_ids = np.asarray([r["sent_ids"][0] for r in refs], np.int64)
+        return {
+            "image": torch.from_numpy(image).permute(2, 0, 1),
+            "masks": torch.from_numpy(masks),
+            "text": torch.from_numpy(_ConstantText().lookup(sent_ids)),
+            "ref_id": torch.tensor([r["ref_id"] for r in refs]),
+            "sent_id": torch.from_numpy(sent_ids),
+            "image_row": torch.tensor(index),
+        }
+
+
+def images_per_second(dataset: Dataset, batch_size: int, workers: int, min_images: int) -> float:
+    """Iterate shuffled batches until ``min_images`` images were delivered; return images/s."""
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        collate_fn=collate_sequences,
+        persistent_workers=workers > 0,
+    )
+    next(iter(loader))  # start workers and open files before timing
+    images, start = 0, time.perf_counter()
+    while images < min_images:
+        for batch in loader:
+            images += len(batch["image"])
+            if images >= min_images:
+                break
+    return images / (time.perf_counter() - start)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Build the cache of one split in a temporary folder and time both loaders."""
+    refer = load_refer(args.refs_root, args.dataset, args.split_by, args.images)
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(tmp) / f"{args.split}.h5"
+        write_cache(refer, args.split, cache, args.height, args.width)
+        cached = SequenceDataset(cache, _ConstantText(), order="random", expression="random")
+        direct = DirectDataset(refer, args.split, args.height, args.width)
+        fast = images_per_second(cached, args.batch_size, args.workers, args.images_cached)
+        slow = images_per_second(direct, args.batch_size, args.workers, args.images_direct)
+    print(
+        f"split {args.split}: {len(cached)} sequences, {args.height}x{args.width}, "
+        f"batch {args.batch_size}, {args.workers} workers, torch threads {torch.get_num_threads()}"
+    )
+    print(f"cached (HDF5) : {fast:8.1f} images/s")
+    print(f"direct (JPEG + polygons): {slow:8.1f} images/s")
+    print(f"ratio cached/direct: {fast / slow:.1f}x")
+
+
+def register(bench: argparse._SubParsersAction) -> None:
+    """Add ``rsis bench loader``."""
+    p = bench.add_parser("loader", help="data-loader images/s: HDF5 cache vs direct decoding")
+    p.add_argument("--refs-root", default="resources/demo", help="folder holding <dataset>/")
+    p.add_argument("--dataset", default="demo")
+    p.add_argument("--split-by", default="unc")
+    p.add_argument("--images", default="resources/demo/images", help="image folder")
+    p.add_argument("--split", default="train")
+    p.add_argument("--height", type=int, default=240)
+    p.add_argument("--width", type=int, default=427)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--images-cached", type=int, default=4000, help="images timed, cached path")
+    p.add_argument("--images-direct", type=int, default=400, help="images timed, direct path")
+    p.set_defaults(func=run)
