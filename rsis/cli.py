@@ -1,4 +1,8 @@
-"""The ``rsis`` command: one subcommand per pipeline step."""
+"""The ``rsis`` command: one subcommand per pipeline step.
+
+Only the module of the chosen subcommand is imported, so ``rsis prepare`` does not pay for
+importing transformers and ``rsis --help`` answers at once.
+"""
 
 from __future__ import annotations
 
@@ -11,26 +15,48 @@ from collections.abc import Sequence
 from rsis.errors import UserError
 from rsis.io import IdentityMismatchError
 
-# Modules that expose ``register(subparsers)``; each adds its subcommand(s).
-COMMAND_MODULES: tuple[str, ...] = (
-    "rsis.data.demo",
-    "rsis.data.cache",
-)
+# Subcommand -> (module exposing ``register(subparsers)``, one-line help).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("rsis.data.demo", "generate the demo dataset in the refer layout"),
+    "prepare": ("rsis.data.cache", "cache one split's resized images and masks in HDF5"),
+    "tokenize": ("rsis.text.tokenize", "WordPiece ids of every expression (HDF5)"),
+    "embed": ("rsis.text.embed", "pooled and mean embeddings of every expression"),
+    "reduce": ("rsis.text.reduce", "native or PCA-reduced expression embeddings"),
+    "train": ("rsis.train", "train one RRIS configuration"),
+    "evaluate": ("rsis.evaluate", "score a checkpoint on one split"),
+    "tables": ("rsis.tables", "the paper's Table 1 and Table 2 beside our numbers"),
+    "figures": ("rsis.figures", "qualitative figures (paper Fig. 2/3 and Fig. 4)"),
+    "bench": ("rsis.bench", "benchmarks that print measured figures"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the argument parser with every registered subcommand."""
-    parser = argparse.ArgumentParser(prog="rsis", description=__doc__)
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Parser with every subcommand listed; only ``command``'s module is imported.
+
+    Args:
+        command: the subcommand whose full arguments are needed (None: import all).
+    """
+    parser = argparse.ArgumentParser(prog="rsis", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
+    for name, (module, help_text) in COMMANDS.items():
+        if command is None or name == command:
+            importlib.import_module(module).register(subparsers)
+        else:
+            subparsers.add_parser(name, help=help_text)
     return parser
+
+
+def _chosen_command(argv: Sequence[str]) -> str | None:
+    """The first argument that names a subcommand, if any."""
+    return next((arg for arg in argv if arg in COMMANDS), None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse arguments and run the chosen subcommand's ``func``."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = _chosen_command(argv)
+    args = build_parser(command or "").parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

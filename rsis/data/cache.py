@@ -25,7 +25,7 @@ from rsis.io import atomic_path
 
 log = logging.getLogger(__name__)
 
-ORDERS = ("area", "random", "dataset")
+ORDERS = ("area", "random", "dataset", "reverse")
 EXPRESSIONS = ("first", "random")
 
 
@@ -155,7 +155,8 @@ class SequenceDataset(torch.utils.data.Dataset):
     Args:
         cache_path: a file written by ``write_cache``.
         embeddings: maps sent_ids to embedding rows.
-        order: ``area`` (largest first), ``random`` (new permutation each epoch) or ``dataset``.
+        order: ``area`` (largest first), ``random`` (new permutation each epoch), ``dataset``,
+            or ``reverse`` (dataset order reversed, for the paper's inverse-order figure).
         expression: ``first`` (the paper's evaluation) or ``random`` (a new one each epoch).
         max_referents: longest sequence; an image with more referents gives several sequences.
         seed: makes the random order and expression choice reproducible per (epoch, item).
@@ -219,6 +220,8 @@ class SequenceDataset(torch.utils.data.Dataset):
             return refs[np.argsort(-self.area[refs], kind="stable")]
         if self.order == "random":
             return rng.permutation(refs)
+        if self.order == "reverse":
+            return refs[::-1]
         return refs
 
     def _sentence(self, ref: int, rng: np.random.Generator) -> int:

@@ -106,7 +106,8 @@ class Refer:
         return [(s["sent_id"], r["split"], s["sent"]) for r in self.refs for s in r["sentences"]]
 
     def image_path(self, image_id: int) -> Path:
-        """Path of an image file."""
+        """Path of an image file; a missing image folder names the config key to set."""
+        _require(self.image_dir, "image folder", "images")
         return self.image_dir / self.images[image_id]["file_name"]
 
     def decode_mask(self, ann_id: int) -> np.ndarray:
@@ -196,14 +197,14 @@ def load_refer(
         root: folder that holds ``<dataset>/`` (config key ``root``).
         dataset: dataset folder name, e.g. ``refcoco`` (config key ``name``).
         split_by: ``unc``, ``umd`` or ``google`` (config key ``splitBy``).
-        image_dir: folder of the images; default ``<root>/images/mscoco/images/train2014``.
+        image_dir: folder of the images; default ``<root>/images/mscoco/images/train2014``
+            (checked when an image is first needed, so text-only steps run without images).
     """
     root = _require(Path(root), "dataset root", "root")
     folder = _require(root / dataset, "dataset folder", "name")
     refs_path = _require(folder / f"refs({split_by}).p", "refs file", "splitBy")
     instances_path = _require(folder / "instances.json", "instances file", "root")
     image_dir = Path(image_dir) if image_dir else root / "images/mscoco/images/train2014"
-    _require(image_dir, "image folder", "images")
 
     instances = json.loads(instances_path.read_text())
     for key in ("images", "annotations", "categories"):

@@ -1,9 +1,10 @@
 # Configuration validation and the helpers every rule file uses.
+import re
 from pathlib import Path
 
 from snakemake.utils import validate
 
-validate(config, workflow.source_path("../schemas/config.schema.yaml"))
+validate(config, schema="../schemas/config.schema.yaml")
 
 DATASET = config["dataset"]
 if DATASET not in config["datasets"]:
@@ -35,6 +36,20 @@ def benchmark_path(path):
     return f"benchmarks/{DATASET}/{path}.tsv"
 
 
+ENV = "../envs/rsis.yaml"
+
+
+def refs_root(wildcards, input):
+    """The refer root, from a rule's ``data`` input (the demo folder, or the refs file)."""
+    first = Path(input.data[0])
+    return str(first if IS_DEMO else first.parent.parent)
+
+
+def output_dir(wildcards, output):
+    """The folder of a rule's first output (commands that write several files there)."""
+    return str(Path(output[0]).parent)
+
+
 def dataset_inputs(wildcards=None):
     """Files the data stage reads: the generated demo folder, or the real refer files.
 
@@ -60,6 +75,111 @@ def dataset_inputs(wildcards=None):
     return [str(f) for f in files]
 
 
+def run_id(run):
+    """File-name form of a configuration, e.g. ``mean-pca-64-random-bs32``."""
+    return "{embedding}-{transform}-{dim}-{order}-bs{batch_size}".format(**run)
+
+
+def grid_runs():
+    """Every configuration of Table 1, Table 2 and the extra rows, each once, by run id."""
+    grid = config["grid"]
+    t1, t2 = grid["table1"], grid["table2"]
+    runs = [
+        {
+            "embedding": embedding,
+            "transform": transform,
+            "dim": dim,
+            "order": t1["order"],
+        }
+        | {"batch_size": t1["batch_size"]}
+        for embedding in t1["embeddings"]
+        for transform in t1["transforms"]
+        for dim in (["native"] if transform == "none" else t1["dims"])
+    ]
+    fixed = {key: t2[key] for key in ("embedding", "transform", "dim")}
+    runs += [fixed | run for run in t2["runs"]]
+    runs += grid["extra"]
+    return {run_id(run): run for run in runs}
+
+
+RUNS = grid_runs()
+
+
+def text_file(run):
+    """Embeddings a run reads: PCA output for ``pca``, the native ones otherwise."""
+    transform = "pca" if run["transform"] == "pca" else "none"
+    dim = run["dim"] if transform == "pca" else "native"
+    return result(f"text/{run['embedding']}~{transform}~{dim}.h5")
+
+
+def train_inputs(wildcards):
+    """Caches and text files one training run needs."""
+    run = RUNS[wildcards.run]
+    inputs = {
+        "train": result("cache/train.h5"),
+        "val": result("cache/val.h5"),
+        "text": text_file(run),
+    }
+    if run["transform"] == "linear_pca":
+        inputs["pca"] = result(f"text/{run['embedding']}~pca~{run['dim']}.h5")
+    return inputs
+
+
+def train_flags(wildcards):
+    """Command-line flags that differ between runs."""
+    run = RUNS[wildcards.run]
+    flags = f"--text-transform {run['transform']} --order {run['order']}"
+    flags += f" --batch-size {run['batch_size']}"
+    if run["transform"] in ("linear", "linear_pca"):
+        flags += f" --proj-dim {run['dim']}"
+    if run["transform"] == "linear_pca":
+        pca = result(f"text/{run['embedding']}~pca~{run['dim']}.h5")
+        flags += f" --pca {pca}"
+    return flags
+
+
+def train_launcher(wildcards, resources):
+    """``rsis`` on one device; ``torchrun`` with one process per GPU when gpu > 1."""
+    if resources.gpu > 1:
+        return f"torchrun --standalone --nproc-per-node={resources.gpu} -m rsis.cli"
+    return "rsis"
+
+
+wildcard_constraints:
+    split="train|val|test|testA|testB",
+    expression="first|random",
+    run="|".join(re.escape(run) for run in RUNS),
+
+
+EVAL_SPLITS = [split for split in DS["splits"] if split != "train"]
+FIGURE_SPLITS = [s for s in config["figures"]["splits"] if s in EVAL_SPLITS]
+FIGURE_RUN = config["figures"]["run"]
+if FIGURE_RUN not in RUNS:
+    raise ValueError(
+        f"config.yaml: figures.run {FIGURE_RUN!r} is not a configuration of the grid; "
+        f"choose one of {', '.join(RUNS)}"
+    )
+DATASET_LABEL = DS.get("label", DATASET)
+
+
+def original_size_flags():
+    """``rsis evaluate`` flags that score at the original image size, when configured."""
+    if not config["evaluation"]["original_size"]:
+        return ""
+    return (
+        f"--original-size --refs-root {DS['root']} --dataset {DS['name']}"
+        f" --split-by {DS['splitBy']} --images {DS['images']}"
+    )
+
+
 def all_outputs():
     """Everything `snakemake` builds by default."""
-    return expand(result("cache/{split}.h5"), split=DS["splits"])
+    return [
+        result("tables/table1.md"),
+        result("tables/table2.md"),
+        *expand(
+            result("figures/{kind}_{split}.png"),
+            kind=["qualitative", "inverse_order"],
+            split=FIGURE_SPLITS,
+        ),
+    ]

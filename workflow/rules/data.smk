@@ -8,6 +8,8 @@ rule demo_dataset:
         "logs/demo_dataset.log",
     benchmark:
         "benchmarks/demo_dataset.tsv"
+    conda:
+        ENV
     params:
         seed=config["demo"]["seed"],
         train=config["demo"]["train_images"],
@@ -25,15 +27,17 @@ rule demo_dataset:
 
 rule prepare:
     input:
-        dataset_inputs(),
+        data=dataset_inputs(),
     output:
         result("cache/{split}.h5"),
     log:
         log_path("prepare/{split}"),
     benchmark:
         benchmark_path("prepare/{split}")
+    conda:
+        ENV
     params:
-        root=DS["root"],
+        root=refs_root,
         name=DS["name"],
         split_by=DS["splitBy"],
         images=DS["images"],

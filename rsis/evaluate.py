@@ -1,0 +1,218 @@
+"""``rsis evaluate``: score a trained checkpoint on one split with the paper's protocol."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from rsis.checkpoint import load_checkpoint, require_compatible
+from rsis.data.cache import EXPRESSIONS, SequenceDataset
+from rsis.data.refer import load_refer
+from rsis.errors import UserError
+from rsis.figures import Predictions, encode_masks, save_predictions
+from rsis.inference import make_loader, predict_batches, resolve_device
+from rsis.io import atomic_path
+from rsis.metrics import MetricAccumulator, resize_scores, write_metrics_json
+from rsis.model import RRIS, ModelConfig
+from rsis.text import EmbeddingTable
+from rsis.text.identity import text_identity
+
+log = logging.getLogger(__name__)
+
+
+def load_model(checkpoint: Path, text: EmbeddingTable) -> tuple[RRIS, dict]:
+    """Rebuild a trained model (no pretrained download) and check it matches ``text``."""
+    payload = load_checkpoint(checkpoint)
+    config = ModelConfig.from_dict(payload["model_config"])
+    require_compatible(checkpoint, payload, config.to_dict(), text_identity(text))
+    model = RRIS.from_config(config, weights="none")
+    model.load_state_dict(payload["model"])
+    return model, payload
+
+
+def run_description(payload: dict) -> dict[str, object]:
+    """The table coordinates of a run: embedding, transform, dim, order, batch size."""
+    model, text, train = payload["model_config"], payload["text"], payload["train_config"]
+    transform = model["text_transform"]
+    learned = transform in ("linear", "linear_pca")
+    return {
+        "embedding": text["embedding"],
+        "transform": transform,
+        "dim": model["proj_dim"] if learned else text["dim"],
+        "order": train["order"],
+        "batch_size": train["batch_size"],
+        "name": Path(train["out_dir"]).name,
+    }
+
+
+def evaluate(
+    model: RRIS,
+    payload: dict,
+    cache: Path,
+    text: EmbeddingTable,
+    *,
+    expression: str,
+    order: str = "dataset",
+    seed: int = 0,
+    batch_size: int = 8,
+    original_masks: dict[int, np.ndarray] | None = None,
+) -> tuple[MetricAccumulator, dict, Predictions]:
+    """Predict every referent of a split and score it.
+
+    Args:
+        model: the trained model (``load_model``), on its device.
+        payload: its checkpoint.
+        cache: the split's cache file.
+        text: the embeddings the model was trained with.
+        expression: ``first`` (the paper's protocol) or ``random`` (seeded).
+        order: referents fed in ``dataset`` order, or ``reverse`` (the paper's Fig. 4).
+        seed: seed of the random expression choice.
+        batch_size: sequences per forward pass.
+        original_masks: ann_id -> mask at the original image size; when given, predictions
+            are upsampled to that size before scoring.
+
+    Returns:
+        The accumulator, the checkpoint payload, and the predicted masks at the network's
+        resolution, in the order the referents were fed.
+    """
+    if expression not in EXPRESSIONS:
+        raise UserError(f"--expression must be one of {EXPRESSIONS}, got {expression!r}")
+    if order not in ("dataset", "reverse"):
+        raise UserError(f"--order must be dataset or reverse, got {order!r}")
+    target = next(model.parameters()).device
+    dataset = SequenceDataset(
+        cache,
+        text,
+        order=order,
+        expression=expression,
+        max_referents=payload["train_config"]["max_referents"],
+        seed=seed,
+    )
+    with h5py.File(cache) as f:
+        ann_of_ref = dict(zip(f["ref_id"][:].tolist(), f["ann_id"][:].tolist(), strict=True))
+        split = str(f.attrs["split"])
+    resolution = "original image size" if original_masks is not None else "network input"
+    accumulator = MetricAccumulator(resolution=resolution)
+    ref_ids: list[int] = []
+    sent_ids: list[int] = []
+    rles: list[dict] = []
+    loader = make_loader(dataset, batch_size)
+    for batch, logits in predict_batches(model, loader, target, desc=f"evaluate {cache.stem}"):
+        valid = batch["valid"]
+        scores, refs = logits[valid], batch["ref_id"][valid]
+        if original_masks is None:
+            accumulator.update(scores > 0, batch["masks"][valid], ids=refs)
+        else:
+            for ref_id, score in zip(refs.tolist(), scores, strict=True):
+                gt = torch.from_numpy(original_masks[ann_of_ref[ref_id]]).to(score.device)
+                full = resize_scores(score[None], tuple(gt.shape))
+                accumulator.update(full > 0, gt[None], ids=[ref_id])
+        ref_ids += refs.tolist()
+        sent_ids += batch["sent_id"][valid].tolist()
+        rles += encode_masks(scores > 0)
+    predictions = Predictions(
+        ref_id=np.asarray(ref_ids, np.int64),
+        sent_id=np.asarray(sent_ids, np.int64),
+        rles=rles,
+        attrs={"split": split, "order": order, "expression": expression},
+    )
+    return accumulator, payload, predictions
+
+
+def _original_masks(args: argparse.Namespace, cache: Path) -> dict[int, np.ndarray] | None:
+    if not args.original_size:
+        return None
+    if not args.refs_root:
+        raise UserError("--original-size needs --refs-root, --dataset and --split-by")
+    refer = load_refer(args.refs_root, args.dataset, args.split_by, args.images)
+    with h5py.File(cache) as f:
+        return {int(a): refer.decode_mask(int(a)) for a in f["ann_id"][:]}
+
+
+def output_stem(out_dir: Path, split: str, expression: str, order: str) -> Path:
+    """``<out_dir>/<split>~<expression>`` (``~reverse`` appended for the inverse order)."""
+    return out_dir / (f"{split}~{expression}" + ("~reverse" if order == "reverse" else ""))
+
+
+def _evaluate_command(args: argparse.Namespace) -> None:
+    text = EmbeddingTable.load(args.text)
+    model, payload = load_model(args.checkpoint, text)
+    model.to(resolve_device(args.device))
+    for cache in args.cache:
+        with h5py.File(cache) as f:
+            attrs = dict(f.attrs)
+        original = _original_masks(args, cache)
+        for expression in args.expression:
+            accumulator, payload, predictions = evaluate(
+                model,
+                payload,
+                cache,
+                text,
+                expression=expression,
+                order=args.order,
+                seed=args.seed,
+                batch_size=args.batch_size,
+                original_masks=original,
+            )
+            stem = output_stem(args.out_dir, str(attrs["split"]), expression, args.order)
+            record = write_metrics_json(
+                stem.with_suffix(".json"),
+                accumulator.summary(),
+                run=run_description(payload),
+                split=str(attrs["split"]),
+                expression=expression,
+                dataset=str(attrs["dataset"]),
+                text_model=payload["text"]["model"],
+                backbone=payload["model_config"]["backbone"],
+                image_size=(int(attrs["height"]), int(attrs["width"])),
+            )
+            with atomic_path(stem.with_suffix(".csv")) as tmp:
+                table = accumulator.per_referent().rename(columns={"id": "ref_id"})
+                table.to_csv(tmp, index=False)
+            save_predictions(stem.with_suffix(".predictions.h5"), predictions)
+            metrics = record["metrics"]
+            log.info(
+                "%s %s (%s expression): instance IoU %.4f, overall IoU %.4f over %d referents",
+                attrs["dataset"],
+                attrs["split"],
+                expression,
+                metrics["instance_iou"],
+                metrics["overall_iou"],
+                metrics["n_referents"],
+            )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``rsis evaluate``."""
+    p = subparsers.add_parser("evaluate", help="score a checkpoint on one or more splits")
+    p.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint (.pt)")
+    p.add_argument("--cache", type=Path, nargs="+", required=True, help="split caches (.h5)")
+    p.add_argument("--text", type=Path, required=True, help="embeddings the model trained with")
+    p.add_argument(
+        "--expression",
+        nargs="+",
+        default=["first"],
+        choices=EXPRESSIONS,
+        help="first (the paper's protocol) and/or random (seeded)",
+    )
+    p.add_argument("--order", default="dataset", help="dataset, or reverse (paper's Fig. 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random expression choice")
+    p.add_argument(
+        "--out-dir",
+        type=Path,
+        required=True,
+        help="writes <split>~<expression>.json (metrics), .csv (per referent), .predictions.h5",
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--original-size", action="store_true", help="score at the original image size")
+    p.add_argument("--refs-root", help="with --original-size: folder holding <dataset>/")
+    p.add_argument("--dataset", help="with --original-size: dataset folder name")
+    p.add_argument("--split-by", default="unc", help="with --original-size: unc, umd, google")
+    p.add_argument("--images", help="with --original-size: image folder")
+    p.set_defaults(func=_evaluate_command)

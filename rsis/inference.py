@@ -1,0 +1,77 @@
+"""Running a model over a SequenceDataset: device choice, autocast and batching in one place."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from rsis.data.cache import collate_sequences
+from rsis.errors import UserError
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} requested but no CUDA GPU is visible; use --device cpu")
+    return device
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (the training and evaluation precision there); no-op on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """Move a collated batch; images go channels_last on CUDA."""
+    moved = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    if device.type == "cuda":
+        moved["image"] = moved["image"].contiguous(memory_format=torch.channels_last)
+    return moved
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    workers: int = 0,
+    shuffle_generator: torch.Generator | None = None,
+    sampler: torch.utils.data.Sampler | None = None,
+) -> DataLoader:
+    """DataLoader over sequences; shuffles only when given a generator (reproducible order)."""
+    if sampler is None and shuffle_generator is not None:
+        sampler = torch.utils.data.RandomSampler(dataset, generator=shuffle_generator)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_sequences,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
+    )
+
+
+@torch.inference_mode()
+def predict_batches(
+    model: torch.nn.Module, loader: DataLoader, device: torch.device, desc: str = "predict"
+) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+    """Yield ``(batch on device, float32 logits (B, R, H, W))`` for every batch, model in eval."""
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
+            batch = to_device(batch, device)
+            with autocast(device):
+                logits = model(batch["image"], batch["text"], batch["valid"])
+            yield batch, logits.float()
+    finally:
+        model.train(was_training)

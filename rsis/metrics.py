@@ -1,0 +1,264 @@
+"""Referring segmentation metrics: overall IoU, instance IoU and prec@X, streamed per referent.
+
+Conventions (also written into every summary, see ``CONVENTIONS``):
+
+- overall IoU (oIoU, micro-average) = sum of intersections / sum of unions over all referents;
+- instance IoU (mIoU, macro-average) = mean over referents of intersection / union;
+- a referent whose union is empty (empty prediction *and* empty ground truth) scores IoU 1;
+  an empty ground truth with a non-empty prediction has I = 0 < U and scores 0;
+- prec@X = share of referents with IoU >= X, for X in 0.5, 0.6, 0.7, 0.8, 0.9;
+- masks are binarised with logits > 0, i.e. sigmoid probability > 0.5 (``binarize``).
+
+Values are fractions in [0, 1]; tables print them in percent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from rsis.errors import UserError
+from rsis.io import atomic_path
+
+PRECISION_THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
+THRESHOLD_CONVENTION = "foreground where logit > 0, i.e. sigmoid probability > 0.5"
+CONVENTIONS: dict[str, str] = {
+    "overall_iou": "oIoU: sum of intersections / sum of unions over all referents (cumulative)",
+    "instance_iou": "mIoU: mean over referents of intersection / union",
+    "empty_union": "a referent with an empty union (empty prediction and ground truth) scores 1",
+    "precision": "prec@X: share of referents with IoU >= X",
+    "units": "fractions in [0, 1]",
+}
+RUN_FIELDS: tuple[str, ...] = ("embedding", "transform", "dim", "order", "batch_size")
+RECORD_FIELDS: tuple[str, ...] = (
+    "run",
+    "split",
+    "expression",
+    "dataset",
+    "text_model",
+    "backbone",
+    "image_size",
+    "metrics",
+    "conventions",
+)
+METRIC_FIELDS: tuple[str, ...] = (
+    "overall_iou",
+    "instance_iou",
+    *(f"prec@{x}" for x in PRECISION_THRESHOLDS),
+    "n_referents",
+)
+
+
+def binarize(scores: torch.Tensor, *, probabilities: bool = False) -> torch.Tensor:
+    """Binarise logits (> 0) or probabilities (> 0.5); both give the same mask.
+
+    Args:
+        scores: float tensor of any shape.
+        probabilities: ``scores`` are sigmoid probabilities rather than logits.
+    """
+    return scores > 0.5 if probabilities else scores > 0.0
+
+
+def resize_scores(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize (N, h, w) logits or probabilities bilinearly to (N, H, W) before binarising.
+
+    Used to score at the original image size: resize the network's output to the image's
+    (height, width), then ``binarize`` and compare with the mask decoded at that size.
+    """
+    if scores.ndim != 3:
+        raise ValueError(f"expected (N, h, w) scores, got shape {tuple(scores.shape)}")
+    resized = F.interpolate(
+        scores[:, None].float(), size=size, mode="bilinear", align_corners=False
+    )
+    return resized[:, 0]
+
+
+def _as_bool(masks: torch.Tensor, name: str) -> torch.Tensor:
+    if masks.dtype.is_floating_point or masks.dtype.is_complex:
+        raise TypeError(f"{name} must be a bool or 0/1 integer tensor; binarize scores first")
+    return masks if masks.dtype == torch.bool else masks != 0
+
+
+def _counts_numpy(pred: torch.Tensor, gt: torch.Tensor) -> np.ndarray:
+    """(N, 3) int64 intersection, prediction area, ground-truth area of CPU masks.
+
+    numpy's count_nonzero over one referent at a time (which stays in cache) is about 10x
+    faster than torch's bool reductions on CPU and 4x faster than numpy's with ``axis=``.
+    """
+    count = np.count_nonzero
+    rows = zip(pred.flatten(1).numpy(), gt.flatten(1).numpy(), strict=True)
+    return np.array([(count(p & g), count(p), count(g)) for p, g in rows], np.int64).reshape(-1, 3)
+
+
+def _counts_torch(pred: torch.Tensor, gt: torch.Tensor) -> np.ndarray:
+    """(N, 3) int64 intersection, prediction area, ground-truth area, on the masks' device."""
+    p, g = pred.flatten(1), gt.flatten(1)
+    return torch.stack([(p & g).sum(1), p.sum(1), g.sum(1)], dim=1).cpu().numpy()
+
+
+class MetricAccumulator:
+    """Accumulates per-referent intersections and unions; never keeps masks.
+
+    Args:
+        resolution: where masks are scored, e.g. ``"240x427 (network input)"`` or
+            ``"original image size"``; written into the summary's conventions.
+        threshold: how predictions were binarised; written into the summary's conventions.
+    """
+
+    def __init__(self, *, resolution: str, threshold: str = THRESHOLD_CONVENTION) -> None:
+        self.resolution = resolution
+        self.threshold = threshold
+        self._ids: list[np.ndarray] = []
+        self._counts: list[np.ndarray] = []
+        self._seen = 0
+
+    def update(
+        self,
+        pred: torch.Tensor,
+        gt: torch.Tensor,
+        ids: Sequence[int] | np.ndarray | torch.Tensor | None = None,
+    ) -> None:
+        """Add N referents.
+
+        Args:
+            pred: (N, H, W) bool (or 0/1 integer) predicted masks, on any device.
+            gt: (N, H, W) ground-truth masks of the same shape.
+            ids: N referent ids (e.g. ``ref_id``); default: running index 0, 1, ...
+        """
+        if pred.shape != gt.shape or pred.ndim != 3:
+            raise ValueError(
+                f"pred and gt must both be (N, H, W); got {tuple(pred.shape)} and {tuple(gt.shape)}"
+            )
+        n = pred.shape[0]
+        if ids is None:
+            ids = np.arange(self._seen, self._seen + n)
+        ids = np.asarray(ids.cpu() if isinstance(ids, torch.Tensor) else ids, dtype=np.int64)
+        if ids.shape != (n,):
+            raise ValueError(f"ids must have shape ({n},), got {ids.shape}")
+        pred, gt = _as_bool(pred, "pred"), _as_bool(gt, "gt")
+        counts = _counts_numpy if pred.device.type == "cpu" else _counts_torch
+        self._ids.append(ids)
+        self._counts.append(counts(pred, gt))
+        self._seen += n
+
+    def per_referent(self) -> pd.DataFrame:
+        """One row per referent: id, intersection, union, pred_area, gt_area, iou."""
+        ids = np.concatenate(self._ids) if self._ids else np.zeros(0, np.int64)
+        counts = np.concatenate(self._counts) if self._counts else np.zeros((0, 3), np.int64)
+        inter, pred_area, gt_area = counts.T
+        union = pred_area + gt_area - inter
+        table = pd.DataFrame(
+            {
+                "id": ids,
+                "intersection": inter,
+                "union": union,
+                "pred_area": pred_area,
+                "gt_area": gt_area,
+                "iou": np.divide(inter, union, out=np.ones(len(ids)), where=union > 0),
+            }
+        )
+        duplicated = table["id"][table["id"].duplicated()].unique()
+        if len(duplicated):
+            raise ValueError(f"referent ids scored more than once: {duplicated[:10].tolist()}")
+        return table
+
+    def summary(self) -> dict[str, dict]:
+        """``{"metrics": {...}, "conventions": {...}}`` over every referent seen so far."""
+        table = self.per_referent()
+        if table.empty:
+            raise ValueError("no referents were scored")
+        union = int(table["union"].sum())
+        metrics: dict[str, float | int] = {
+            "overall_iou": table["intersection"].sum() / union if union else 1.0,
+            "instance_iou": table["iou"].mean(),
+            **{f"prec@{x}": (table["iou"] >= x).mean() for x in PRECISION_THRESHOLDS},
+        }
+        metrics = {key: float(value) for key, value in metrics.items()}
+        metrics["n_referents"] = len(table)
+        conventions = {**CONVENTIONS, "threshold": self.threshold, "resolution": self.resolution}
+        return {"metrics": metrics, "conventions": conventions}
+
+
+def write_metrics_json(
+    path: str | os.PathLike,
+    summary: Mapping[str, Mapping],
+    *,
+    run: Mapping[str, object],
+    split: str,
+    expression: str,
+    dataset: str,
+    text_model: str,
+    backbone: str,
+    image_size: Sequence[int],
+) -> dict:
+    """Write one evaluation's metrics file (format in docs/metrics.md) atomically.
+
+    Args:
+        path: destination ``.json``.
+        summary: ``MetricAccumulator.summary()``.
+        run: the run's configuration; needs embedding, transform, dim, order, batch_size
+            (more keys, such as a name or seed, are kept).
+        split: evaluated split, e.g. ``val``.
+        expression: ``first`` or ``random``.
+        dataset: dataset name, e.g. ``refcoco``.
+        text_model: text encoder name.
+        backbone: image encoder name.
+        image_size: network input (height, width).
+    """
+    record = {
+        "run": dict(run),
+        "split": split,
+        "expression": expression,
+        "dataset": dataset,
+        "text_model": text_model,
+        "backbone": backbone,
+        "image_size": [int(v) for v in image_size],
+        "metrics": dict(summary["metrics"]),
+        "conventions": dict(summary["conventions"]),
+    }
+    _validate(record, Path(path))
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def read_metrics_json(path: str | os.PathLike) -> dict:
+    """Read and validate a metrics file written by ``write_metrics_json``."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path}: not valid JSON ({error}); rerun the evaluation") from error
+    _validate(record, path)
+    return record
+
+
+def _validate(record: object, path: Path) -> None:
+    """Raise ``UserError`` naming the file and field when ``record`` breaks the format."""
+    if not isinstance(record, dict):
+        raise UserError(f"{path}: expected a JSON object, got {type(record).__name__}")
+    fields = {
+        "": (record, RECORD_FIELDS),
+        "run.": (record.get("run"), RUN_FIELDS),
+        "metrics.": (record.get("metrics"), METRIC_FIELDS),
+    }
+    for prefix, (section, required) in fields.items():
+        if not isinstance(section, dict):
+            raise UserError(f"{path}: field {prefix.rstrip('.')!r} must be an object")
+        missing = [f"{prefix}{key}" for key in required if key not in section]
+        if missing:
+            raise UserError(
+                f"{path}: missing field(s) {', '.join(missing)}; "
+                "see docs/metrics.md for the metrics file format"
+            )
+    for key in METRIC_FIELDS:
+        value = record["metrics"][key]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise UserError(f"{path}: metrics.{key} must be a number, got {value!r}")

@@ -1,0 +1,335 @@
+"""The paper's Table 1 and Table 2 with our numbers beside the paper's, plus the expression check.
+
+Input: metrics files written by evaluation (``rsis.metrics.write_metrics_json``, one per run,
+split and expression). Output: ``table1`` and ``table2`` as Markdown, CSV and LaTeX, and
+``expression_check.md`` (first vs random expression). Markdown and LaTeX cells read
+``ours (paper)`` in percent; the CSV has separate numeric ``..._ours`` and ``..._paper``
+columns. A missing value is "—" (empty in the CSV), never zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from rsis.errors import UserError
+from rsis.io import atomic_path
+from rsis.metrics import read_metrics_json
+
+log = logging.getLogger(__name__)
+
+SPLITS: tuple[str, ...] = ("val", "testA", "testB")
+METRICS: dict[str, str] = {"instance_iou": "Instance IoU", "overall_iou": "Overall IoU"}
+MISSING = "—"
+NATIVE = "native"
+LABELS: dict[str, dict[object, str]] = {
+    "embedding": {"pooled": "Pooled output", "mean": "Encoded layers"},
+    "transform": {
+        "none": "None",
+        "pca": "PCA",
+        "linear": "Linear",
+        "linear_pca": "Linear (PCA init)",
+    },
+    "order": {"area": "Sorted by size", "random": "Random", "dataset": "RefCOCO"},
+}
+COLUMN_TITLES: dict[str, str] = {
+    "embedding": "BERT embedding",
+    "transform": "Transform",
+    "dim": "Dim",
+    "order": "Referent order",
+    "batch_size": "Batch size",
+}
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One paper table: the run fields that make its rows, its rows, and the fixed settings."""
+
+    name: str
+    title: str
+    fields: tuple[str, ...]
+    rows: tuple[tuple, ...]
+    fixed: dict[str, object]
+    setting: str
+
+    def row_key(self, run: dict) -> tuple | None:
+        """The row a run belongs to, or None when the run is not part of this table."""
+        if any(run.get(key) != value for key, value in self.fixed.items()):
+            return None
+        key = tuple(
+            NATIVE if field == "dim" and run.get("transform") == "none" else run.get(field)
+            for field in self.fields
+        )
+        return key if key in self.rows else None
+
+
+TABLE1 = TableSpec(
+    name="table1",
+    title="Table 1: results for different text embedding configurations",
+    fields=("embedding", "transform", "dim"),
+    rows=(
+        *(
+            (embedding, transform, dim)
+            for embedding in ("pooled", "mean")
+            for transform, dim in (
+                ("none", NATIVE),
+                ("pca", 128),
+                ("pca", 64),
+                ("linear", 128),
+                ("linear", 64),
+            )
+        ),
+        ("mean", "linear_pca", 64),  # ours: the linear layer initialised with PCA
+    ),
+    fixed={"order": "random", "batch_size": 32},
+    setting="referents in random order, batch size 32",
+)
+TABLE2 = TableSpec(
+    name="table2",
+    title="Table 2: results for different referent orders and batch sizes",
+    fields=("order", "batch_size"),
+    rows=(
+        ("area", 128),
+        ("area", 32),
+        ("random", 128),
+        ("random", 64),
+        ("random", 32),
+        ("random", 16),
+        ("dataset", 128),
+    ),
+    fixed={"embedding": "mean", "transform": "pca", "dim": 64},
+    setting="encoded layers (mean of the last hidden layer) reduced with PCA to 64",
+)
+TABLES: tuple[TableSpec, ...] = (TABLE1, TABLE2)
+
+
+def load_paper_results() -> dict:
+    """The paper's numbers (``rsis/paper_results.yaml``), in percent; None where missing."""
+    return yaml.safe_load(resources.files("rsis").joinpath("paper_results.yaml").read_text())
+
+
+def _paper_values(spec: TableSpec, paper: dict) -> dict[tuple, float | None]:
+    """Map (row key, metric, split) to the paper's value for one table."""
+    values = {}
+    for entry in paper[spec.name]:
+        run = {**spec.fixed, **entry}
+        key = spec.row_key(run)
+        for metric in METRICS:
+            for split in SPLITS:
+                values[(key, metric, split)] = entry[metric][split]
+    return values
+
+
+def _our_values(
+    spec: TableSpec, records: Sequence[tuple[Path, dict]]
+) -> dict[tuple, tuple[float, Path]]:
+    """Map (row key, metric, split) to (our value in percent, source file), first expression."""
+    values: dict[tuple, tuple[float, Path]] = {}
+    for path, record in records:
+        key = spec.row_key(record["run"])
+        if key is None or record["expression"] != "first" or record["split"] not in SPLITS:
+            continue
+        for metric in METRICS:
+            cell = (key, metric, record["split"])
+            if cell in values:
+                raise UserError(
+                    f"{values[cell][1]} and {path} both hold {spec.name} row {key}, split "
+                    f"{record['split']}: pass only one metrics file per run and split"
+                )
+            values[cell] = (100.0 * record["metrics"][metric], path)
+    return values
+
+
+def numeric_table(
+    spec: TableSpec, records: Sequence[tuple[Path, dict]], paper: dict
+) -> pd.DataFrame:
+    """Label columns, then ``<metric>_<split>_ours`` and ``..._paper`` (NaN = missing)."""
+    ours = _our_values(spec, records)
+    theirs = _paper_values(spec, paper)
+    rows = []
+    for key in spec.rows:
+        row: dict[str, object] = dict(zip(spec.fields, key, strict=True))
+        for metric in METRICS:
+            for split in SPLITS:
+                value = ours.get((key, metric, split))
+                row[f"{metric}_{split}_ours"] = value[0] if value else None
+                row[f"{metric}_{split}_paper"] = theirs.get((key, metric, split))
+        rows.append(row)
+    return pd.DataFrame(rows).astype({c: float for c in rows[0] if c.endswith(("_ours", "_paper"))})
+
+
+def _number(value: float) -> str:
+    return MISSING if pd.isna(value) else f"{value:.2f}"
+
+
+def display_table(numbers: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
+    """Readable labels and ``ours (paper)`` cells."""
+    shown = pd.DataFrame(
+        {
+            COLUMN_TITLES[field]: [LABELS.get(field, {}).get(v, str(v)) for v in numbers[field]]
+            for field in spec.fields
+        }
+    )
+    for metric, title in METRICS.items():
+        for split in SPLITS:
+            ours = numbers[f"{metric}_{split}_ours"].map(_number)
+            paper = numbers[f"{metric}_{split}_paper"].map(_number)
+            shown[f"{title} {split}"] = ours + " (" + paper + ")"
+    return shown
+
+
+def _distinct(records: Sequence[tuple[Path, dict]], get) -> str:
+    values = sorted({str(get(record)) for _, record in records})
+    return ", ".join(values) if values else MISSING
+
+
+def caption(spec: TableSpec, records: Sequence[tuple[Path, dict]], dataset_label: str) -> str:
+    """Caption naming dataset, text model, backbone, image size and the metric conventions."""
+    used = [(p, r) for p, r in records if spec.row_key(r["run"]) and r["expression"] == "first"]
+    native = [(p, r) for p, r in used if r["run"]["transform"] == "none"]
+    native_dim = (
+        f", native text dim {_distinct(native, lambda r: r['run']['dim'])}"
+        if "dim" in spec.fields
+        else ""
+    )
+    return (
+        f"{spec.title} on {dataset_label} ({spec.setting}; first expression per referent). "
+        "Each cell: ours (paper), IoU in percent; — = not available. "
+        "Instance IoU = mean over referents of intersection/union (mIoU); "
+        "Overall IoU = sum of intersections / sum of unions over all referents (oIoU). "
+        f"Ours: text model {_distinct(used, lambda r: r['text_model'])}, "
+        f"backbone {_distinct(used, lambda r: r['backbone'])}, "
+        f"image size {_distinct(used, lambda r: 'x'.join(map(str, r['image_size'])))}, "
+        f"scored at {_distinct(used, lambda r: r['conventions'].get('resolution'))}"
+        f"{native_dim}. "
+        "Paper: RefCOCO (UNC), bert-base-cased (native dim 768), ResNet-101, 240x427."
+    )
+
+
+def _latex_escape(text: str) -> str:
+    replacements = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#"}
+    replacements |= {"_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}"}
+    return "".join(replacements.get(char, char) for char in text)
+
+
+def write_table(
+    spec: TableSpec,
+    records: Sequence[tuple[Path, dict]],
+    paper: dict,
+    out_dir: Path,
+    dataset_label: str,
+) -> None:
+    """Write ``<name>.md``, ``<name>.csv`` and ``<name>.tex`` into ``out_dir`` atomically."""
+    numbers = numeric_table(spec, records, paper)
+    shown = display_table(numbers, spec)
+    text = caption(spec, records, dataset_label)
+    markdown = shown.to_markdown(index=False, disable_numparse=True)
+    latex = shown.to_latex(
+        index=False,
+        caption=_latex_escape(text),
+        label=f"tab:{spec.name}",
+        column_format="l" * len(spec.fields) + "r" * (shown.shape[1] - len(spec.fields)),
+    )
+    outputs = {
+        "md": f"{text}\n\n{markdown}\n",
+        "csv": numbers.to_csv(index=False, float_format="%.2f"),
+        "tex": latex,
+    }
+    for suffix, content in outputs.items():
+        with atomic_path(out_dir / f"{spec.name}.{suffix}") as tmp:
+            tmp.write_text(content)
+
+
+def _run_label(run: dict) -> str:
+    return "{embedding}~{transform}~{dim} {order} bs{batch_size}".format(**run)
+
+
+def _split_rank(split: str) -> tuple[int, str]:
+    """Sort key: the paper's splits in paper order, then any other split by name."""
+    return (SPLITS.index(split) if split in SPLITS else len(SPLITS), split)
+
+
+def expression_check(records: Sequence[tuple[Path, dict]]) -> str:
+    """Markdown: first vs random expression, per run and split (the paper claims < 1 point)."""
+    by_expression: dict[str, dict[tuple[str, str], tuple[dict, Path]]] = {"first": {}, "random": {}}
+    for path, record in records:
+        found = by_expression.get(record["expression"])
+        key = (_run_label(record["run"]), record["split"])
+        if found is None:
+            continue
+        if key in found:
+            raise UserError(
+                f"{found[key][1]} and {path} both hold run {key[0]}, split {key[1]}, "
+                f"{record['expression']} expression: pass only one of them"
+            )
+        found[key] = (record["metrics"], path)
+    pairs = sorted(
+        set(by_expression["first"]) & set(by_expression["random"]),
+        key=lambda pair: (pair[0], *_split_rank(pair[1])),
+    )
+    header = (
+        "Expression check: first vs random expression per referent, IoU in percent; "
+        "the paper reports a variation below 1 (overall IoU, on average)."
+    )
+    if not pairs:
+        return f"{header}\n\nNo run was evaluated with both expressions.\n"
+    rows = []
+    for run, split in pairs:
+        row: dict[str, str] = {"Run": run, "Split": split}
+        for metric, title in METRICS.items():
+            first = 100.0 * by_expression["first"][(run, split)][0][metric]
+            random = 100.0 * by_expression["random"][(run, split)][0][metric]
+            row |= {f"{title} first": f"{first:.2f}", f"{title} random": f"{random:.2f}"}
+            row[f"{title} diff"] = f"{random - first:+.2f}"
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    mean_abs = table["Overall IoU diff"].astype(float).abs().mean()
+    return (
+        f"{header}\n\n{table.to_markdown(index=False, disable_numparse=True)}\n\n"
+        f"Mean absolute overall IoU difference: {mean_abs:.2f} points over {len(pairs)} "
+        "(run, split) pairs.\n"
+    )
+
+
+def write_tables(paths: Iterable[Path], out_dir: Path, dataset_label: str) -> None:
+    """Read metrics files and write every table and ``expression_check.md`` into ``out_dir``."""
+    records = [(Path(p), read_metrics_json(p)) for p in paths]
+    paper = load_paper_results()
+    unused = [
+        str(path)
+        for path, record in records
+        if not any(spec.row_key(record["run"]) for spec in TABLES)
+    ]
+    if unused:
+        log.warning("metrics files that fit no table row: %s", ", ".join(unused))
+    for spec in TABLES:
+        write_table(spec, records, paper, out_dir, dataset_label)
+    with atomic_path(out_dir / "expression_check.md") as tmp:
+        tmp.write_text(expression_check(records))
+
+
+def _tables_command(args: argparse.Namespace) -> None:
+    write_tables(args.metrics, Path(args.out_dir), args.dataset_label)
+    log.info("wrote tables to %s", args.out_dir)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``rsis tables``."""
+    parser = subparsers.add_parser(
+        "tables", help="paper Tables 1 and 2 (ours beside the paper's) from metrics files"
+    )
+    parser.add_argument(
+        "--metrics", nargs="+", required=True, type=Path, help="metrics .json files"
+    )
+    parser.add_argument("--out-dir", required=True, help="folder for table1/table2 .md/.csv/.tex")
+    parser.add_argument(
+        "--dataset-label", required=True, help="dataset name for captions, e.g. 'RefCOCO (UNC)'"
+    )
+    parser.set_defaults(func=_tables_command)

@@ -1,0 +1,342 @@
+"""Trainer: Adam with two learning rates, early stopping, atomic checkpoints, resume, AMP, DDP."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from rsis.checkpoint import load_checkpoint, require_compatible, save_checkpoint
+from rsis.data.cache import ORDERS, SequenceDataset
+from rsis.errors import UserError
+from rsis.inference import autocast, make_loader, predict_batches, resolve_device, to_device
+from rsis.io import atomic_path
+from rsis.metrics import MetricAccumulator
+from rsis.model import RRIS, TEXT_TRANSFORMS, ModelConfig, soft_iou_loss
+from rsis.text import EmbeddingTable
+from rsis.text.identity import load_pca_solution, text_identity
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run depends on (the workflow passes each as an argument)."""
+
+    train_cache: Path
+    val_cache: Path
+    text: Path
+    out_dir: Path
+    pca: Path | None = None
+    backbone: str = "resnet101"
+    weights: str = "imagenet"
+    hidden: int = 128
+    text_transform: str = "pca"
+    proj_dim: int | None = None
+    lr: float = 1e-4
+    encoder_lr: float = 1e-7
+    weight_decay: float = 1e-7
+    batch_size: int = 32
+    epochs: int = 20
+    patience: int = 5
+    order: str = "random"
+    max_referents: int = 6
+    seed: int = 0
+    workers: int = 0
+    device: str = "auto"
+
+    def model_config(self, text_dim: int) -> ModelConfig:
+        """The architecture this run trains."""
+        return ModelConfig(
+            backbone=self.backbone,
+            weights=self.weights,
+            hidden=self.hidden,
+            text_dim=text_dim,
+            text_transform=self.text_transform,
+            proj_dim=self.proj_dim,
+        )
+
+
+@dataclass
+class _Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> _Distributed:
+        """Read torchrun's environment; start the process group when there are several ranks."""
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size == 1:
+            return cls()
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        return cls(dist.get_rank(), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _optimizer(model: RRIS, cfg: TrainConfig) -> torch.optim.Adam:
+    return torch.optim.Adam(
+        [
+            {"params": list(model.decoder_parameters()), "lr": cfg.lr, "name": "decoder"},
+            {"params": list(model.encoder_parameters()), "lr": cfg.encoder_lr, "name": "encoder"},
+        ],
+        weight_decay=cfg.weight_decay,
+    )
+
+
+def validate(model: torch.nn.Module, dataset: SequenceDataset, device: torch.device) -> dict:
+    """Instance and overall IoU of ``model`` on ``dataset`` (first expression, logits > 0)."""
+    accumulator = MetricAccumulator(resolution="network input")
+    loader = make_loader(dataset, batch_size=8)
+    for batch, logits in predict_batches(model, loader, device, desc="validate"):
+        valid = batch["valid"]
+        accumulator.update(logits[valid] > 0, batch["masks"][valid], ids=batch["ref_id"][valid])
+    return accumulator.summary()["metrics"]
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """Shuffling order depends only on (seed, epoch): resumed runs see the same batches."""
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+def _train_sampler(
+    dataset: SequenceDataset, cfg: TrainConfig, epoch: int, ddp: _Distributed
+) -> torch.utils.data.Sampler:
+    if ddp.world_size > 1:
+        sampler = torch.utils.data.DistributedSampler(
+            dataset, num_replicas=ddp.world_size, rank=ddp.rank, seed=cfg.seed
+        )
+        sampler.set_epoch(epoch)
+        return sampler
+    return torch.utils.data.RandomSampler(dataset, generator=_epoch_generator(cfg.seed, epoch))
+
+
+class Trainer:
+    """One training run; ``run()`` returns the per-epoch history."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False) -> None:
+        if cfg.order not in ORDERS:
+            raise UserError(f"--order must be one of {ORDERS}, got {cfg.order!r}")
+        if cfg.text_transform not in TEXT_TRANSFORMS:
+            raise UserError(f"--text-transform must be one of {TEXT_TRANSFORMS}")
+        self.cfg = cfg
+        self.ddp = _Distributed.from_env()
+        self.device = resolve_device(cfg.device)
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", self.ddp.local_rank)
+            torch.cuda.set_device(self.device)
+        text = EmbeddingTable.load(cfg.text)
+        self.text_identity = text_identity(text)
+        self.train_set = SequenceDataset(
+            cfg.train_cache,
+            text,
+            order=cfg.order,
+            expression="random",
+            max_referents=cfg.max_referents,
+            seed=cfg.seed,
+        )
+        self.val_set = SequenceDataset(
+            cfg.val_cache,
+            text,
+            order="dataset",
+            expression="first",
+            max_referents=cfg.max_referents,
+        )
+        torch.manual_seed(cfg.seed)
+        self.model_config = cfg.model_config(text.dim)
+        self.model = RRIS.from_config(self.model_config, pca=self._pca_solution()).to(self.device)
+        if self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = _optimizer(self.model, cfg)
+        self.start_epoch = 0
+        self.best = -math.inf
+        self.best_epoch = -1
+        self.history: list[dict[str, Any]] = []
+        if resume:
+            self._resume()
+        self.net: torch.nn.Module = self.model
+        if self.ddp.world_size > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+
+    def _pca_solution(self) -> tuple[Any, Any] | None:
+        if self.cfg.text_transform != "linear_pca":
+            return None
+        if self.cfg.pca is None:
+            raise UserError("--text-transform linear_pca needs --pca (a reduce output with PCA)")
+        return load_pca_solution(self.cfg.pca)
+
+    @property
+    def last_path(self) -> Path:
+        return self.cfg.out_dir / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.cfg.out_dir / "best.pt"
+
+    def _resume(self) -> None:
+        if not self.last_path.exists():
+            log.info("no checkpoint at %s: starting from scratch", self.last_path)
+            return
+        payload = load_checkpoint(self.last_path)
+        require_compatible(
+            self.last_path,
+            payload,
+            self.model_config.to_dict(),
+            self.text_identity,
+        )
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        torch.set_rng_state(payload["rng"]["torch"])
+        self.start_epoch = payload["epoch"] + 1
+        self.best = payload["best"]
+        self.best_epoch = payload["best_epoch"]
+        self.history = payload["history"]
+        log.info("resumed from %s at epoch %d", self.last_path, self.start_epoch)
+
+    def _checkpoint(self, epoch: int) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": {},  # bf16 autocast needs no gradient scaler; kept for the format
+            "epoch": epoch,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "history": self.history,
+            "rng": {"torch": torch.get_rng_state()},
+            "model_config": self.model_config.to_dict(),
+            "text": self.text_identity,
+            "train_config": {
+                k: (str(v) if isinstance(v, Path) else v)
+                for k, v in dataclasses.asdict(self.cfg).items()
+            },
+        }
+
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        self.train_set.set_epoch(epoch)
+        loader = make_loader(
+            self.train_set,
+            self.cfg.batch_size,
+            workers=self.cfg.workers,
+            sampler=_train_sampler(self.train_set, self.cfg, epoch, self.ddp),
+        )
+        self.net.train()
+        losses, images, referents, wait = [], 0, 0, 0.0
+        start = tick = time.perf_counter()
+        bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not self.ddp.is_main)
+        for step, batch in enumerate(bar):
+            wait += time.perf_counter() - tick
+            batch = to_device(batch, self.device)
+            with autocast(self.device):
+                logits = self.net(batch["image"], batch["text"], batch["valid"])
+            loss = soft_iou_loss(logits.float(), batch["masks"], batch["valid"])
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"loss is {loss.item()} at epoch {epoch}, step {step} (ref_ids "
+                    f"{batch['ref_id'][batch['valid']].tolist()}); the last good checkpoint "
+                    f"is {self.last_path}"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            losses.append(loss.item())
+            images += len(batch["image"])
+            referents += int(batch["valid"].sum())
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            tick = time.perf_counter()
+        elapsed = time.perf_counter() - start
+        return {
+            "train_loss": sum(losses) / len(losses),
+            "images_per_s": images / elapsed,
+            "referents_per_s": referents / elapsed,
+            "data_wait_share": wait / elapsed,
+        }
+
+    def run(self) -> list[dict[str, Any]]:
+        """Train until ``epochs`` or early stopping; rank 0 writes checkpoints and metrics."""
+        writer = SummaryWriter(self.cfg.out_dir / "tensorboard") if self.ddp.is_main else None
+        for epoch in range(self.start_epoch, self.cfg.epochs):
+            row: dict[str, Any] = {"epoch": epoch, **self._train_epoch(epoch)}
+            # Every rank validates on the whole split, so all agree on early stopping.
+            val = validate(self.model, self.val_set, self.device)
+            row.update(val_instance_iou=val["instance_iou"], val_overall_iou=val["overall_iou"])
+            if row["val_instance_iou"] > self.best:
+                self.best, self.best_epoch = row["val_instance_iou"], epoch
+            self.history.append(row)
+            if self.ddp.is_main:
+                log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
+                for key, value in row.items():
+                    writer.add_scalar(key, value, epoch)
+                payload = self._checkpoint(epoch)
+                save_checkpoint(self.last_path, payload)
+                if self.best_epoch == epoch:
+                    save_checkpoint(self.best_path, payload)
+                with atomic_path(self.cfg.out_dir / "metrics.csv") as tmp:
+                    pd.DataFrame(self.history).to_csv(tmp, index=False)
+            if epoch - self.best_epoch >= self.cfg.patience:
+                log.info(
+                    "early stop: no better validation instance IoU for %d epochs",
+                    epoch - self.best_epoch,
+                )
+                break
+        if writer is not None:
+            writer.close()
+        if self.ddp.world_size > 1:
+            dist.destroy_process_group()
+        return self.history
+
+
+def _train_command(args: argparse.Namespace) -> None:
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    Trainer(cfg, resume=args.resume).run()
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``rsis train``."""
+    d = TrainConfig
+    p = subparsers.add_parser("train", help="train one RRIS configuration")
+    p.add_argument("--train-cache", type=Path, required=True, help="train split cache (.h5)")
+    p.add_argument("--val-cache", type=Path, required=True, help="validation split cache (.h5)")
+    p.add_argument("--text", type=Path, required=True, help="embeddings fed to the model (.h5)")
+    p.add_argument("--pca", type=Path, help="PCA reduce output, for --text-transform linear_pca")
+    p.add_argument("--out-dir", type=Path, required=True, help="run folder (checkpoints, csv)")
+    p.add_argument("--backbone", default=d.backbone, help="resnet18, resnet34, resnet50, resnet101")
+    p.add_argument("--weights", default=d.weights, help="imagenet, none, or a state_dict file")
+    p.add_argument("--hidden", type=int, default=d.hidden, help="decoder width H")
+    p.add_argument("--text-transform", default=d.text_transform, help=", ".join(TEXT_TRANSFORMS))
+    p.add_argument("--proj-dim", type=int, help="output size of a learned text projection")
+    p.add_argument("--lr", type=float, default=d.lr, help="decoder and text learning rate")
+    p.add_argument("--encoder-lr", type=float, default=d.encoder_lr, help="ResNet learning rate")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per batch")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--patience", type=int, default=d.patience, help="early-stopping patience")
+    p.add_argument("--order", default=d.order, help="referent order: " + ", ".join(ORDERS))
+    p.add_argument("--max-referents", type=int, default=d.max_referents)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes")
+    p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
+    p.add_argument("--resume", action="store_true", help="continue from <out-dir>/last.pt")
+    p.set_defaults(func=_train_command)

@@ -1,0 +1,160 @@
+"""Tables 1 and 2 and the expression check, from a fixture of metrics files."""
+
+from __future__ import annotations
+
+import argparse
+
+import pandas as pd
+import pytest
+
+from rsis.errors import UserError
+from rsis.metrics import CONVENTIONS, write_metrics_json
+from rsis.tables import TABLE1, TABLE2, load_paper_results, register, write_tables
+
+BEST = {"embedding": "mean", "transform": "pca", "dim": 64, "order": "random", "batch_size": 32}
+FIXTURE = [  # (run, split, expression, instance IoU, overall IoU)
+    (BEST, "val", "first", 0.41234, 0.38512),
+    (BEST, "testA", "first", 0.47, 0.42),
+    (BEST, "val", "random", 0.41013, 0.37904),
+    ({**BEST, "order": "area", "batch_size": 128}, "val", "first", 0.25124, 0.22337),
+    (
+        {**BEST, "embedding": "pooled", "transform": "none", "dim": 384},
+        "val",
+        "first",
+        0.26551,
+        0.2401,
+    ),
+    ({**BEST, "transform": "linear_pca"}, "testB", "first", 0.3999, 0.3512),
+    ({**BEST, "order": "dataset", "batch_size": 16}, "val", "first", 0.5, 0.5),  # fits no row
+]
+
+
+def write_fixture(folder, entries=FIXTURE):
+    paths = []
+    for i, (run, split, expression, instance, overall) in enumerate(entries):
+        metrics = {"overall_iou": overall, "instance_iou": instance, "n_referents": 10}
+        metrics |= {f"prec@{x}": 0.5 for x in (0.5, 0.6, 0.7, 0.8, 0.9)}
+        conventions = {**CONVENTIONS, "resolution": "240x427", "threshold": "logit > 0"}
+        paths.append(folder / f"{i}_{split}~{expression}.json")
+        write_metrics_json(
+            paths[-1],
+            {"metrics": metrics, "conventions": conventions},
+            run=run,
+            split=split,
+            expression=expression,
+            dataset="refcoco",
+            text_model="all-MiniLM-L6-v2",
+            backbone="resnet101",
+            image_size=(240, 427),
+        )
+    return paths
+
+
+TABLE2_MD = """\
+Table 2: results for different referent orders and batch sizes on RefCOCO sample (encoded \
+layers (mean of the last hidden layer) reduced with PCA to 64; first expression per referent). \
+Each cell: ours (paper), IoU in percent; — = not available. Instance IoU = mean over referents \
+of intersection/union (mIoU); Overall IoU = sum of intersections / sum of unions over all \
+referents (oIoU). Ours: text model all-MiniLM-L6-v2, backbone resnet101, image size 240x427, \
+scored at 240x427. Paper: RefCOCO (UNC), bert-base-cased (native dim 768), ResNet-101, 240x427.
+
+| Referent order   | Batch size   | Instance IoU val   | Instance IoU testA   | Instance IoU testB   | Overall IoU val   | Overall IoU testA   | Overall IoU testB   |
+|:-----------------|:-------------|:-------------------|:---------------------|:---------------------|:------------------|:--------------------|:--------------------|
+| Sorted by size   | 128          | 25.12 (26.08)      | — (29.63)            | — (22.81)            | 22.34 (23.67)     | — (26.47)           | — (21.13)           |
+| Sorted by size   | 32           | — (26.12)          | — (28.66)            | — (23.82)            | — (23.88)         | — (25.81)           | — (22.23)           |
+| Random           | 128          | — (27.54)          | — (31.45)            | — (24.39)            | — (24.75)         | — (27.76)           | — (22.26)           |
+| Random           | 64           | — (33.17)          | — (37.42)            | — (30.51)            | — (29.52)         | — (32.77)           | — (27.03)           |
+| Random           | 32           | 41.23 (39.79)      | 47.00 (45.31)        | — (34.04)            | 38.51 (35.70)     | 42.00 (40.28)       | — (31.28)           |
+| Random           | 16           | — (42.66)          | — (47.48)            | — (37.51)            | — (36.95)         | — (41.42)           | — (32.72)           |
+| RefCOCO          | 128          | — (31.84)          | — (35.84)            | — (28.69)            | — (27.67)         | — (30.93)           | — (25.37)           |
+"""  # noqa: E501
+
+TABLE1_ROWS = """\
+| Pooled output    | None              | native | 26.55 (25.57)      | — (30.30)            | — (21.92)            | 24.01 (23.23)     | — (26.85)           | — (20.38)           |
+| Encoded layers   | None              | native | — (26.86)          | — (31.32)            | — (23.04)            | — (24.51)         | — (27.85)           | — (—)               |
+| Encoded layers   | PCA               | 64     | 41.23 (39.79)      | 47.00 (45.31)        | — (34.04)            | 38.51 (35.70)     | 42.00 (40.28)       | — (31.28)           |
+| Encoded layers   | Linear (PCA init) | 64     | — (—)              | — (—)                | 39.99 (—)            | — (—)             | — (—)               | 35.12 (—)           |
+"""  # noqa: E501
+
+EXPRESSION_CHECK_MD = """\
+Expression check: first vs random expression per referent, IoU in percent; the paper reports \
+a variation below 1 (overall IoU, on average).
+
+| Run                     | Split   | Instance IoU first   | Instance IoU random   | Instance IoU diff   | Overall IoU first   | Overall IoU random   | Overall IoU diff   |
+|:------------------------|:--------|:---------------------|:----------------------|:--------------------|:--------------------|:---------------------|:-------------------|
+| mean~pca~64 random bs32 | val     | 41.23                | 41.01                 | -0.22               | 38.51               | 37.90                | -0.61              |
+
+Mean absolute overall IoU difference: 0.61 points over 1 (run, split) pairs.
+"""  # noqa: E501
+
+
+@pytest.fixture()
+def tables(tmp_path):
+    """Run ``rsis tables`` through its own parser on the fixture."""
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    out = tmp_path / "tables"
+    paths = [str(p) for p in write_fixture(tmp_path)]
+    args = parser.parse_args(
+        ["tables", "--metrics", *paths, "--out-dir", str(out), "--dataset-label", "RefCOCO sample"]
+    )
+    args.func(args)
+    return out
+
+
+def test_table2_markdown_is_exact(tables):
+    assert (tables / "table2.md").read_text() == TABLE2_MD
+
+
+def test_table1_rows_caption_and_missing_paper_value(tables):
+    text = (tables / "table1.md").read_text()
+    lines = text.splitlines()
+    assert len(lines) == 2 + 2 + 11  # caption, blank, header, rule, 10 paper rows + ours
+    for row in TABLE1_ROWS.splitlines():
+        assert row in lines
+    assert "native text dim 384" in lines[0]
+
+
+def test_csv_keeps_numbers_and_leaves_missing_empty(tables):
+    table = pd.read_csv(tables / "table1.csv")
+    assert list(table.columns[:3]) == ["embedding", "transform", "dim"]
+    assert len(table) == 11
+    best = table[
+        (table["embedding"] == "mean") & (table["transform"] == "pca") & (table["dim"] == "64")
+    ]
+    assert best["instance_iou_val_ours"].tolist() == [41.23]
+    assert best["instance_iou_val_paper"].tolist() == [39.79]
+    assert best["instance_iou_testB_ours"].isna().all()
+    missing_in_paper = table[(table["embedding"] == "mean") & (table["transform"] == "none")]
+    assert missing_in_paper["overall_iou_testB_paper"].isna().all()
+    assert missing_in_paper["overall_iou_testA_paper"].tolist() == [27.85]
+
+
+def test_latex_has_caption_label_and_rows(tables):
+    tex = (tables / "table2.tex").read_text()
+    assert "\\caption{Table 2: results" in tex
+    assert "\\label{tab:table2}" in tex
+    assert "Random & 32 & 41.23 (39.79) & 47.00 (45.31) & — (34.04)" in tex
+    assert "\\begin{tabular}{llrrrrrr}" in tex
+
+
+def test_expression_check(tables):
+    assert (tables / "expression_check.md").read_text() == EXPRESSION_CHECK_MD
+
+
+def test_paper_numbers_cover_every_paper_row():
+    paper = load_paper_results()
+    assert [TABLE1.row_key({**TABLE1.fixed, **e}) for e in paper["table1"]] == list(
+        TABLE1.rows[:10]
+    )
+    assert [TABLE2.row_key({**TABLE2.fixed, **e}) for e in paper["table2"]] == list(TABLE2.rows)
+    values = [e[m][s] for e in paper["table1"] for m in ("instance_iou", "overall_iou")
+              for s in ("val", "testA", "testB")]  # fmt: skip
+    assert values.count(None) == 1  # Encoded layers / None / testB overall: not in the source
+
+
+def test_two_files_for_one_cell_are_refused(tmp_path):
+    paths = write_fixture(tmp_path, [FIXTURE[0], FIXTURE[0]])
+    with pytest.raises(UserError, match=r"0_val~first.json and .*1_val~first.json both hold"):
+        write_tables(paths, tmp_path / "out", "RefCOCO")
+    assert not (tmp_path / "out" / "table1.md").exists()

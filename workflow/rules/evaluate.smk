@@ -1,0 +1,59 @@
+# Stage 2: every trained configuration scored on every evaluation split, one job per run
+# (the model is loaded once for all splits and expression choices).
+
+
+rule evaluate:
+    input:
+        checkpoint=result("train/{run}/best.pt"),
+        caches=expand(result("cache/{split}.h5"), split=EVAL_SPLITS),
+        text=lambda wildcards: text_file(RUNS[wildcards.run]),
+    output:
+        expand(
+            result("eval/{{run}}/{split}~{expression}.{kind}"),
+            split=EVAL_SPLITS,
+            expression=config["evaluation"]["expressions"],
+            kind=["json", "csv", "predictions.h5"],
+        ),
+    log:
+        log_path("evaluate/{run}"),
+    benchmark:
+        benchmark_path("evaluate/{run}")
+    conda:
+        ENV
+    resources:
+        gpu=config["resources"]["evaluate"]["gpu"],
+        mem_mb=config["resources"]["evaluate"]["mem_mb"],
+        runtime=config["resources"]["evaluate"]["runtime"],
+    params:
+        out_dir=output_dir,
+        expressions=config["evaluation"]["expressions"],
+        seed=config["evaluation"]["seed"],
+        original_size=original_size_flags(),
+    shell:
+        "rsis evaluate --checkpoint {input.checkpoint:q} --cache {input.caches:q}"
+        " --text {input.text:q} --expression {params.expressions} --seed {params.seed}"
+        " --out-dir {params.out_dir:q} {params.original_size} > {log:q} 2>&1"
+
+
+rule evaluate_inverse_order:
+    input:
+        checkpoint=result("train/{run}/best.pt"),
+        cache=result("cache/{split}.h5"),
+        text=lambda wildcards: text_file(RUNS[wildcards.run]),
+    output:
+        expand(
+            result("eval/{{run}}/{{split}}~first~reverse.{kind}"),
+            kind=["json", "csv", "predictions.h5"],
+        ),
+    log:
+        log_path("evaluate/{run}/{split}~reverse"),
+    benchmark:
+        benchmark_path("evaluate/{run}/{split}~reverse")
+    conda:
+        ENV
+    params:
+        out_dir=output_dir,
+    shell:
+        "rsis evaluate --checkpoint {input.checkpoint:q} --cache {input.cache:q}"
+        " --text {input.text:q} --expression first --order reverse"
+        " --out-dir {params.out_dir:q} > {log:q} 2>&1"

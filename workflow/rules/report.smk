@@ -1,0 +1,80 @@
+# The paper's tables beside ours, and the qualitative figures.
+
+
+rule tables:
+    input:
+        expand(
+            result("eval/{run}/{split}~{expression}.json"),
+            run=RUNS,
+            split=EVAL_SPLITS,
+            expression=config["evaluation"]["expressions"],
+        ),
+    output:
+        report(
+            result("tables/table1.md"),
+            caption="../report/table1.rst",
+            category="Tables",
+        ),
+        report(
+            result("tables/table2.md"),
+            caption="../report/table2.rst",
+            category="Tables",
+        ),
+        report(
+            result("tables/expression_check.md"),
+            caption="../report/expression_check.rst",
+            category="Tables",
+        ),
+        result("tables/table1.csv"),
+        result("tables/table1.tex"),
+        result("tables/table2.csv"),
+        result("tables/table2.tex"),
+    log:
+        log_path("tables"),
+    benchmark:
+        benchmark_path("tables")
+    conda:
+        ENV
+    params:
+        out_dir=output_dir,
+        label=DATASET_LABEL,
+    shell:
+        "rsis tables --metrics {input:q} --out-dir {params.out_dir:q}"
+        " --dataset-label {params.label:q} > {log:q} 2>&1"
+
+
+rule figures:
+    input:
+        predictions=result(f"eval/{FIGURE_RUN}/{{split}}~first.predictions.h5"),
+        inverse=result(f"eval/{FIGURE_RUN}/{{split}}~first~reverse.predictions.h5"),
+        cache=result("cache/{split}.h5"),
+        data=dataset_inputs(),
+    output:
+        qualitative=report(
+            result("figures/qualitative_{split}.png"),
+            caption="../report/qualitative.rst",
+            category="Figures",
+        ),
+        inverse=report(
+            result("figures/inverse_order_{split}.png"),
+            caption="../report/inverse_order.rst",
+            category="Figures",
+        ),
+    log:
+        log_path("figures/{split}"),
+    benchmark:
+        benchmark_path("figures/{split}")
+    conda:
+        ENV
+    params:
+        root=refs_root,
+        name=DS["name"],
+        split_by=DS["splitBy"],
+        images=DS["images"],
+        num_images=config["figures"]["num_images"],
+    shell:
+        "rsis figures --predictions {input.predictions:q} --cache {input.cache:q}"
+        " --refs-root {params.root:q} --dataset {params.name} --split-by {params.split_by}"
+        " --images {params.images:q} --out {output.qualitative:q}"
+        " --inverse-predictions {input.inverse:q} --inverse-out {output.inverse:q}"
+        " --num-images {params.num_images} > {log:q} 2>&1"
