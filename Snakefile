@@ -16,6 +16,16 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
+# Cheap steps run on the submitting node when a cluster executor is used.
+localrules:
+    all,
+    demo_dataset,
+    tokenize,
+    reduce,
+    tables,
+    figures,
+
+
 rule all:
     default_target: True
     input:

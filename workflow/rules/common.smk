@@ -21,6 +21,7 @@ SETTING = config["settings"][DS["setting"]]
 LANG = {**config["language"], "model": SETTING["text_model"]}
 IS_DEMO = DATASET == "demo"
 DEMO_ROOT = "resources/demo"
+DOWNLOAD = config["download"]["enabled"] and not IS_DEMO
 
 
 def result(path):
@@ -45,6 +46,15 @@ def refs_root(wildcards, input):
     return str(first if IS_DEMO else first.parent.parent)
 
 
+def download_flags(archive):
+    """``rsis download`` flags for a configured archive (URL, mirrors, checksum)."""
+    flags = f"--url {archive['url']}"
+    flags += "".join(f" --mirror {mirror}" for mirror in archive.get("mirrors", []))
+    if archive.get("sha256"):
+        flags += f" --sha256 {archive['sha256']}"
+    return flags
+
+
 def output_dir(wildcards, output):
     """The folder of a rule's first output (commands that write several files there)."""
     return str(Path(output[0]).parent)
@@ -59,6 +69,8 @@ def dataset_inputs(wildcards=None):
         return [DEMO_ROOT]
     folder = Path(DS["root"]) / DS["name"]
     files = [folder / f"refs({DS['splitBy']}).p", folder / "instances.json"]
+    if DOWNLOAD:
+        return [str(f) for f in files] + [DS["images"]]
     checks = [
         (DS["root"], "root"),
         (folder, "name"),
@@ -70,7 +82,8 @@ def dataset_inputs(wildcards=None):
         if not Path(path).exists():
             raise ValueError(
                 f"{path} does not exist: set datasets.{DATASET}.{key} in config.yaml "
-                "(README.md, 'Reproducing the paper', says where the files come from)"
+                "(README.md, 'Reproducing the paper', says where the files come from), or set "
+                "download.enabled: true in config.yaml to fetch them"
             )
     return [str(f) for f in files]
 

@@ -47,3 +47,41 @@ rule prepare:
         "rsis prepare --refs-root {params.root:q} --dataset {params.name} --split-by"
         " {params.split_by} --images {params.images:q} --split {wildcards.split}"
         " --height {params.height} --width {params.width} --out {output:q} > {log:q} 2>&1"
+
+
+if DOWNLOAD:
+
+    rule download_annotations:
+        output:
+            refs=f"{DS['root']}/{DS['name']}/refs({DS['splitBy']}).p",
+            instances=f"{DS['root']}/{DS['name']}/instances.json",
+        log:
+            f"logs/download/{DS['name']}.log",
+        benchmark:
+            f"benchmarks/download/{DS['name']}.tsv"
+        conda:
+            ENV
+        params:
+            flags=download_flags(config["download"]["annotations"][DS["name"]]),
+            archive=f"resources/downloads/{DS['name']}.zip",
+            root=DS["root"],
+        shell:
+            "rsis download {params.flags} --out {params.archive:q}"
+            " --extract-to {params.root:q} > {log:q} 2>&1"
+
+    rule download_images:
+        output:
+            directory(DS["images"]),
+        log:
+            "logs/download/train2014.log",
+        benchmark:
+            "benchmarks/download/train2014.tsv"
+        conda:
+            ENV
+        params:
+            flags=download_flags(config["download"]["images"]),
+            archive="resources/downloads/train2014.zip",
+            parent=lambda wildcards, output: str(Path(output[0]).parent),
+        shell:
+            "rsis download {params.flags} --out {params.archive:q}"
+            " --extract-to {params.parent:q} --remove-archive > {log:q} 2>&1"
