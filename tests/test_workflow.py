@@ -1,0 +1,150 @@
+"""The Snakemake workflow: DAG shape, cluster profile, and rerun semantics on a tiny config."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "demo": {
+        "seed": 1,
+        "train_images": 8,
+        "val_images": 4,
+        "testA_images": 4,
+        "testB_images": 4,
+        "height": 64,
+        "width": 112,
+    },
+    "grid": {
+        "table1": {
+            "embeddings": ["mean"],
+            "transforms": ["pca"],
+            "dims": [8],
+            "order": "random",
+            "batch_size": 4,
+        },
+        "table2": {
+            "embedding": "mean",
+            "transform": "pca",
+            "dim": 8,
+            "runs": [{"order": "random", "batch_size": 4}, {"order": "area", "batch_size": 4}],
+        },
+        "extra": [],
+    },
+    "figures": {"run": "mean-pca-8-random-bs4", "splits": ["testA"], "num_images": 1},
+    "evaluation": {"expressions": ["first"]},
+}
+
+
+def _snakemake(workdir: Path, *args: str) -> str:
+    result = subprocess.run(
+        ["snakemake", "--cores", "2", *args],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Parse Snakemake's 'Job stats' table (empty when there is nothing to do)."""
+    if "Job stats" not in output:
+        return {}
+    table = output.split("Job stats:")[1].split("\n\n")[0]
+    return {
+        m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"
+    }
+
+
+def test_dag_trains_every_configuration_once():
+    counts = job_counts(_snakemake(REPO, "-n"))
+    assert counts["train"] == 17  # 16 runs of Tables 1 and 2, shared ones once, + linear_pca
+    assert counts["evaluate"] == 17
+    assert counts["tables"] == 1
+
+
+def test_slurm_profile_dry_run():
+    output = _snakemake(REPO, "--profile", "profiles/slurm", "-n")
+    assert job_counts(output)["train"] == 17
+
+
+@pytest.fixture(scope="module")
+def tiny_workflow(tmp_path_factory):
+    """A copy of the workflow with a tiny demo config, run once to the end."""
+    workdir = tmp_path_factory.mktemp("workflow")
+    for name in ("Snakefile", "workflow", "profiles"):
+        source = REPO / name
+        copy = shutil.copytree if source.is_dir() else shutil.copy
+        copy(source, workdir / name)
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config.update(TINY)
+    setting = config["settings"]["demo"]
+    setting.update(image_size=[48, 80], hidden=16, epochs=1, patience=1)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    _snakemake(workdir)
+    return workdir
+
+
+def _edit_config(workdir: Path, edit) -> None:
+    path = workdir / "config.yaml"
+    config = yaml.safe_load(path.read_text())
+    edit(config)
+    path.write_text(yaml.safe_dump(config))
+
+
+@pytest.mark.slow
+def test_tiny_run_produces_tables_and_figures(tiny_workflow):
+    tables = tiny_workflow / "results/demo/tables"
+    assert "Instance IoU" in (tables / "table1.md").read_text()
+    assert (tiny_workflow / "results/demo/figures/qualitative_testA.png").stat().st_size > 0
+    assert job_counts(_snakemake(tiny_workflow, "-n")) == {}
+
+
+@pytest.mark.slow
+def test_changing_a_training_value_reruns_training_and_what_follows(tiny_workflow):
+    original = (tiny_workflow / "config.yaml").read_text()
+    _edit_config(tiny_workflow, lambda c: c["settings"]["demo"].update(lr=2e-4))
+    counts = job_counts(_snakemake(tiny_workflow, "-n"))
+    (tiny_workflow / "config.yaml").write_text(original)
+    assert counts == {
+        "train": 2,
+        "evaluate": 2,
+        "evaluate_inverse_order": 1,
+        "tables": 1,
+        "figures": 1,
+        "all": 1,
+    }
+
+
+@pytest.mark.slow
+def test_changing_one_run_reruns_only_that_run(tiny_workflow):
+    original = (tiny_workflow / "config.yaml").read_text()
+    _edit_config(tiny_workflow, lambda c: c["grid"]["table2"]["runs"][1].update(batch_size=2))
+    counts = job_counts(_snakemake(tiny_workflow, "-n"))
+    (tiny_workflow / "config.yaml").write_text(original)
+    assert counts == {"train": 1, "evaluate": 1, "tables": 1, "all": 1}
+
+
+@pytest.mark.slow
+def test_changing_the_pca_dim_reruns_reduce_and_what_follows(tiny_workflow):
+    original = (tiny_workflow / "config.yaml").read_text()
+
+    def edit(config):
+        config["grid"]["table1"]["dims"] = [4]
+        config["grid"]["table2"]["dim"] = 4
+        config["figures"]["run"] = "mean-pca-4-random-bs4"
+
+    _edit_config(tiny_workflow, edit)
+    counts = job_counts(_snakemake(tiny_workflow, "-n"))
+    (tiny_workflow / "config.yaml").write_text(original)
+    assert counts["reduce"] == 1 and counts["train"] == 2
+    assert "tokenize" not in counts and "embed" not in counts and "prepare" not in counts
