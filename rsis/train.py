@@ -18,7 +18,12 @@ import torch.distributed as dist
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from rsis.checkpoint import load_checkpoint, require_compatible, save_checkpoint
+from rsis.checkpoint import (
+    describe_differences,
+    load_checkpoint,
+    require_compatible,
+    save_checkpoint,
+)
 from rsis.data.cache import ORDERS, SequenceDataset
 from rsis.errors import UserError
 from rsis.inference import autocast, make_loader, predict_batches, resolve_device, to_device
@@ -29,6 +34,10 @@ from rsis.text import EmbeddingTable
 from rsis.text.identity import load_pca_solution, text_identity
 
 log = logging.getLogger(__name__)
+
+
+# Settings a resumed run may change: they do not alter what was learned so far.
+RESUMABLE_CHANGES = frozenset({"epochs", "patience", "workers", "device", "out_dir"})
 
 
 class TrainingDiverged(RuntimeError):
@@ -205,6 +214,15 @@ class Trainer:
             self.model_config.to_dict(),
             self.text_identity,
         )
+        differences = describe_differences(
+            {k: v for k, v in payload["train_config"].items() if k not in RESUMABLE_CHANGES},
+            {k: v for k, v in self._train_config().items() if k not in RESUMABLE_CHANGES},
+        )
+        if differences:
+            raise UserError(
+                f"{self.last_path} was trained with other settings ({'; '.join(differences)}); "
+                "use another --out-dir or drop --resume"
+            )
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         torch.set_rng_state(payload["rng"]["torch"])
@@ -226,10 +244,13 @@ class Trainer:
             "rng": {"torch": torch.get_rng_state()},
             "model_config": self.model_config.to_dict(),
             "text": self.text_identity,
-            "train_config": {
-                k: (str(v) if isinstance(v, Path) else v)
-                for k, v in dataclasses.asdict(self.cfg).items()
-            },
+            "train_config": self._train_config(),
+        }
+
+    def _train_config(self) -> dict[str, Any]:
+        return {
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in dataclasses.asdict(self.cfg).items()
         }
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:

@@ -19,3 +19,96 @@ def sample_refer():
     if not SAMPLE_ROOT.exists():
         pytest.fail(f"real RefCOCO sample missing: expected {SAMPLE_ROOT} beside the checkout")
     return load_refer(SAMPLE_ROOT, "refcoco", "unc")
+
+
+@pytest.fixture(scope="session")
+def demo_pipeline(tmp_path_factory):
+    """A tiny generated demo dataset run through the data and language stages.
+
+    Returns the folder, holding ``resources/demo`` (refer layout), ``cache/<split>.h5`` at
+    48x80, and ``text/`` with tokens, embeddings (packaged MiniLM) and two reduce outputs.
+    """
+    from rsis.cli import main
+
+    root = tmp_path_factory.mktemp("demo_pipeline")
+    demo = root / "resources/demo"
+    counts = ["--train-images", "8", "--val-images", "4", "--testa-images", "4"]
+    assert (
+        main(
+            [
+                "demo",
+                "--out",
+                str(demo),
+                "--seed",
+                "3",
+                *counts,
+                "--testb-images",
+                "4",
+                "--height",
+                "64",
+                "--width",
+                "112",
+            ]
+        )
+        == 0
+    )
+    refer = ["--refs-root", str(demo), "--dataset", "demo", "--split-by", "unc"]
+    for split in ("train", "val", "testA", "testB"):
+        out = root / f"cache/{split}.h5"
+        assert (
+            main(
+                [
+                    "prepare",
+                    *refer,
+                    "--images",
+                    str(demo / "images"),
+                    "--split",
+                    split,
+                    "--height",
+                    "48",
+                    "--width",
+                    "80",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
+    text = root / "text"
+    assert main(["tokenize", *refer, "--model", "minilm", "--out", str(text / "tokens.h5")]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                "--tokens",
+                str(text / "tokens.h5"),
+                "--model",
+                "minilm",
+                "--out",
+                str(text / "embeddings.h5"),
+            ]
+        )
+        == 0
+    )
+    for transform, dim in (("pca", "8"), ("none", "native")):
+        assert (
+            main(
+                [
+                    "reduce",
+                    "--embeddings",
+                    str(text / "embeddings.h5"),
+                    "--tokens",
+                    str(text / "tokens.h5"),
+                    "--embedding",
+                    "mean",
+                    "--transform",
+                    transform,
+                    "--dim",
+                    dim,
+                    "--out",
+                    str(text / f"mean~{transform}~{dim}.h5"),
+                ]
+            )
+            == 0
+        )
+    return root

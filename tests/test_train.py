@@ -1,0 +1,136 @@
+"""The trainer: checkpoints, resume equality, divergence, refusal of foreign checkpoints."""
+
+from __future__ import annotations
+
+import pickle
+
+import pandas as pd
+import pytest
+import torch
+
+from rsis.checkpoint import load_checkpoint
+from rsis.errors import UserError
+from rsis.evaluate import evaluate, load_model
+from rsis.text import EmbeddingTable
+from rsis.train import TrainConfig, Trainer, TrainingDiverged
+
+
+def _config(root, out_dir, **overrides) -> TrainConfig:
+    settings = dict(
+        train_cache=root / "cache/train.h5",
+        val_cache=root / "cache/val.h5",
+        text=root / "text/mean~pca~8.h5",
+        out_dir=out_dir,
+        backbone="resnet18",
+        weights="none",
+        hidden=16,
+        lr=1e-3,
+        encoder_lr=1e-3,
+        batch_size=4,
+        epochs=2,
+        patience=5,
+        order="random",
+        device="cpu",
+    )
+    settings.update(overrides)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return TrainConfig(**settings)
+
+
+@pytest.fixture(scope="module")
+def trained(demo_pipeline, tmp_path_factory):
+    """Two uninterrupted epochs."""
+    cfg = _config(demo_pipeline, tmp_path_factory.mktemp("full"))
+    history = Trainer(cfg).run()
+    return cfg, history
+
+
+def test_checkpoints_and_metrics_are_written(trained):
+    cfg, history = trained
+    assert [row["epoch"] for row in history] == [0, 1]
+    table = pd.read_csv(cfg.out_dir / "metrics.csv")
+    assert list(table["epoch"]) == [0, 1]
+    assert {"train_loss", "val_instance_iou", "images_per_s", "data_wait_share"} <= set(table)
+    last = load_checkpoint(cfg.out_dir / "last.pt")
+    best = load_checkpoint(cfg.out_dir / "best.pt")
+    assert last["epoch"] == 1
+    assert best["epoch"] == int(table["val_instance_iou"].idxmax())
+    assert last["text"]["transform"] == "pca" and last["text"]["dim"] == 8
+    assert (cfg.out_dir / "tensorboard").is_dir()
+    assert not list(cfg.out_dir.glob(".*.tmp"))
+
+
+def test_resumed_run_ends_with_identical_weights(demo_pipeline, trained, tmp_path):
+    cfg, _ = trained
+    first = _config(demo_pipeline, tmp_path, epochs=1)
+    Trainer(first).run()
+    resumed = _config(demo_pipeline, tmp_path, epochs=2)
+    Trainer(resumed, resume=True).run()
+    expected = load_checkpoint(cfg.out_dir / "last.pt")["model"]
+    got = load_checkpoint(tmp_path / "last.pt")["model"]
+    assert expected.keys() == got.keys()
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0, msg=key)
+
+
+def test_resume_refuses_another_architecture(demo_pipeline, trained):
+    cfg, _ = trained
+    other = _config(demo_pipeline, cfg.out_dir, hidden=32)
+    with pytest.raises(UserError, match=r"hidden: checkpoint has 16, this run has 32"):
+        Trainer(other, resume=True)
+
+
+def test_resume_refuses_another_text_pipeline(demo_pipeline, trained):
+    cfg, _ = trained
+    other = _config(
+        demo_pipeline,
+        cfg.out_dir,
+        text=demo_pipeline / "text/mean~none~native.h5",
+        text_transform="none",
+    )
+    with pytest.raises(UserError, match=r"transform: checkpoint has 'pca', this run has 'none'"):
+        Trainer(other, resume=True)
+
+
+def test_resume_refuses_other_training_settings(demo_pipeline, trained):
+    cfg, _ = trained
+    other = _config(demo_pipeline, cfg.out_dir, lr=5e-4)
+    with pytest.raises(UserError, match=r"lr: checkpoint has 0.001, this run has 0.0005"):
+        Trainer(other, resume=True)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(demo_pipeline, tmp_path, monkeypatch):
+    Trainer(_config(demo_pipeline, tmp_path, epochs=1)).run()
+    good = (tmp_path / "last.pt").read_bytes()
+    import rsis.train
+
+    real_loss = rsis.train.soft_iou_loss
+    monkeypatch.setattr(rsis.train, "soft_iou_loss", lambda *a: real_loss(*a) * float("nan"))
+    trainer = Trainer(_config(demo_pipeline, tmp_path, epochs=2), resume=True)
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at epoch 1, step 0 \(ref_ids"):
+        trainer.run()
+    assert (tmp_path / "last.pt").read_bytes() == good
+
+
+def test_checkpoints_load_without_unpickling_objects(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("executed",))
+
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps({"format_version": 1, "x": Payload()}))
+    with pytest.raises(UserError, match="not a readable rsis checkpoint"):
+        load_checkpoint(path)
+
+
+def test_evaluate_scores_every_referent(demo_pipeline, trained):
+    cfg, history = trained
+    text = EmbeddingTable.load(cfg.text)
+    model, payload = load_model(cfg.out_dir / "best.pt", text)
+    accumulator, _, predictions = evaluate(
+        model, payload, demo_pipeline / "cache/val.h5", text, expression="first"
+    )
+    summary = accumulator.summary()["metrics"]
+    best = max(row["val_instance_iou"] for row in history)
+    assert summary["instance_iou"] == pytest.approx(best, abs=1e-6)
+    assert summary["n_referents"] == len(predictions.ref_id) > 0
