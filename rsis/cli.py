@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("rsis.evaluate", "score a checkpoint on one split"),
     "tables": ("rsis.tables", "the paper's Table 1 and Table 2 beside our numbers"),
     "figures": ("rsis.figures", "qualitative figures (paper Fig. 2/3 and Fig. 4)"),
+    "export": ("rsis.bundle", "write a self-contained model bundle for predict"),
+    "predict": ("rsis.predict", "segment your own image from a list of expressions"),
     "download": ("rsis.download", "resumable, checksummed download of dataset files"),
     "bench": ("rsis.bench", "benchmarks that print measured figures"),
 }

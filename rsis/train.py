@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from rsis.bundle import export_bundle
 from rsis.checkpoint import (
     describe_differences,
     load_checkpoint,
@@ -203,6 +204,11 @@ class Trainer:
     def best_path(self) -> Path:
         return self.cfg.out_dir / "best.pt"
 
+    @property
+    def bundle_path(self) -> Path:
+        """Self-contained model for ``rsis predict``, written from the best checkpoint."""
+        return self.cfg.out_dir / "bundle.pt"
+
     def _resume(self) -> None:
         if not self.last_path.exists():
             log.info("no checkpoint at %s: starting from scratch", self.last_path)
@@ -322,6 +328,7 @@ class Trainer:
                 break
         if writer is not None:
             writer.close()
+            export_bundle(self.best_path, self.cfg.text, self.bundle_path)
         if self.ddp.world_size > 1:
             dist.destroy_process_group()
         return self.history

@@ -1,0 +1,92 @@
+"""Model bundles: everything inference needs, in one file, with no workflow cache.
+
+A bundle holds the weights, the architecture, the text pipeline (text model name and file
+hash, which embedding, the PCA solution when there is one), the input size and the longest
+referent sequence. ``rsis predict`` rebuilds the exact training-time pipeline from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+import h5py
+import torch
+
+from rsis import __version__
+from rsis.checkpoint import load_checkpoint, save_checkpoint
+from rsis.errors import UserError
+from rsis.model import RRIS, ModelConfig
+from rsis.text import EmbeddingTable
+from rsis.text.identity import load_pca_solution, text_identity
+
+log = logging.getLogger(__name__)
+
+BUNDLE_KIND = "rsis-model-bundle"
+
+
+def export_bundle(checkpoint: Path, text: Path, out: Path) -> None:
+    """Write a bundle from a training checkpoint and the embeddings file it was trained with.
+
+    Args:
+        checkpoint: ``best.pt`` (or ``last.pt``) of a run.
+        text: the reduce output the run read (PCA solutions come from it).
+        out: the bundle file.
+    """
+    payload = load_checkpoint(checkpoint)
+    table = EmbeddingTable.load(text)
+    identity = text_identity(table)
+    if identity != payload["text"]:
+        raise UserError(f"{text} is not the text pipeline {checkpoint} was trained with")
+    pca = None
+    if identity["transform"] == "pca":
+        components, mean = load_pca_solution(text)
+        pca = {"components": torch.from_numpy(components), "mean": torch.from_numpy(mean)}
+    with h5py.File(payload["train_config"]["train_cache"]) as f:
+        image_size = [int(f.attrs["height"]), int(f.attrs["width"])]
+    bundle = {
+        "kind": BUNDLE_KIND,
+        "rsis_version": __version__,
+        "model": payload["model"],
+        "model_config": payload["model_config"],
+        "text": identity,
+        "pca": pca,
+        "image_size": image_size,
+        "max_referents": payload["train_config"]["max_referents"],
+        "source": {"checkpoint": str(checkpoint), "epoch": payload["epoch"]},
+    }
+    save_checkpoint(out, bundle)
+    log.info("wrote %s (from %s, epoch %d)", out, checkpoint, payload["epoch"])
+
+
+def load_bundle(path: Path) -> tuple[RRIS, dict[str, Any]]:
+    """Load a bundle; return the model in eval mode and the bundle's other entries."""
+    bundle = load_checkpoint(path)
+    if bundle.get("kind") != BUNDLE_KIND:
+        raise UserError(
+            f"{path} is not a model bundle (a training checkpoint?): "
+            "make one with `rsis export --checkpoint best.pt --text <embeddings> --out FILE`"
+        )
+    model = RRIS.from_config(ModelConfig.from_dict(bundle["model_config"]), weights="none")
+    try:
+        model.load_state_dict(bundle["model"])
+    except RuntimeError as error:
+        raise UserError(
+            f"{path}: weights do not fit this rsis version's model ({error})"
+        ) from error
+    return model.eval(), bundle
+
+
+def _export_command(args: argparse.Namespace) -> None:
+    export_bundle(args.checkpoint, args.text, args.out)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``rsis export``."""
+    p = subparsers.add_parser("export", help="write a self-contained model bundle for predict")
+    p.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint (.pt)")
+    p.add_argument("--text", type=Path, required=True, help="embeddings the run trained with")
+    p.add_argument("--out", type=Path, required=True, help="bundle file to write")
+    p.set_defaults(func=_export_command)

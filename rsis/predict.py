@@ -1,0 +1,232 @@
+"""``rsis predict``: segment a user's photo from a list of expressions with a model bundle.
+
+Expressions are embedded exactly as in training (same text model, verified by its file hash,
+same tokenizer, same pooling, same PCA). The photo is resized to the bundle's input size like
+the training cache, and the masks are upsampled back to the photo's size. More expressions
+than the model's longest sequence are processed in consecutive chunks; as in training, where
+an image with more referents becomes several sequences, each chunk starts from a fresh
+recurrent state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from rsis.bundle import load_bundle
+from rsis.data.cache import load_resized_image
+from rsis.errors import UserError
+from rsis.figures import encode_masks, paint_referents, referent_colors
+from rsis.inference import autocast, resolve_device
+from rsis.io import atomic_path
+from rsis.metrics import resize_scores
+from rsis.text.embed import embed_sequences
+from rsis.text.models import (
+    load_model,
+    load_tokenizer,
+    max_length,
+    resolve_model,
+    weights_hash,
+)
+from rsis.text.tokenize import encode
+
+log = logging.getLogger(__name__)
+
+
+class TextPipeline:
+    """The training-time text pipeline of a bundle: tokenizer, encoder, pooling, PCA."""
+
+    def __init__(self, identity: dict, pca: dict | None, device: torch.device) -> None:
+        source = resolve_model(str(identity["model"]))
+        found = weights_hash(source)
+        if found != identity["model_hash"]:
+            expected = str(identity["model_hash"])[:12]
+            raise UserError(
+                f"text model {identity['model']!r} at {source.path} is not the one the bundle "
+                f"was trained with (weights hash {found[:12]}, expected {expected})"
+            )
+        self.tokenizer = load_tokenizer(source)
+        self.limit = max_length(source, self.tokenizer)
+        self.model = load_model(source).to(device)
+        self.embedding = str(identity["embedding"])
+        self.pca = pca
+        self.device = device
+
+    def __call__(self, expressions: list[str]) -> torch.Tensor:
+        """(N, dim) float32 embeddings of ``expressions``, as the model was trained on."""
+        ids, ptr, _ = encode(self.tokenizer, expressions, self.limit)
+        pooled, mean = embed_sequences(
+            self.model, ids, ptr, pad_id=self.tokenizer.pad_token_id, progress=False
+        )
+        vectors = torch.from_numpy(pooled if self.embedding == "pooled" else mean)
+        if self.pca is not None:
+            vectors = (vectors - self.pca["mean"]) @ self.pca["components"].T
+        return vectors.float()
+
+
+@dataclass
+class Prediction:
+    """Masks of one image: at the photo's size, and at the network's input size."""
+
+    expressions: list[str]
+    masks: np.ndarray  # (N, H, W) bool at the photo's size
+    network_masks: np.ndarray  # (N, h, w) bool at the bundle's input size
+    scores: np.ndarray  # (N,) mean foreground probability inside each mask
+
+
+class Predictor:
+    """A loaded bundle, ready to segment images.
+
+    Args:
+        bundle: path of a file written by ``rsis export`` (or training).
+        device: ``auto``, ``cpu`` or ``cuda``.
+    """
+
+    def __init__(self, bundle: Path, device: str = "auto") -> None:
+        self.device = resolve_device(device)
+        model, self.bundle = load_bundle(Path(bundle))
+        self.model = model.to(self.device)
+        self.text = TextPipeline(self.bundle["text"], self.bundle["pca"], self.device)
+        self.height, self.width = self.bundle["image_size"]
+        self.chunk = int(self.bundle["max_referents"])
+
+    @torch.inference_mode()
+    def __call__(self, image_path: Path, expressions: list[str]) -> Prediction:
+        """Segment ``image_path`` once per expression, in order."""
+        if not expressions:
+            raise UserError("no expressions given: pass at least one --expr")
+        pixels = load_resized_image(image_path, self.height, self.width)  # clear error if bad
+        with Image.open(image_path) as photo:
+            original = (photo.height, photo.width)
+        image = torch.from_numpy(pixels).permute(2, 0, 1)[None].to(self.device)
+        text = self.text(expressions).to(self.device)
+        logits = []
+        for start in range(0, len(expressions), self.chunk):
+            with autocast(self.device):
+                out = self.model(image, text[None, start : start + self.chunk])
+            logits.append(out[0].float())
+        logits = torch.cat(logits)
+        full = resize_scores(logits, original)
+        probabilities = torch.sigmoid(full)
+        masks = full > 0
+        area = masks.sum(dim=(1, 2)).clamp(min=1)
+        scores = (probabilities * masks).sum(dim=(1, 2)) / area
+        return Prediction(
+            expressions=list(expressions),
+            masks=masks.cpu().numpy(),
+            network_masks=(logits > 0).cpu().numpy(),
+            scores=scores.cpu().numpy(),
+        )
+
+
+def write_outputs(image_path: Path, prediction: Prediction, out_dir: Path) -> dict:
+    """Write one PNG mask per expression, an overlay with a legend, and a JSON with RLEs."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = image_path.stem
+    records = []
+    for index, (mask, expression, score) in enumerate(
+        zip(prediction.masks, prediction.expressions, prediction.scores, strict=True)
+    ):
+        mask_path = out_dir / f"{stem}_mask{index:02d}.png"
+        with atomic_path(mask_path) as tmp:
+            Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG")
+        rle = encode_masks(mask[None])[0]
+        records.append(
+            {
+                "index": index,
+                "expression": expression,
+                "mask_png": mask_path.name,
+                "rle": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
+                "area": int(mask.sum()),
+                "score": float(score),
+            }
+        )
+    overlay = out_dir / f"{stem}_overlay.png"
+    _write_overlay(image_path, prediction, overlay)
+    result = {
+        "image": str(image_path),
+        "overlay": overlay.name,
+        "score": "mean foreground probability inside the mask (logit > 0)",
+        "masks": records,
+    }
+    with atomic_path(out_dir / f"{stem}.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _write_overlay(image_path: Path, prediction: Prediction, out: Path) -> None:
+    """The photo with each mask painted in its colour and a legend of the expressions."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    with Image.open(image_path) as photo:
+        pixels = np.asarray(photo.convert("RGB"))
+    painted = paint_referents(pixels, prediction.masks)
+    colours = referent_colors(len(prediction.masks)) / 255
+    height, width = pixels.shape[:2]
+    legend_inches = 0.25 * len(prediction.masks) + 0.1
+    total_inches = height / 100 + legend_inches
+    figure = Figure(figsize=(width / 100, total_inches), dpi=100)
+    axes = figure.add_axes((0, legend_inches / total_inches, 1, height / 100 / total_inches))
+    axes.imshow(painted)
+    axes.set_axis_off()
+    handles = [
+        Patch(color=colour, label=f"{i + 1}. {text}")
+        for i, (colour, text) in enumerate(zip(colours, prediction.expressions, strict=True))
+    ]
+    figure.legend(handles=handles, loc="lower left", frameon=False, fontsize=9)
+    with atomic_path(out) as tmp:
+        figure.savefig(tmp, format="png")
+
+
+def _jobs(args: argparse.Namespace) -> list[tuple[Path, list[str]]]:
+    """(image, expressions) pairs from ``--image/--expr`` or a JSONL ``--batch`` file."""
+    if args.batch:
+        jobs = []
+        for number, line in enumerate(Path(args.batch).read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                jobs.append((Path(record["image"]), list(record["expressions"])))
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                raise UserError(
+                    f"{args.batch}, line {number}: expected "
+                    '{"image": "photo.jpg", "expressions": ["...", ...]} '
+                    f"({error})"
+                ) from error
+        return jobs
+    if not args.image:
+        raise UserError("give --image with --expr, or --batch FILE.jsonl")
+    return [(Path(args.image), args.expr or [])]
+
+
+def _predict_command(args: argparse.Namespace) -> None:
+    jobs = _jobs(args)
+    predictor = Predictor(args.model, args.device)
+    for image_path, expressions in tqdm(jobs, desc="predict", unit="img", disable=len(jobs) < 2):
+        result = write_outputs(image_path, predictor(image_path, expressions), Path(args.out))
+        log.info("%s: %d masks, overlay %s", image_path, len(result["masks"]), result["overlay"])
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``rsis predict``."""
+    p = subparsers.add_parser("predict", help="segment your own image from expressions")
+    p.add_argument("--model", type=Path, required=True, help="model bundle (rsis export)")
+    p.add_argument("--image", help="the photo")
+    p.add_argument("--expr", action="append", help="a referring expression (repeat, in order)")
+    p.add_argument("--batch", help='JSONL: {"image": ..., "expressions": [...]} per line')
+    p.add_argument("--out", default="predictions", help="output folder")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.set_defaults(func=_predict_command)

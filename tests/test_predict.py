@@ -1,0 +1,113 @@
+"""``rsis predict`` on a real photo with a bundle trained inside the test."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rsis.bundle import export_bundle, load_bundle
+from rsis.cli import main
+from rsis.errors import UserError
+from rsis.evaluate import evaluate, load_model
+from rsis.predict import Predictor
+from rsis.text import EmbeddingTable
+from rsis.train import TrainConfig, Trainer
+from tests.conftest import SAMPLE_ROOT
+
+PHOTO = SAMPLE_ROOT / "images/mscoco/images/train2014/COCO_train2014_000000000154.jpg"
+
+
+@pytest.fixture(scope="module")
+def run_dir(demo_pipeline, tmp_path_factory):
+    out = tmp_path_factory.mktemp("predict_run")
+    cfg = TrainConfig(
+        train_cache=demo_pipeline / "cache/train.h5",
+        val_cache=demo_pipeline / "cache/val.h5",
+        text=demo_pipeline / "text/mean~pca~8.h5",
+        out_dir=out,
+        backbone="resnet18",
+        weights="none",
+        hidden=16,
+        lr=1e-3,
+        encoder_lr=1e-3,
+        batch_size=4,
+        epochs=1,
+        max_referents=3,
+        device="cpu",
+    )
+    Trainer(cfg).run()
+    return out
+
+
+def test_training_writes_a_bundle(run_dir):
+    model, bundle = load_bundle(run_dir / "bundle.pt")
+    assert bundle["image_size"] == [48, 80]
+    assert bundle["text"]["transform"] == "pca" and bundle["pca"]["components"].shape[0] == 8
+    assert not model.training
+
+
+def test_predict_on_a_real_photo(run_dir, tmp_path):
+    expressions = ["man on the left", "red umbrella", "the dog", "a chair", "sky"]
+    args = ["predict", "--model", str(run_dir / "bundle.pt"), "--image", str(PHOTO)]
+    for expression in expressions:
+        args += ["--expr", expression]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    with Image.open(PHOTO) as photo:
+        size = photo.size
+    result = json.loads((tmp_path / f"{PHOTO.stem}.json").read_text())
+    assert [m["expression"] for m in result["masks"]] == expressions
+    for record in result["masks"]:
+        with Image.open(tmp_path / record["mask_png"]) as mask:
+            assert mask.size == size
+            assert int((np.asarray(mask) > 0).sum()) == record["area"]
+        assert record["rle"]["size"] == [size[1], size[0]]
+    with Image.open(tmp_path / result["overlay"]) as overlay:
+        assert overlay.size[0] == size[0] and overlay.size[1] > size[1]
+
+
+def test_predict_and_evaluate_give_identical_masks(demo_pipeline, run_dir):
+    """Same image, same expressions (first of each referent): the same masks."""
+    import h5py
+
+    from rsis.data.refer import load_refer
+
+    cache = demo_pipeline / "cache/val.h5"
+    text = EmbeddingTable.load(demo_pipeline / "text/mean~pca~8.h5")
+    model, payload = load_model(run_dir / "best.pt", text)
+    _, _, predictions = evaluate(model, payload, cache, text, expression="first")
+    demo = demo_pipeline / "resources/demo"
+    refer = load_refer(demo, "demo", "unc", demo / "images")
+    with h5py.File(cache) as f:
+        image_id = int(f["image_id"][0])
+        ref_ids = f["ref_id"][:][f["image_index"][:] == 0].tolist()
+    refs = {r["ref_id"]: r for r in refer.refs}
+    expressions = [refs[r]["sentences"][0]["sent"] for r in ref_ids]
+    got = Predictor(run_dir / "bundle.pt", device="cpu")(refer.image_path(image_id), expressions)
+    rows = [predictions.ref_id.tolist().index(r) for r in ref_ids]
+    np.testing.assert_array_equal(got.network_masks, predictions.masks(rows))
+
+
+def test_clear_errors(run_dir, tmp_path):
+    predictor = Predictor(run_dir / "bundle.pt", device="cpu")
+    with pytest.raises(UserError, match="no expressions"):
+        predictor(PHOTO, [])
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    with pytest.raises(UserError, match=r"cannot decode image .*broken\.jpg"):
+        predictor(broken, ["the dog"])
+    with pytest.raises(UserError, match="not a model bundle"):
+        load_bundle(run_dir / "best.pt")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"image": "x.jpg"}\n')
+    args = ["predict", "--model", str(run_dir / "bundle.pt"), "--batch", str(bad)]
+    assert main(args) == 2
+
+
+def test_export_refuses_another_text_pipeline(demo_pipeline, run_dir, tmp_path):
+    with pytest.raises(UserError, match="not the text pipeline"):
+        export_bundle(
+            run_dir / "best.pt", demo_pipeline / "text/mean~none~native.h5", tmp_path / "b.pt"
+        )
