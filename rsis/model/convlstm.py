@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,9 +16,8 @@ class ConvLSTMCell(nn.Module):
     state and a vector (the expression embedding) repeated at every pixel. The tiled part is
     computed without building the tiled tensor: a convolution of a spatially constant
     map equals, per output pixel, the sum over the kernel taps that fall inside the image
-    (zero padding) of ``W_tap @ cond``, which is a convolution of a map of ones with a
-    per-sample kernel. The result equals the plain concatenation (up to float rounding) at a
-    fraction of the compute and memory.
+    (zero padding) of ``W_tap @ cond``. The result equals the plain concatenation (up to
+    float rounding) at a fraction of the compute and activation memory.
 
     Args:
         in_channels: channels of the feature input ``x``.
@@ -51,19 +52,31 @@ class ConvLSTMCell(nn.Module):
         h, c = state
         weight = self.gates.weight
         gates = F.conv2d(
-            torch.cat([x, h], dim=1), weight[:, : self.split], self.gates.bias, padding=self.gates.padding
+            torch.cat([x, h], dim=1),
+            weight[:, : self.split],
+            self.gates.bias,
+            padding=self.gates.padding,
         )
-        gates = gates + self._tiled_conv(cond, weight[:, self.split :], gates.shape[-2:])
+        gates = gates + tiled_conv2d(cond, weight[:, self.split :], gates.shape[-2:])
         in_gate, forget_gate, out_gate, cell_gate = gates.chunk(4, dim=1)
         c = torch.sigmoid(forget_gate) * c + torch.sigmoid(in_gate) * torch.tanh(cell_gate)
         h = torch.sigmoid(out_gate) * torch.tanh(c)
         return h, c
 
-    def _tiled_conv(
-        self, cond: torch.Tensor, weight: torch.Tensor, size: torch.Size
-    ) -> torch.Tensor:
-        """``conv2d(cond tiled to size, weight)`` with zero padding, as (B, O, H, W)."""
-        batch, out_channels, k = cond.shape[0], weight.shape[0], weight.shape[-1]
-        kernels = torch.einsum("ocij,bc->boij", weight, cond).reshape(-1, 1, k, k)
-        ones = cond.new_ones(1, 1, *size)
-        return F.conv2d(ones, kernels, padding=k // 2).reshape(batch, out_channels, *size)
+
+def tiled_conv2d(cond: torch.Tensor, weight: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``conv2d(cond tiled to size, weight)`` with zero padding, as (B, O, H, W).
+
+    Output pixel p gets ``sum over taps n inside the image of W_n @ cond``: a matrix
+    product of the per-tap responses (B, O, k*k) with the 0/1 tap masks (k*k, H, W).
+
+    Args:
+        cond: vectors (B, C) to tile over every pixel.
+        weight: convolution weight (O, C, k, k), k odd, padding k // 2.
+        size: output (H, W).
+    """
+    k = weight.shape[-1]
+    taps = torch.eye(k * k, dtype=cond.dtype, device=cond.device).view(k * k, 1, k, k)
+    inside = F.conv2d(cond.new_ones(1, 1, *size), taps, padding=k // 2)[0]
+    responses = torch.einsum("ocn,bc->bon", weight.flatten(2), cond)
+    return torch.einsum("bon,nhw->bohw", responses, inside)

@@ -1,0 +1,110 @@
+"""Recurrent multi-scale mask decoder: skip projections, one ConvLSTM per scale, a logit head."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rsis.errors import UserError
+from rsis.model.convlstm import ConvLSTMCell
+
+State = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def decoder_channels(hidden: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Channels of the skip projections and of the ConvLSTM states, coarse to fine (as RSIS).
+
+    Skips: H, H, H/2, H/4, H/8 for layer4, layer3, layer2, layer1, conv1.
+    ConvLSTM states: H, H/2, H/4, H/8, H/16 at the same scales.
+
+    Args:
+        hidden: H, a positive multiple of 16.
+    """
+    if hidden < 16 or hidden % 16:
+        raise UserError(f"model hidden size must be a positive multiple of 16, not {hidden}")
+    skips = (hidden, hidden, hidden // 2, hidden // 4, hidden // 8)
+    return skips, (*skips[1:], hidden // 16)
+
+
+def skip_projection(in_channels: int, out_channels: int) -> nn.Sequential:
+    """3x3 convolution + batch norm, no ReLU (as RSIS's ``sk*``/``bn*`` pairs)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels)
+    )
+
+
+class RecurrentMaskDecoder(nn.Module):
+    """Turns encoder features and one expression embedding per step into mask logits.
+
+    At scale i (coarse to fine) the ConvLSTM input is the skip feature, the hidden state of
+    scale i-1 upsampled to this scale (none at the coarsest) and the embedding tiled over every
+    pixel. Each scale's ``(h, c)`` carries over from one referent to the next.
+
+    Args:
+        feature_channels: encoder channels, fine to coarse (conv1, layer1, ..., layer4).
+        text_dim: size of the expression embedding at the decoder.
+        hidden: H of ``decoder_channels``.
+    """
+
+    def __init__(self, feature_channels: Sequence[int], text_dim: int, hidden: int) -> None:
+        super().__init__()
+        skip_channels, state_channels = decoder_channels(hidden)
+        coarse_to_fine = tuple(reversed(feature_channels))
+        self.skips = nn.ModuleList(
+            skip_projection(c_in, c_out)
+            for c_in, c_out in zip(coarse_to_fine, skip_channels, strict=True)
+        )
+        below = (0, *state_channels[:-1])  # channels of the upsampled state from the scale above
+        self.cells = nn.ModuleList(
+            ConvLSTMCell(c_skip + c_up, text_dim, c_state)
+            for c_skip, c_up, c_state in zip(skip_channels, below, state_channels, strict=True)
+        )
+        self.head = nn.Conv2d(state_channels[-1], 1, 3, padding=1)
+
+    def project(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Skip projections of the encoder features (fine to coarse in), coarse to fine out."""
+        return [skip(x) for skip, x in zip(self.skips, reversed(features), strict=True)]
+
+    def initial_state(self, skips: Sequence[torch.Tensor]) -> State:
+        """Zero ``(h, c)`` per scale, shaped like the skips and with their dtype and layout."""
+        state = []
+        for cell, skip in zip(self.cells, skips, strict=True):
+            zeros = skip.new_zeros(
+                skip.shape[0], cell.hidden_channels, *skip.shape[-2:]
+            ).contiguous(memory_format=_layout(skip))
+            state.append((zeros, zeros))
+        return state
+
+    def step(
+        self, skips: Sequence[torch.Tensor], text: torch.Tensor, state: State
+    ) -> tuple[torch.Tensor, State]:
+        """Decode one referent.
+
+        Args:
+            skips: projected features, coarse to fine (from ``project``).
+            text: this referent's embeddings (B, text_dim).
+            state: ``(h, c)`` per scale after the previous referent.
+
+        Returns:
+            Logits (B, 1, H/2, W/2) at the conv1 resolution, and the new state.
+        """
+        new_state: State = []
+        h = None
+        for cell, skip, prev in zip(self.cells, skips, state, strict=True):
+            x = skip
+            if h is not None:
+                up = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+                x = torch.cat([skip, up], dim=1)
+            h, c = cell(x, text, prev)
+            new_state.append((h, c))
+        return self.head(h), new_state
+
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    """channels_last if ``x`` is stored that way, else contiguous."""
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format

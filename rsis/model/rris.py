@@ -1,0 +1,197 @@
+"""The RRIS model: ResNet encoder, text projection, recurrent ConvLSTM mask decoder."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rsis.errors import UserError
+from rsis.model.backbone import BACKBONES, build_backbone
+from rsis.model.decoder import RecurrentMaskDecoder, decoder_channels
+from rsis.model.text import TextProjection, projected_dim
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that defines an RRIS model; stored in checkpoints and bundles.
+
+    Attributes:
+        backbone: ResNet depth, one of ``BACKBONES``.
+        weights: where the encoder starts: ``imagenet``, ``none`` or a state_dict file.
+            Not part of the architecture: ``diff`` ignores it by default.
+        hidden: H; skip projections have H, H, H/2, H/4, H/8 channels (coarse to fine).
+        text_dim: size of the embeddings given to the model.
+        text_transform: ``none``, ``pca``, ``linear`` or ``linear_pca``.
+        proj_dim: output size of a learned text projection (unset for ``none``/``pca``).
+    """
+
+    backbone: str = "resnet101"
+    weights: str = "imagenet"
+    hidden: int = 128
+    text_dim: int = 768
+    text_transform: str = "none"
+    proj_dim: int | None = None
+
+    def __post_init__(self) -> None:
+        for field, kind in typing.get_type_hints(ModelConfig).items():
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise UserError(f"model setting {field}={value!r} is not of type {kind}")
+        if self.backbone not in BACKBONES:
+            raise UserError(
+                f"unknown backbone {self.backbone!r}: use one of {', '.join(BACKBONES)}"
+            )
+        decoder_channels(self.hidden)
+        projected_dim(self.text_transform, self.text_dim, self.proj_dim)
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain dict of the settings (JSON/YAML/checkpoint friendly)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> ModelConfig:
+        """Build from a dict; missing settings take their defaults, unknown ones are errors."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(f"unknown model setting(s) {unknown}: known are {sorted(known)}")
+        return cls(**data)
+
+    def diff(self, other: ModelConfig, ignore: Sequence[str] = ("weights",)) -> list[str]:
+        """Describe each setting that differs, as ``"name: mine != other's"``.
+
+        Args:
+            other: the configuration to compare with (e.g. a checkpoint's).
+            ignore: settings to leave out; by default ``weights``, which only says where the
+                encoder started and does not change the architecture.
+        """
+        return [
+            f"{field.name}: {getattr(self, field.name)!r} != {getattr(other, field.name)!r}"
+            for field in dataclasses.fields(self)
+            if field.name not in ignore and getattr(self, field.name) != getattr(other, field.name)
+        ]
+
+
+class RRIS(nn.Module):
+    """Recurrent referring instance segmentation: one mask per expression, in order.
+
+    Args:
+        backbone: ResNet depth (``resnet18/34/50/101``).
+        weights: encoder start: ``imagenet``, ``none`` or the path of a state_dict file.
+        hidden: decoder width H.
+        text_dim: size of the embeddings passed to ``forward``.
+        text_transform: ``none``, ``pca``, ``linear`` or ``linear_pca``.
+        proj_dim: output size of a learned text projection.
+        pca: ``(components, mean)`` to start a ``linear_pca`` projection from; leave it
+            unset only when a state dict is loaded next.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: str = ModelConfig.backbone,
+        weights: str | Path = ModelConfig.weights,
+        hidden: int = ModelConfig.hidden,
+        text_dim: int = ModelConfig.text_dim,
+        text_transform: str = ModelConfig.text_transform,
+        proj_dim: int | None = ModelConfig.proj_dim,
+        pca: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = ModelConfig(
+            backbone=backbone,
+            weights=str(weights),
+            hidden=hidden,
+            text_dim=text_dim,
+            text_transform=text_transform,
+            proj_dim=proj_dim,
+        )
+        self.encoder = build_backbone(backbone, str(weights))
+        self.text = TextProjection(text_transform, text_dim, proj_dim)
+        if pca is not None:
+            self.text.load_pca(*pca)
+        self.decoder = RecurrentMaskDecoder(self.encoder.channels, self.text.out_dim, hidden)
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), False)
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: Mapping[str, object] | ModelConfig,
+        *,
+        weights: str | Path | None = None,
+        pca: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> RRIS:
+        """Build from a config dict (or ``ModelConfig``).
+
+        Args:
+            cfg: model settings, see ``ModelConfig``.
+            weights: overrides ``cfg["weights"]``, e.g. ``none`` before loading a checkpoint.
+            pca: ``(components, mean)`` for a fresh ``linear_pca`` model.
+        """
+        config = cfg if isinstance(cfg, ModelConfig) else ModelConfig.from_dict(cfg)
+        settings = config.to_dict()
+        if weights is not None:
+            settings["weights"] = str(weights)
+        return cls(**settings, pca=pca)
+
+    def encoder_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of the ResNet (the low learning rate group)."""
+        return self.encoder.parameters()
+
+    def decoder_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of the text projection, skip projections, ConvLSTMs and head."""
+        yield from self.text.parameters()
+        yield from self.decoder.parameters()
+
+    def forward(
+        self, images: torch.Tensor, text: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Predict one mask per referent.
+
+        Args:
+            images: (B, 3, H, W), uint8 in 0..255 or float in 0..1 (RGB, not normalised).
+            text: expression embeddings (B, R, text_dim), in referent order.
+            valid: (B, R) bool; False marks padded slots, whose step leaves the decoder
+                state unchanged (their logits are computed but meaningless).
+
+        Returns:
+            Mask logits (B, R, H, W) (in the autocast dtype under autocast).
+        """
+        batch, steps = text.shape[:2]
+        if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] != batch:
+            raise ValueError(f"images {tuple(images.shape)} must be (B, 3, H, W) with B={batch}")
+        if text.ndim != 3 or steps < 1 or text.shape[2] != self.config.text_dim:
+            raise ValueError(f"text {tuple(text.shape)} must be (B, R>=1, {self.config.text_dim})")
+        if valid is not None and valid.shape != (batch, steps):
+            raise ValueError(f"valid {tuple(valid.shape)} must be (B, R) = {(batch, steps)}")
+        pixels = images.float() / 255 if images.dtype == torch.uint8 else images
+        skips = self.decoder.project(self.encoder((pixels - self.pixel_mean) / self.pixel_std))
+        embeddings = self.text(text)
+        state = self.decoder.initial_state(skips)
+        logits = []
+        for t in range(steps):
+            out, new_state = self.decoder.step(skips, embeddings[:, t], state)
+            if valid is None:
+                state = new_state
+            else:
+                keep = valid[:, t].view(batch, 1, 1, 1)
+                state = [
+                    (torch.where(keep, h, h0), torch.where(keep, c, c0))
+                    for (h, c), (h0, c0) in zip(new_state, state, strict=True)
+                ]
+            logits.append(out)
+        return F.interpolate(
+            torch.cat(logits, dim=1), size=images.shape[-2:], mode="bilinear", align_corners=False
+        )

@@ -1,0 +1,330 @@
+"""Tests of the RRIS network (rsis.model): shapes, recurrence, padding, loss, weights, config."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from sklearn.decomposition import PCA
+
+from rsis.errors import UserError
+from rsis.model import RRIS, ModelConfig, TextProjection, build_backbone, soft_iou, soft_iou_loss
+from rsis.model.convlstm import ConvLSTMCell, tiled_conv2d
+
+TEXT_DIM = 8
+TINY = {"backbone": "resnet18", "weights": "none", "hidden": 16, "text_dim": TEXT_DIM}
+
+
+@pytest.fixture(scope="module")
+def model() -> RRIS:
+    """A tiny RRIS in eval mode (fixed BN statistics: outputs do not depend on the batch)."""
+    torch.manual_seed(0)
+    return RRIS.from_config(TINY).eval()
+
+
+def inputs(batch: int, steps: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random uint8 images (batch, 3, 64, 96) and embeddings (batch, steps, TEXT_DIM)."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (batch, 3, 64, 96), dtype=torch.uint8, generator=g)
+    return images, torch.randn(batch, steps, TEXT_DIM, generator=g)
+
+
+@pytest.mark.parametrize(
+    ("name", "channels"),
+    [
+        ("resnet18", (64, 64, 128, 256, 512)),
+        ("resnet34", (64, 64, 128, 256, 512)),
+        ("resnet50", (64, 256, 512, 1024, 2048)),
+        ("resnet101", (64, 256, 512, 1024, 2048)),
+    ],
+)
+def test_backbone_features(name: str, channels: tuple[int, ...]) -> None:
+    encoder = build_backbone(name, "none").eval()
+    assert encoder.channels == channels
+    with torch.no_grad():
+        features = encoder(torch.randn(1, 3, 64, 96))
+    assert [tuple(f.shape) for f in features] == [
+        (1, c, 64 // s, 96 // s) for c, s in zip(channels, encoder.strides, strict=True)
+    ]
+    assert encoder.strides == (2, 4, 8, 16, 32)
+    assert all(torch.isfinite(f).all() for f in features)
+    assert not any(name.startswith("fc.") for name in encoder.state_dict())
+
+
+@pytest.mark.parametrize(("batch", "steps"), [(1, 1), (1, 6), (3, 1), (3, 6)])
+def test_output_shape_and_finite(model: RRIS, batch: int, steps: int) -> None:
+    images, text = inputs(batch, steps)
+    with torch.no_grad():
+        logits = model(images, text)
+    assert logits.shape == (batch, steps, 64, 96)
+    assert logits.dtype == torch.float32
+    assert torch.isfinite(logits).all()
+
+
+def test_batch_members_are_independent(model: RRIS) -> None:
+    images, text = inputs(3, 4)
+    with torch.no_grad():
+        together = model(images, text)
+        alone = model(images[1:2], text[1:2])
+    torch.testing.assert_close(together[1:2], alone, atol=1e-5, rtol=1e-4)
+
+
+def test_float_images_equal_uint8(model: RRIS) -> None:
+    images, text = inputs(2, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images.float() / 255, text), model(images, text))
+
+
+def test_recurrence_is_causal_and_real(model: RRIS) -> None:
+    images, text = inputs(2, 3)
+    changed_first, changed_second = text.clone(), text.clone()
+    changed_first[:, 0] = torch.randn(2, TEXT_DIM)
+    changed_second[:, 1] = torch.randn(2, TEXT_DIM)
+    with torch.no_grad():
+        base = model(images, text)
+        after_first = model(images, changed_first)
+        after_second = model(images, changed_second)
+    # mask 2 depends on expression 1 (the state carries over) ...
+    assert (after_first[:, 1] - base[:, 1]).abs().max() > 1e-3
+    # ... but mask 1 never depends on a later expression
+    torch.testing.assert_close(after_second[:, 0], base[:, 0])
+
+
+def test_padded_slots_do_not_touch_valid_ones(model: RRIS) -> None:
+    images, text = inputs(2, 4)
+    valid = torch.tensor([[True, True, True, False], [True, False, True, False]])
+    garbage = text.clone()
+    garbage[~valid] = 100 * torch.randn(int((~valid).sum()), TEXT_DIM)
+    with torch.no_grad():
+        padded = model(images, text, valid)
+        padded_garbage = model(images, garbage, valid)
+        first_alone = model(images[:1], text[:1, :3])
+        second_alone = model(images[1:], text[1:, [0, 2]])
+    torch.testing.assert_close(padded[valid], padded_garbage[valid])
+    torch.testing.assert_close(padded[0, :3], first_alone[0], atol=1e-5, rtol=1e-4)
+    # a padded slot in the middle is skipped: referent 3 sees the state after referent 1
+    torch.testing.assert_close(padded[1, [0, 2]], second_alone[0], atol=1e-5, rtol=1e-4)
+
+
+def test_convlstm_equals_concatenating_the_tiled_embedding() -> None:
+    torch.manual_seed(0)
+    cell = ConvLSTMCell(in_channels=5, cond_channels=7, hidden_channels=4)
+    x, h, c = torch.randn(2, 5, 6, 9), torch.randn(2, 4, 6, 9), torch.randn(2, 4, 6, 9)
+    cond = torch.randn(2, 7)
+    h_new, c_new = cell(x, cond, (h, c))
+    tiled = cond[:, :, None, None].expand(-1, -1, 6, 9)
+    i, f, o, g = cell.gates(torch.cat([x, h, tiled], dim=1)).chunk(4, dim=1)
+    c_ref = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    torch.testing.assert_close(c_new, c_ref)
+    torch.testing.assert_close(h_new, torch.sigmoid(o) * torch.tanh(c_ref))
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_tiled_conv2d_equals_conv_of_the_tiled_map(k: int) -> None:
+    cond, weight = torch.randn(3, 6), torch.randn(10, 6, k, k)
+    tiled = cond[:, :, None, None].expand(-1, -1, 4, 7)
+    expected = F.conv2d(tiled, weight, padding=k // 2)
+    torch.testing.assert_close(tiled_conv2d(cond, weight, (4, 7)), expected)
+
+
+def test_channels_last_and_bfloat16_autocast(model: RRIS) -> None:
+    images, text = inputs(2, 3)
+    with torch.no_grad():
+        reference = model(images, text)
+        model.to(memory_format=torch.channels_last)
+        try:
+            channels_last = model(images.contiguous(memory_format=torch.channels_last), text)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                low = model(images, text)
+        finally:
+            model.to(memory_format=torch.contiguous_format)
+    torch.testing.assert_close(channels_last, reference, atol=1e-4, rtol=1e-4)
+    assert low.dtype == torch.bfloat16
+    assert torch.isfinite(low).all()
+    assert (torch.sigmoid(low.float()) - torch.sigmoid(reference)).abs().max() < 0.05
+
+
+def test_soft_iou_by_hand() -> None:
+    logits = torch.tensor([[[[0.0, 2.0], [-1.0, 1.0]]]])
+    target = torch.tensor([[[[1, 0], [0, 1]]]], dtype=torch.uint8)
+    p = [0.5, 1 / (1 + np.exp(-2.0)), 1 / (1 + np.exp(1.0)), 1 / (1 + np.exp(-1.0))]
+    y = [1, 0, 0, 1]
+    intersection = p[0] + p[3]
+    union = sum(pi + yi - pi * yi for pi, yi in zip(p, y, strict=True))
+    assert soft_iou(logits, target).item() == pytest.approx(intersection / union, rel=1e-5)
+    assert soft_iou_loss(logits, target).item() == pytest.approx(1 - intersection / union, rel=1e-5)
+
+
+def test_soft_iou_loss_averages_valid_referents_in_float32() -> None:
+    target = torch.zeros(2, 3, 4, 4)
+    target[:, :, :2] = 1
+    logits = torch.where(target.bool(), 20.0, -20.0)
+    logits[0, 1] = -logits[0, 1]  # completely wrong: loss 1
+    logits[1, 2] = 0.0  # padded: excluded whatever it is
+    valid = torch.tensor([[True, True, True], [True, True, False]])
+    loss = soft_iou_loss(logits.bfloat16(), target, valid)
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(1 / 5, abs=1e-4)
+    empty = torch.zeros(1, 1, 4, 4)
+    assert soft_iou_loss(torch.full((1, 1, 4, 4), -30.0), empty).item() == pytest.approx(
+        0, abs=1e-3
+    )
+
+
+def test_linear_pca_starts_at_the_pca_projection() -> None:
+    rng = np.random.default_rng(0)
+    data = (rng.normal(size=(50, 12)) @ rng.normal(size=(12, 12)) + 3).astype(np.float32)
+    pca = PCA(n_components=4).fit(data)
+    projection = TextProjection("linear_pca", 12, 4)
+    projection.load_pca(pca.components_, pca.mean_)
+    with torch.no_grad():
+        projected = projection(torch.from_numpy(data)).numpy()
+    np.testing.assert_allclose(projected, pca.transform(data), atol=1e-4)
+    with pytest.raises(UserError, match="do not fit"):
+        projection.load_pca(pca.components_[:3], pca.mean_)
+    with pytest.raises(UserError, match="no linear layer"):
+        TextProjection("pca", 4).load_pca(pca.components_, pca.mean_)
+
+
+def test_text_transforms_and_their_sizes() -> None:
+    text = torch.randn(2, 3, 12)
+    assert TextProjection("none", 12)(text) is text
+    assert TextProjection("pca", 12, 12)(text) is text
+    assert TextProjection("linear", 12, 5)(text).shape == (2, 3, 5)
+    with pytest.raises(UserError, match="needs proj_dim"):
+        TextProjection("linear", 12)
+    with pytest.raises(UserError, match="proj_dim"):
+        TextProjection("none", 12, 5)
+    with pytest.raises(UserError, match="unknown text_transform"):
+        TextProjection("bert", 12)
+
+
+def test_model_with_linear_pca_projection() -> None:
+    rng = np.random.default_rng(1)
+    components, mean = rng.normal(size=(4, TEXT_DIM)), rng.normal(size=TEXT_DIM)
+    settings = {**TINY, "text_transform": "linear_pca", "proj_dim": 4}
+    model = RRIS.from_config(settings, pca=(components, mean)).eval()
+    np.testing.assert_allclose(model.text.linear.weight.detach().numpy(), components, rtol=1e-6)
+    images, text = inputs(1, 2)
+    with torch.no_grad():
+        assert model(images, text).shape == (1, 2, 64, 96)
+    assert model.decoder.cells[0].gates.in_channels == 16 + 16 + 4
+
+
+def test_parameter_groups_split_the_model(model: RRIS) -> None:
+    encoder = {id(p) for p in model.encoder_parameters()}
+    decoder = {id(p) for p in model.decoder_parameters()}
+    assert encoder and decoder and not encoder & decoder
+    assert encoder | decoder == {id(p) for p in model.parameters()}
+    assert {id(p) for p in model.encoder.parameters()} == encoder
+
+
+def test_model_config_round_trip_and_diff() -> None:
+    config = ModelConfig(
+        backbone="resnet50", hidden=64, text_dim=384, text_transform="linear", proj_dim=128
+    )
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    other = ModelConfig.from_dict({**config.to_dict(), "hidden": 32, "weights": "none"})
+    assert config.diff(other) == ["hidden: 64 != 32"]
+    assert config.diff(other, ignore=()) == ["weights: 'imagenet' != 'none'", "hidden: 64 != 32"]
+    assert config.diff(config) == []
+    model = RRIS.from_config(TINY)
+    assert model.config == ModelConfig.from_dict(TINY)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"hiden": 64}, "unknown model setting"),
+        ({"hidden": 24}, "multiple of 16"),
+        ({"hidden": "64"}, "hidden='64'"),
+        ({"backbone": "vgg16"}, "unknown backbone"),
+        ({"text_transform": "linear"}, "needs proj_dim"),
+    ],
+)
+def test_model_config_rejects_bad_settings(settings: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        ModelConfig.from_dict(settings)
+
+
+def test_imagenet_weights_offline_say_what_to_do(monkeypatch, tmp_path) -> None:
+    """No network (simulated at the resolver, so this cannot hang): a helpful UserError."""
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    with pytest.raises(UserError) as error:
+        build_backbone("resnet18", "imagenet")
+    message = str(error.value)
+    assert str(tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in message
+    assert "local state_dict file" in message and "'none'" in message
+
+
+def test_weights_file_round_trip(tmp_path) -> None:
+    torch.manual_seed(3)
+    source = torchvision.models.resnet18()
+    path = tmp_path / "resnet18.pt"
+    torch.save(source.state_dict(), path)
+    encoder = build_backbone("resnet18", str(path))
+    for key, value in encoder.state_dict().items():
+        torch.testing.assert_close(value, source.state_dict()[key], rtol=0, atol=0)
+    # the encoder's own state dict (no fc) loads back too
+    torch.save(encoder.state_dict(), tmp_path / "encoder.pt")
+    again = build_backbone("resnet18", str(tmp_path / "encoder.pt"))
+    torch.testing.assert_close(again.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
+    with pytest.raises(UserError, match="do not fit"):
+        build_backbone("resnet34", str(path))
+    with pytest.raises(UserError, match="does not exist"):
+        build_backbone("resnet18", str(tmp_path / "missing.pt"))
+
+
+def coloured_squares(size: int = 48, side: int = 16) -> tuple[torch.Tensor, ...]:
+    """Four grey images, each with two squares of different colours (every colour is a first
+    and a second referent somewhere); the embedding of a referent is its colour, one-hot
+    (scaled to 4 so that, like a real embedding, it is not tiny beside the image features)."""
+    colours = torch.tensor([[220, 30, 30], [30, 200, 30], [30, 60, 220]], dtype=torch.uint8)
+    pairs = [(0, 1), (1, 2), (2, 0), (1, 0)]
+    g = torch.Generator().manual_seed(0)
+    images = torch.full((4, 3, size, size), 128, dtype=torch.uint8)
+    masks = torch.zeros(4, 2, size, size, dtype=torch.uint8)
+    text = torch.zeros(4, 2, 3)
+    for i, pair in enumerate(pairs):
+        while True:  # two corners far enough apart for the squares not to overlap
+            ys, xs = torch.randint(0, size - side + 1, (2, 2), generator=g)
+            if (ys[0] - ys[1]).abs() >= side or (xs[0] - xs[1]).abs() >= side:
+                break
+        for r, (colour, y, x) in enumerate(zip(pair, ys.tolist(), xs.tolist(), strict=True)):
+            images[i, :, y : y + side, x : x + side] = colours[colour].view(3, 1, 1)
+            masks[i, r, y : y + side, x : x + side] = 1
+            text[i, r, colour] = 4.0
+    return images, masks, text
+
+
+@pytest.mark.slow
+def test_model_overfits_coloured_squares() -> None:
+    images, masks, text = coloured_squares()
+    torch.manual_seed(0)
+    model = RRIS(backbone="resnet18", weights="none", hidden=32, text_dim=3)
+    optimizer = torch.optim.Adam(
+        [
+            {"params": model.encoder_parameters(), "lr": 1e-3},
+            {"params": model.decoder_parameters(), "lr": 1e-2},
+        ]
+    )
+    losses = []
+    for _ in range(150):
+        loss = soft_iou_loss(model(images, text), masks)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if loss.item() < 0.2:
+            break
+    assert losses[0] > 0.6
+    assert losses[-1] < 0.2, f"soft IoU loss still {losses[-1]:.3f} after {len(losses)} steps"
