@@ -134,3 +134,27 @@ def test_evaluate_scores_every_referent(demo_pipeline, trained):
     best = max(row["val_instance_iou"] for row in history)
     assert summary["instance_iou"] == pytest.approx(best, abs=1e-6)
     assert summary["n_referents"] == len(predictions.ref_id) > 0
+
+
+@pytest.mark.slow
+def test_two_process_ddp_training_writes_one_checkpoint(demo_pipeline, tmp_path):
+    """torchrun with 2 CPU processes (gloo): DistributedDataParallel, rank 0 writes."""
+    import subprocess
+    import sys
+
+    root = demo_pipeline
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+        "-m", "rsis.cli", "train",
+        "--train-cache", str(root / "cache/train.h5"), "--val-cache", str(root / "cache/val.h5"),
+        "--text", str(root / "text/mean~pca~8.h5"), "--out-dir", str(tmp_path),
+        "--backbone", "resnet18", "--weights", "none", "--hidden", "16", "--epochs", "1",
+        "--batch-size", "2", "--device", "cpu",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 0
+    assert len(pd.read_csv(tmp_path / "metrics.csv")) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "best.pt", "bundle.pt", "last.pt", "metrics.csv", "tensorboard",
+    ]  # fmt: skip

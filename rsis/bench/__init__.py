@@ -1,0 +1,22 @@
+"""``rsis bench``: benchmarks that print their figures (one module per benchmark)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+# Modules that expose ``register(bench_subparsers)``; each adds one ``rsis bench`` subcommand.
+BENCH_MODULES: tuple[str, ...] = (
+    "rsis.bench.embed",
+    "rsis.bench.loader",
+    "rsis.bench.metrics",
+    "rsis.bench.train",
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``rsis bench`` and every benchmark of ``BENCH_MODULES`` under it."""
+    parser = subparsers.add_parser("bench", help="benchmarks (print measured figures)")
+    bench_subparsers = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    for name in BENCH_MODULES:
+        importlib.import_module(name).register(bench_subparsers)
