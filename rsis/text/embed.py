@@ -1,0 +1,168 @@
+"""``rsis embed``: pooled output and masked mean of the last layer for every expression."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch.nn.utils.rnn import pad_sequence
+from tqdm import tqdm
+from transformers import PreTrainedModel
+
+from rsis.errors import UserError
+from rsis.io import atomic_path, check_identity
+from rsis.text.models import (
+    load_model,
+    load_tokenizer,
+    resolve_model,
+    tokenizer_identity,
+    weights_hash,
+)
+from rsis.text.tokenize import read_tokens
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 128
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; an explicit ``cuda`` must be available."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but torch sees no CUDA device; use auto")
+    return torch.device(name)
+
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``hidden`` (B, T, D) over the positions where ``mask`` (B, T) is 1."""
+    weights = mask.to(hidden.dtype)
+    return torch.einsum("bt,btd->bd", weights, hidden) / weights.sum(1, keepdim=True)
+
+
+def length_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Row indices grouped into batches of one length each, shortest first.
+
+    Rows are sorted by length and cut where the length changes or after ``batch_size`` rows,
+    so no expression is ever padded (padding costs FLOPs and, on CPU, most of the gain).
+    """
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    order = np.argsort(lengths, kind="stable")
+    starts = np.flatnonzero(np.diff(lengths[order], prepend=-1))
+    runs = np.split(order, starts[1:])
+    return [run[i : i + batch_size] for run in runs for i in range(0, len(run), batch_size)]
+
+
+def embed_batch(
+    model: PreTrainedModel, sequences: list[torch.Tensor], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled output and masked mean of the last layer for one batch of token id sequences.
+
+    Sequences of different lengths are padded with ``pad_id`` and masked out, both in
+    attention and in the mean, so the padding never changes a result.
+    """
+    input_ids = pad_sequence(sequences, batch_first=True, padding_value=pad_id)
+    lengths = torch.tensor([len(seq) for seq in sequences])
+    mask = (torch.arange(input_ids.shape[1]) < lengths[:, None]).long().to(device)
+    out = model(input_ids=input_ids.to(device), attention_mask=mask)
+    return out.pooler_output, masked_mean(out.last_hidden_state, mask)
+
+
+def embed_sequences(
+    model: PreTrainedModel,
+    ids: np.ndarray,
+    ptr: np.ndarray,
+    *,
+    pad_id: int,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: torch.device | None = None,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run the encoder over ragged token ids in ``length_batches``.
+
+    Args:
+        model: a BERT-family ``AutoModel`` (with pooler), in eval mode.
+        ids: flat token ids; sequence ``i`` is ``ids[ptr[i]:ptr[i + 1]]``.
+        ptr: (N + 1,) offsets.
+        pad_id: the tokenizer's padding id (masked out, so its value never matters).
+        batch_size: most expressions per forward pass.
+        device: where to run; default the model's device.
+        progress: show a tqdm bar.
+
+    Returns:
+        ``pooled`` and ``mean``, both (N, hidden_size) float32, in input order.
+    """
+    device = device or model.device
+    lengths = np.diff(ptr)
+    pooled = np.empty((len(lengths), model.config.hidden_size), dtype=np.float32)
+    mean = np.empty_like(pooled)
+    tokens = torch.from_numpy(ids.astype(np.int64))
+    with (
+        torch.inference_mode(),
+        tqdm(total=len(lengths), unit="expr", disable=not progress) as bar,
+    ):
+        for rows in length_batches(lengths, batch_size):
+            sequences = [tokens[ptr[r] : ptr[r + 1]] for r in rows]
+            batch_pooled, batch_mean = embed_batch(model, sequences, pad_id, device)
+            pooled[rows] = batch_pooled.float().cpu().numpy()
+            mean[rows] = batch_mean.float().cpu().numpy()
+            bar.update(len(rows))
+    return pooled, mean
+
+
+def run(args: argparse.Namespace) -> None:
+    """Embed every expression of a tokens file with the model that tokenized it."""
+    source = resolve_model(args.model)
+    tokenizer = load_tokenizer(source)
+    identity = tokenizer_identity(args.model, tokenizer)
+    check_identity(args.tokens, {k: identity[k] for k in ("vocab_hash", "lowercase")})
+    table = read_tokens(args.tokens)
+    model = load_model(source)
+    limit = model.config.max_position_embeddings
+    if table.lengths.max() > limit:
+        raise UserError(
+            f"{args.tokens} holds expressions of {table.lengths.max()} tokens but model "
+            f"{args.model!r} accepts at most {limit}; rerun `rsis tokenize` with this model"
+        )
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    log.info("embedding %d expressions with %s on %s", len(table), args.model, device)
+    pooled, mean = embed_sequences(
+        model.to(device),
+        table.ids,
+        table.ptr,
+        pad_id=tokenizer.pad_token_id or 0,
+        batch_size=args.batch_size,
+        device=device,
+    )
+    with atomic_path(args.out) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("sent_id", data=table.sent_id)
+        f.create_dataset("pooled", data=pooled)
+        f.create_dataset("mean", data=mean)
+        f.attrs.update(
+            model=args.model,
+            model_revision=source.revision,
+            model_hash=weights_hash(source),
+            hidden_size=model.config.hidden_size,
+            tokens_hash=table.attrs["tokens_hash"],
+            vocab_hash=identity["vocab_hash"],
+        )
+    log.info("wrote %s", args.out)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``rsis embed``."""
+    parser = subparsers.add_parser("embed", help="pooled + mean embeddings of every expression")
+    parser.add_argument("--tokens", type=Path, required=True, help="tokens.h5 from rsis tokenize")
+    parser.add_argument("--model", required=True, help="minilm, a model directory, or a hub id")
+    parser.add_argument("--out", type=Path, required=True, help="embeddings.h5 to write")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    parser.set_defaults(func=run)

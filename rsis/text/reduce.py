@@ -1,0 +1,130 @@
+"""``rsis reduce``: pick an embedding and reduce it (none, or PCA fitted on one split only)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+from sklearn.decomposition import PCA
+
+from rsis.errors import UserError
+from rsis.io import atomic_path, check_identity, read_attrs
+from rsis.text.tokenize import read_tokens
+
+log = logging.getLogger(__name__)
+
+EMBEDDINGS = ("pooled", "mean")
+TRANSFORMS = ("none", "pca")
+NATIVE = "native"
+
+
+@dataclass
+class Reduction:
+    """Reduced vectors, and the fitted PCA when the transform is ``pca``."""
+
+    embedding: np.ndarray
+    pca: PCA | None = None
+
+
+def parse_dim(transform: str, dim: str) -> int | None:
+    """Check ``--dim`` against ``--transform``: ``none`` takes ``native``, ``pca`` an integer.
+
+    Returns:
+        the PCA dimension, or None for the native (unreduced) embedding.
+    """
+    if transform == "none":
+        if dim != NATIVE:
+            raise UserError(f"--transform none keeps the model's size: give --dim {NATIVE}")
+        return None
+    if not dim.isdigit() or int(dim) < 1:
+        raise UserError(f"--transform {transform} needs --dim as a positive integer, got {dim!r}")
+    return int(dim)
+
+
+def reduce_embeddings(
+    vectors: np.ndarray, split: np.ndarray, transform: str, dim: int | None, fit_split: str
+) -> Reduction:
+    """Reduce ``vectors`` (N, D); PCA is fitted on the rows whose split is ``fit_split`` only.
+
+    Args:
+        vectors: (N, D) embeddings of every split.
+        split: (N,) split name of each row.
+        transform: ``none`` or ``pca``.
+        dim: PCA dimension (None for ``none``).
+        fit_split: the split the PCA is fitted on (``train`` in the paper's setting).
+    """
+    if transform == "none":
+        return Reduction(vectors.astype(np.float32))
+    fit_rows = split == fit_split
+    n_fit = int(fit_rows.sum())
+    if n_fit == 0:
+        raise UserError(
+            f"--fit-split {fit_split!r} has no expressions; splits present: "
+            f"{', '.join(sorted(set(split.tolist())))}"
+        )
+    if dim > min(n_fit, vectors.shape[1]):
+        raise UserError(
+            f"PCA to {dim} dims needs at least {dim} expressions in the fit split and an "
+            f"embedding of at least {dim} dims; split {fit_split!r} has {n_fit} expressions "
+            f"and the embedding has {vectors.shape[1]} dims: lower --dim"
+        )
+    pca = PCA(n_components=dim, svd_solver="full").fit(vectors[fit_rows])
+    log.info(
+        "PCA fitted on %d %s expressions: %d dims keep %.1f%% of the variance",
+        n_fit,
+        fit_split,
+        dim,
+        100 * pca.explained_variance_ratio_.sum(),
+    )
+    return Reduction(pca.transform(vectors).astype(np.float32), pca)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Reduce one embedding of an embeddings file and write ``<embedding>~<transform>~<dim>``."""
+    dim = parse_dim(args.transform, args.dim)
+    table = read_tokens(args.tokens)
+    check_identity(args.embeddings, {"tokens_hash": table.attrs["tokens_hash"]})
+    with h5py.File(args.embeddings, "r") as f:
+        sent_id = f["sent_id"][:]
+        vectors = f[args.embedding][:]
+    if not np.array_equal(sent_id, table.sent_id):
+        raise UserError(f"{args.embeddings} and {args.tokens} list different sentences")
+    reduction = reduce_embeddings(vectors, table.split, args.transform, dim, args.fit_split)
+    source = read_attrs(args.embeddings)
+    with atomic_path(args.out) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("sent_id", data=sent_id)
+        f.create_dataset("embedding", data=reduction.embedding)
+        if reduction.pca is not None:
+            pca = reduction.pca
+            f.create_dataset("components", data=pca.components_.astype(np.float32))
+            f.create_dataset("mean", data=pca.mean_.astype(np.float32))
+            f.create_dataset("explained_variance", data=pca.explained_variance_.astype(np.float32))
+            f.create_dataset(
+                "explained_variance_ratio", data=pca.explained_variance_ratio_.astype(np.float32)
+            )
+        f.attrs.update(
+            {k: source[k] for k in ("model", "model_revision", "model_hash", "tokens_hash")},
+            hidden_size=source["hidden_size"],
+            embedding=args.embedding,
+            transform=args.transform,
+            dim=reduction.embedding.shape[1],
+            fit_split=args.fit_split if reduction.pca is not None else "",
+        )
+    log.info("wrote %s (%d x %d)", args.out, *reduction.embedding.shape)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``rsis reduce``."""
+    parser = subparsers.add_parser("reduce", help="native or PCA-reduced expression embeddings")
+    parser.add_argument("--embeddings", type=Path, required=True, help="from rsis embed")
+    parser.add_argument("--tokens", type=Path, required=True, help="from rsis tokenize (splits)")
+    parser.add_argument("--embedding", choices=EMBEDDINGS, required=True)
+    parser.add_argument("--transform", choices=TRANSFORMS, required=True)
+    parser.add_argument("--dim", required=True, help=f"'{NATIVE}' for none, an integer for pca")
+    parser.add_argument("--fit-split", default="train", help="split the PCA is fitted on")
+    parser.add_argument("--out", type=Path, required=True, help="<embedding>~<transform>~<dim>.h5")
+    parser.set_defaults(func=run)

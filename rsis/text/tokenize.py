@@ -1,0 +1,227 @@
+"""``rsis tokenize``: WordPiece ids of every referring expression, stored ragged in HDF5."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from rsis.data.refer import load_refer
+from rsis.errors import UserError
+from rsis.io import atomic_path
+from rsis.text.models import load_tokenizer, max_length, resolve_model, tokenizer_identity
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TokenTable:
+    """Token ids of N expressions: row ``i`` owns ``ids[ptr[i]:ptr[i + 1]]``.
+
+    Args:
+        sent_id: (N,) int64 sentence ids.
+        split: (N,) split name of each sentence.
+        text: (N,) the expressions as given.
+        ids: flat int32 token ids, special tokens included.
+        ptr: (N + 1,) int64 offsets into ``ids``.
+        attrs: tokenizer identity and provenance (written as HDF5 attributes).
+    """
+
+    sent_id: np.ndarray
+    split: np.ndarray
+    text: np.ndarray
+    ids: np.ndarray
+    ptr: np.ndarray
+    attrs: dict[str, object] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.sent_id)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """(N,) number of tokens of each expression."""
+        return np.diff(self.ptr)
+
+    def sequence(self, row: int) -> np.ndarray:
+        """Token ids of one expression."""
+        return self.ids[self.ptr[row] : self.ptr[row + 1]]
+
+
+def encode(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], limit: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tokenize ``texts``; an expression longer than ``limit`` tokens is truncated to it.
+
+    Truncation is the tokenizer's own (``truncation=True``: the end of the expression is cut,
+    the final ``[SEP]`` kept), applied only to the expressions that need it.
+
+    Returns:
+        flat int32 ids, (N + 1,) int64 offsets, (N,) bool: whether each was truncated.
+    """
+    sequences = tokenizer(list(texts), return_attention_mask=False, return_token_type_ids=False)[
+        "input_ids"
+    ]
+    truncated = np.array([len(seq) > limit for seq in sequences], dtype=bool)
+    long_rows = np.flatnonzero(truncated)
+    if len(long_rows):
+        cut = tokenizer(
+            [texts[i] for i in long_rows],
+            truncation=True,
+            max_length=limit,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )["input_ids"]
+        for row, seq in zip(long_rows, cut, strict=True):
+            sequences[row] = seq
+    ptr = np.zeros(len(sequences) + 1, dtype=np.int64)
+    np.cumsum([len(seq) for seq in sequences], out=ptr[1:])
+    ids = np.fromiter((i for seq in sequences for i in seq), dtype=np.int32, count=ptr[-1])
+    return ids, ptr, truncated
+
+
+def tokens_hash(sent_id: np.ndarray, ids: np.ndarray, ptr: np.ndarray) -> str:
+    """SHA-256 of the token content, so later steps can tell which tokens they came from."""
+    digest = hashlib.sha256()
+    for array in (sent_id.astype(np.int64), ids.astype(np.int32), ptr.astype(np.int64)):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def tokenize_sentences(
+    sentences: Sequence[tuple[int, str, str]],
+    tokenizer: PreTrainedTokenizerBase,
+    identity: dict[str, object],
+    limit: int,
+) -> TokenTable:
+    """Tokenize ``(sent_id, split, text)`` triples (the reader's ``sentences()``).
+
+    Empty or whitespace-only expressions are kept (they become ``[CLS] [SEP]``) and logged as a
+    warning; expressions longer than ``limit`` tokens are truncated and counted.
+
+    Args:
+        sentences: one triple per expression; sent_ids must be unique.
+        tokenizer: the model's tokenizer.
+        identity: ``tokenizer_identity`` of that tokenizer, stored as attributes.
+        limit: the model's maximum sequence length.
+    """
+    if not sentences:
+        raise UserError("no expressions to tokenize: the dataset has no sentences")
+    sent_id = np.array([s[0] for s in sentences], dtype=np.int64)
+    duplicates = [k for k, n in Counter(sent_id.tolist()).items() if n > 1]
+    if duplicates:
+        raise UserError(f"sent_id values occur more than once: {sorted(duplicates)[:10]}")
+    texts = [s[2] for s in sentences]
+    ids, ptr, truncated = encode(tokenizer, texts, limit)
+    _log_summary(sent_id, texts, ids, ptr, truncated, tokenizer, limit)
+    attrs = dict(identity)
+    attrs.update(
+        max_length=limit,
+        n_truncated=int(truncated.sum()),
+        tokens_hash=tokens_hash(sent_id, ids, ptr),
+    )
+    return TokenTable(
+        sent_id=sent_id,
+        split=np.array([s[1] for s in sentences], dtype=object),
+        text=np.array(texts, dtype=object),
+        ids=ids,
+        ptr=ptr,
+        attrs=attrs,
+    )
+
+
+def _log_summary(
+    sent_id: np.ndarray,
+    texts: Sequence[str],
+    ids: np.ndarray,
+    ptr: np.ndarray,
+    truncated: np.ndarray,
+    tokenizer: PreTrainedTokenizerBase,
+    limit: int,
+) -> None:
+    """Log lengths, truncations, empty expressions and unknown tokens."""
+    lengths = np.diff(ptr)
+    log.info(
+        "%d expressions, %d tokens (mean %.2f, max %d with [CLS]/[SEP])",
+        len(texts),
+        len(ids),
+        lengths.mean(),
+        lengths.max(),
+    )
+    log.info(
+        "%d expressions exceed the model's limit of %d tokens and were truncated",
+        int(truncated.sum()),
+        limit,
+    )
+    empty = [int(s) for s, t in zip(sent_id, texts, strict=True) if not t.strip()]
+    if empty:
+        log.warning(
+            "%d empty or whitespace-only expressions, kept as [CLS] [SEP]: sent_id %s",
+            len(empty),
+            empty[:10],
+        )
+    unknown = np.add.reduceat((ids == tokenizer.unk_token_id).astype(np.int64), ptr[:-1])
+    if unknown.any():
+        log.info("%d expressions contain [UNK] tokens", int(np.count_nonzero(unknown)))
+
+
+def write_tokens(table: TokenTable, path: Path) -> None:
+    """Write ``table`` to HDF5 atomically (layout in docs/architecture.md)."""
+    text_dtype = h5py.string_dtype()
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("sent_id", data=table.sent_id)
+        f.create_dataset("split", data=table.split.astype(object), dtype=text_dtype)
+        f.create_dataset("text", data=table.text.astype(object), dtype=text_dtype)
+        f.create_dataset("input_ids/ids", data=table.ids)
+        f.create_dataset("input_ids/ptr", data=table.ptr)
+        f.attrs.update(table.attrs)
+
+
+def read_tokens(path: Path) -> TokenTable:
+    """Read a file written by ``write_tokens``."""
+    with h5py.File(path, "r") as f:
+        return TokenTable(
+            sent_id=f["sent_id"][:],
+            split=f["split"].asstr()[:],
+            text=f["text"].asstr()[:],
+            ids=f["input_ids/ids"][:],
+            ptr=f["input_ids/ptr"][:],
+            attrs={k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()},
+        )
+
+
+def run(args: argparse.Namespace) -> None:
+    """Tokenize every expression of every split of one dataset."""
+    refer = load_refer(args.refs_root, args.dataset, args.split_by, args.images)
+    source = resolve_model(args.model)
+    tokenizer = load_tokenizer(source)
+    table = tokenize_sentences(
+        refer.sentences(),
+        tokenizer,
+        tokenizer_identity(args.model, tokenizer),
+        max_length(source, tokenizer),
+    )
+    table.attrs.update(dataset=args.dataset, split_by=args.split_by, refs_root=str(args.refs_root))
+    write_tokens(table, args.out)
+    log.info("wrote %s", args.out)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``rsis tokenize``."""
+    parser = subparsers.add_parser("tokenize", help="WordPiece ids of every expression (HDF5)")
+    parser.add_argument("--refs-root", type=Path, required=True, help="root of the refer layout")
+    parser.add_argument("--dataset", required=True, help="refcoco, refcoco+, refcocog or demo")
+    parser.add_argument("--split-by", required=True, help="unc, umd or google")
+    parser.add_argument(
+        "--images", type=Path, help="image folder (default: the refer layout's train2014)"
+    )
+    parser.add_argument("--model", required=True, help="minilm, a model directory, or a hub id")
+    parser.add_argument("--out", type=Path, required=True, help="tokens.h5 to write")
+    parser.set_defaults(func=run)

@@ -1,0 +1,116 @@
+"""``rsis tokenize / embed / reduce / bench embed`` end to end on the real RefCOCO sample."""
+
+from __future__ import annotations
+
+import re
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from rsis.bench.embed import load_expressions
+from rsis.cli import main
+from rsis.text import EmbeddingTable
+from tests.conftest import EXPRESSIONS_DIR, SAMPLE_ROOT
+
+
+@pytest.fixture(scope="module")
+def text_dir(tmp_path_factory):
+    """tokens.h5, embeddings.h5 and two reduced files of the sample, made with the CLI."""
+    out = tmp_path_factory.mktemp("text")
+    sample = ["--refs-root", str(SAMPLE_ROOT), "--dataset", "refcoco", "--split-by", "unc"]
+    assert main(["tokenize", *sample, "--model", "minilm", "--out", str(out / "tokens.h5")]) == 0
+    common = ["--tokens", str(out / "tokens.h5")]
+    embed = ["embed", *common, "--model", "minilm", "--device", "cpu", "--batch-size", "16"]
+    assert main([*embed, "--out", str(out / "embeddings.h5")]) == 0
+    reduce = ["reduce", "--embeddings", str(out / "embeddings.h5"), *common]
+    pca = ["--embedding", "mean", "--transform", "pca", "--dim", "8", "--fit-split", "val"]
+    assert main([*reduce, *pca, "--out", str(out / "mean~pca~8.h5")]) == 0
+    none = ["--embedding", "pooled", "--transform", "none", "--dim", "native"]
+    assert main([*reduce, *none, "--out", str(out / "pooled~none~native.h5")]) == 0
+    return out
+
+
+def test_tokens_cover_every_sentence_of_the_sample(text_dir, sample_refer):
+    with h5py.File(text_dir / "tokens.h5", "r") as f:
+        assert f["sent_id"][:].tolist() == [s[0] for s in sample_refer.sentences()]
+        assert f["split"].asstr()[:].tolist() == [s[1] for s in sample_refer.sentences()]
+        assert len(f["input_ids/ptr"]) == len(f["sent_id"]) + 1 == 75
+        assert f.attrs["tokenizer"] == "minilm"
+        assert f.attrs["dataset"] == "refcoco"
+
+
+def test_embeddings_and_reductions(text_dir, sample_refer):
+    with h5py.File(text_dir / "embeddings.h5", "r") as f:
+        mean, pooled = f["mean"][:], f["pooled"][:]
+        assert mean.shape == pooled.shape == (74, 384)
+        assert f.attrs["model"] == "minilm"
+    split = np.array([s[1] for s in sample_refer.sentences()])
+    sent_ids = [s[0] for s in sample_refer.sentences()]
+
+    native = EmbeddingTable.load(text_dir / "pooled~none~native.h5")
+    assert native.dim == 384
+    np.testing.assert_array_equal(native.lookup(sent_ids), pooled)
+
+    reduced = EmbeddingTable.load(text_dir / "mean~pca~8.h5")
+    assert reduced.dim == 8
+    assert reduced.attrs["fit_split"] == "val"
+    assert reduced.attrs["model"] == "minilm"
+    with h5py.File(text_dir / "mean~pca~8.h5", "r") as f:
+        w, center = f["components"][:], f["mean"][:]
+        assert w.shape == (8, 384) and f["explained_variance"].shape == (8,)
+    np.testing.assert_allclose(center, mean[split == "val"].mean(0), atol=1e-5)
+    np.testing.assert_allclose(reduced.lookup(sent_ids), mean @ w.T - w @ center, atol=1e-4)
+
+
+def test_reduce_refuses_bad_requests(text_dir, sample_refer, capsys):
+    reduce = ["reduce", "--embeddings", str(text_dir / "embeddings.h5")]
+    reduce += ["--tokens", str(text_dir / "tokens.h5"), "--embedding", "mean"]
+    out = ["--out", str(text_dir / "bad.h5")]
+    assert main([*reduce, "--transform", "none", "--dim", "384", *out]) == 2
+    assert "--dim native" in capsys.readouterr().err
+    assert main([*reduce, "--transform", "pca", "--dim", "20", "--fit-split", "testA", *out]) == 2
+    n_test_a = sum(split == "testA" for _, split, _ in sample_refer.sentences())
+    assert f"split 'testA' has {n_test_a} expressions" in capsys.readouterr().err
+    assert main([*reduce, "--transform", "pca", "--dim", "4", *out]) == 2  # default: train
+    assert "'train' has no expressions" in capsys.readouterr().err
+    assert not (text_dir / "bad.h5").exists()
+
+
+def test_reduce_refuses_embeddings_of_other_tokens(text_dir, tmp_path, capsys):
+    other = ["--refs-root", str(SAMPLE_ROOT), "--dataset", "refcoco", "--split-by", "unc"]
+    tokens = tmp_path / "tokens.h5"
+    assert main(["tokenize", *other, "--model", "minilm", "--out", str(tokens)]) == 0
+    with h5py.File(tokens, "a") as f:  # same sentences, tokens of another run
+        f.attrs["tokens_hash"] = "0" * 64
+    argv = ["reduce", "--embeddings", str(text_dir / "embeddings.h5"), "--tokens", str(tokens)]
+    argv += ["--embedding", "mean", "--transform", "none", "--dim", "native"]
+    assert main([*argv, "--out", str(tmp_path / "r.h5")]) == 2
+    assert "tokens_hash" in capsys.readouterr().err
+
+
+def test_tokenize_with_an_unavailable_hub_model_fails_clearly(tmp_path, capsys):
+    sample = ["--refs-root", str(SAMPLE_ROOT), "--dataset", "refcoco", "--split-by", "unc"]
+    argv = ["tokenize", *sample, "--model", "rsis-no-such-org/bert", "--out", str(tmp_path / "t")]
+    assert main(argv) == 2
+    assert "HF_HOME" in capsys.readouterr().err
+
+
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_bench_embed_prints_its_figures(tmp_path, capsys, restore_threads):
+    load_expressions(EXPRESSIONS_DIR).head(40).to_csv(tmp_path / "refcoco_unc_val.csv")
+    argv = ["bench", "embed", "--csv-dir", str(tmp_path), "--batch-size", "16", "--threads", "1"]
+    assert main([*argv, "--single-count", "10", "--matmul-size", "256", "--repeats", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"^expressions +40 \(mean [\d.]+ tokens", printed, re.M)
+    assert "timed on 10 of 40" in printed
+    assert re.search(r"^threads +1 ", printed, re.M)
+    for label, unit in (("batched", "expr/s"), ("effective", "GFLOP/s"), ("peak", "GFLOP/s")):
+        assert float(re.search(rf"{label} +([\d.]+) {unit}", printed)[1]) > 0
