@@ -12,7 +12,7 @@ import torch
 
 from rsis.checkpoint import load_checkpoint, require_compatible
 from rsis.data.cache import EXPRESSIONS, SequenceDataset
-from rsis.data.refer import load_refer
+from rsis.data.refer import add_refer_arguments, refer_from_args
 from rsis.errors import UserError
 from rsis.figures import Predictions, encode_masks, save_predictions
 from rsis.inference import make_loader, predict_batches, resolve_device
@@ -129,7 +129,7 @@ def _original_masks(args: argparse.Namespace, cache: Path) -> dict[int, np.ndarr
         return None
     if not args.refs_root:
         raise UserError("--original-size needs --refs-root, --dataset and --split-by")
-    refer = load_refer(args.refs_root, args.dataset, args.split_by, args.images)
+    refer = refer_from_args(args)
     with h5py.File(cache) as f:
         return {int(a): refer.decode_mask(int(a)) for a in f["ann_id"][:]}
 
@@ -211,8 +211,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--original-size", action="store_true", help="score at the original image size")
-    p.add_argument("--refs-root", help="with --original-size: folder holding <dataset>/")
-    p.add_argument("--dataset", help="with --original-size: dataset folder name")
-    p.add_argument("--split-by", default="unc", help="with --original-size: unc, umd, google")
-    p.add_argument("--images", help="with --original-size: image folder")
+    add_refer_arguments(p, required=False)  # with --original-size: where the masks come from
     p.set_defaults(func=_evaluate_command)

@@ -33,7 +33,7 @@ from matplotlib.figure import Figure
 from pycocotools import mask as mask_utils
 
 from rsis.data.cache import read_masks
-from rsis.data.refer import load_refer
+from rsis.data.refer import add_refer_arguments, refer_from_args
 from rsis.errors import UserError
 from rsis.io import atomic_path
 from rsis.metrics import MetricAccumulator
@@ -338,7 +338,7 @@ def _write_figures(args: argparse.Namespace, cache: _Cache) -> None:
     missing = [i for i in image_ids if i not in by_image]
     if missing:
         raise UserError(f"{args.predictions}: no predictions for image ids {missing}")
-    refer = load_refer(args.refs_root, args.dataset, args.split_by, args.images)
+    refer = refer_from_args(args)
     texts = {sent_id: text for sent_id, _, text in refer.sentences()}
     inverse = load_predictions(args.inverse_predictions) if args.inverse_predictions else None
     inverse_rows = {int(r): i for i, r in enumerate(inverse.ref_id)} if inverse else {}
@@ -373,10 +373,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--predictions", required=True, help="predictions .h5 (evaluation)")
     parser.add_argument("--cache", required=True, help="cache .h5 of the same split")
-    parser.add_argument("--refs-root", required=True, help="folder holding <dataset>/refs(...).p")
-    parser.add_argument("--dataset", required=True, help="dataset folder name, e.g. refcoco")
-    parser.add_argument("--split-by", required=True, help="unc, umd or google")
-    parser.add_argument("--images", help="image folder (default: refer layout under root)")
+    add_refer_arguments(parser)
     parser.add_argument("--out", required=True, help="Fig. 2/3 style .png")
     parser.add_argument(
         "--inverse-predictions", help="predictions with the expressions fed in inverse order"

@@ -112,3 +112,28 @@ def demo_pipeline(tmp_path_factory):
             == 0
         )
     return root
+
+
+def make_train_config(root, out_dir, **overrides):
+    """A tiny CPU training configuration on ``demo_pipeline`` outputs (2 epochs, resnet18)."""
+    from rsis.train import TrainConfig
+
+    settings = dict(
+        train_cache=root / "cache/train.h5",
+        val_cache=root / "cache/val.h5",
+        text=root / "text/mean~pca~8.h5",
+        out_dir=out_dir,
+        backbone="resnet18",
+        weights="none",
+        hidden=16,
+        lr=1e-3,
+        encoder_lr=1e-3,
+        batch_size=4,
+        epochs=2,
+        patience=5,
+        order="random",
+        device="cpu",
+    )
+    settings.update(overrides)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return TrainConfig(**settings)

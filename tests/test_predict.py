@@ -14,8 +14,8 @@ from rsis.errors import UserError
 from rsis.evaluate import evaluate, load_model
 from rsis.predict import Predictor
 from rsis.text import EmbeddingTable
-from rsis.train import TrainConfig, Trainer
-from tests.conftest import SAMPLE_ROOT
+from rsis.train import Trainer
+from tests.conftest import SAMPLE_ROOT, make_train_config
 
 PHOTO = SAMPLE_ROOT / "images/mscoco/images/train2014/COCO_train2014_000000000154.jpg"
 
@@ -23,21 +23,7 @@ PHOTO = SAMPLE_ROOT / "images/mscoco/images/train2014/COCO_train2014_00000000015
 @pytest.fixture(scope="module")
 def run_dir(demo_pipeline, tmp_path_factory):
     out = tmp_path_factory.mktemp("predict_run")
-    cfg = TrainConfig(
-        train_cache=demo_pipeline / "cache/train.h5",
-        val_cache=demo_pipeline / "cache/val.h5",
-        text=demo_pipeline / "text/mean~pca~8.h5",
-        out_dir=out,
-        backbone="resnet18",
-        weights="none",
-        hidden=16,
-        lr=1e-3,
-        encoder_lr=1e-3,
-        batch_size=4,
-        epochs=1,
-        max_referents=3,
-        device="cpu",
-    )
+    cfg = make_train_config(demo_pipeline, out, epochs=1, max_referents=3)
     Trainer(cfg).run()
     return out
 

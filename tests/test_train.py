@@ -12,35 +12,14 @@ from rsis.checkpoint import load_checkpoint
 from rsis.errors import UserError
 from rsis.evaluate import evaluate, load_model
 from rsis.text import EmbeddingTable
-from rsis.train import TrainConfig, Trainer, TrainingDiverged
-
-
-def _config(root, out_dir, **overrides) -> TrainConfig:
-    settings = dict(
-        train_cache=root / "cache/train.h5",
-        val_cache=root / "cache/val.h5",
-        text=root / "text/mean~pca~8.h5",
-        out_dir=out_dir,
-        backbone="resnet18",
-        weights="none",
-        hidden=16,
-        lr=1e-3,
-        encoder_lr=1e-3,
-        batch_size=4,
-        epochs=2,
-        patience=5,
-        order="random",
-        device="cpu",
-    )
-    settings.update(overrides)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return TrainConfig(**settings)
+from rsis.train import Trainer, TrainingDiverged
+from tests.conftest import make_train_config
 
 
 @pytest.fixture(scope="module")
 def trained(demo_pipeline, tmp_path_factory):
     """Two uninterrupted epochs."""
-    cfg = _config(demo_pipeline, tmp_path_factory.mktemp("full"))
+    cfg = make_train_config(demo_pipeline, tmp_path_factory.mktemp("full"))
     history = Trainer(cfg).run()
     return cfg, history
 
@@ -62,9 +41,9 @@ def test_checkpoints_and_metrics_are_written(trained):
 
 def test_resumed_run_ends_with_identical_weights(demo_pipeline, trained, tmp_path):
     cfg, _ = trained
-    first = _config(demo_pipeline, tmp_path, epochs=1)
+    first = make_train_config(demo_pipeline, tmp_path, epochs=1)
     Trainer(first).run()
-    resumed = _config(demo_pipeline, tmp_path, epochs=2)
+    resumed = make_train_config(demo_pipeline, tmp_path, epochs=2)
     Trainer(resumed, resume=True).run()
     expected = load_checkpoint(cfg.out_dir / "last.pt")["model"]
     got = load_checkpoint(tmp_path / "last.pt")["model"]
@@ -75,14 +54,14 @@ def test_resumed_run_ends_with_identical_weights(demo_pipeline, trained, tmp_pat
 
 def test_resume_refuses_another_architecture(demo_pipeline, trained):
     cfg, _ = trained
-    other = _config(demo_pipeline, cfg.out_dir, hidden=32)
+    other = make_train_config(demo_pipeline, cfg.out_dir, hidden=32)
     with pytest.raises(UserError, match=r"hidden: checkpoint has 16, this run has 32"):
         Trainer(other, resume=True)
 
 
 def test_resume_refuses_another_text_pipeline(demo_pipeline, trained):
     cfg, _ = trained
-    other = _config(
+    other = make_train_config(
         demo_pipeline,
         cfg.out_dir,
         text=demo_pipeline / "text/mean~none~native.h5",
@@ -94,19 +73,19 @@ def test_resume_refuses_another_text_pipeline(demo_pipeline, trained):
 
 def test_resume_refuses_other_training_settings(demo_pipeline, trained):
     cfg, _ = trained
-    other = _config(demo_pipeline, cfg.out_dir, lr=5e-4)
+    other = make_train_config(demo_pipeline, cfg.out_dir, lr=5e-4)
     with pytest.raises(UserError, match=r"lr: checkpoint has 0.001, this run has 0.0005"):
         Trainer(other, resume=True)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(demo_pipeline, tmp_path, monkeypatch):
-    Trainer(_config(demo_pipeline, tmp_path, epochs=1)).run()
+    Trainer(make_train_config(demo_pipeline, tmp_path, epochs=1)).run()
     good = (tmp_path / "last.pt").read_bytes()
     import rsis.train
 
     real_loss = rsis.train.soft_iou_loss
     monkeypatch.setattr(rsis.train, "soft_iou_loss", lambda *a: real_loss(*a) * float("nan"))
-    trainer = Trainer(_config(demo_pipeline, tmp_path, epochs=2), resume=True)
+    trainer = Trainer(make_train_config(demo_pipeline, tmp_path, epochs=2), resume=True)
     with pytest.raises(TrainingDiverged, match=r"loss is nan at epoch 1, step 0 \(ref_ids"):
         trainer.run()
     assert (tmp_path / "last.pt").read_bytes() == good

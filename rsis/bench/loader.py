@@ -23,7 +23,7 @@ from rsis.data.cache import (
     resize_mask,
     write_cache,
 )
-from rsis.data.refer import Refer, load_refer
+from rsis.data.refer import Refer, add_refer_arguments, refer_from_args
 
 
 class _ConstantText:
@@ -87,7 +87,7 @@ def images_per_second(dataset: Dataset, batch_size: int, workers: int, min_image
 
 def run(args: argparse.Namespace) -> None:
     """Build the cache of one split in a temporary folder and time both loaders."""
-    refer = load_refer(args.refs_root, args.dataset, args.split_by, args.images)
+    refer = refer_from_args(args)
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / f"{args.split}.h5"
         write_cache(refer, args.split, cache, args.height, args.width)
@@ -110,10 +110,8 @@ def run(args: argparse.Namespace) -> None:
 def register(bench: argparse._SubParsersAction) -> None:
     """Add ``rsis bench loader``."""
     p = bench.add_parser("loader", help="data-loader images/s: HDF5 cache vs direct decoding")
-    p.add_argument("--refs-root", default="resources/demo", help="folder holding <dataset>/")
-    p.add_argument("--dataset", default="demo")
-    p.add_argument("--split-by", default="unc")
-    p.add_argument("--images", default="resources/demo/images", help="image folder")
+    add_refer_arguments(p, required=False)
+    p.set_defaults(refs_root="resources/demo", dataset="demo", images="resources/demo/images")
     p.add_argument("--split", default="train")
     p.add_argument("--height", type=int, default=240)
     p.add_argument("--width", type=int, default=427)

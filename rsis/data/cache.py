@@ -19,7 +19,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from rsis.data.refer import Refer, load_refer
+from rsis.data.refer import Refer, add_refer_arguments, refer_from_args
 from rsis.errors import UserError
 from rsis.io import atomic_path
 
@@ -295,7 +295,7 @@ def collate_sequences(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.T
 
 
 def _prepare_command(args: argparse.Namespace) -> None:
-    refer = load_refer(args.refs_root, args.dataset, args.split_by, args.images)
+    refer = refer_from_args(args)
     counts = write_cache(refer, args.split, Path(args.out), args.height, args.width)
     log.info("wrote %s: %s", args.out, counts)
 
@@ -305,10 +305,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "prepare", help="cache one split's resized images and masks in HDF5"
     )
-    parser.add_argument("--refs-root", required=True, help="folder holding <dataset>/refs(...).p")
-    parser.add_argument("--dataset", required=True, help="dataset folder name, e.g. refcoco")
-    parser.add_argument("--split-by", required=True, help="unc, umd or google")
-    parser.add_argument("--images", help="image folder (default: refer layout under root)")
+    add_refer_arguments(parser)
     parser.add_argument("--split", required=True, help="split name, exactly as in the refs file")
     parser.add_argument("--height", type=int, default=240, help="cached image height")
     parser.add_argument("--width", type=int, default=427, help="cached image width")

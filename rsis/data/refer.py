@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import logging
@@ -229,3 +230,16 @@ def load_refer(
         categories={c["id"]: c["name"] for c in instances["categories"]},
         skipped=skipped,
     )
+
+
+def add_refer_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    """Add ``--refs-root``, ``--dataset``, ``--split-by`` and ``--images`` to a subcommand."""
+    parser.add_argument("--refs-root", required=required, help="folder holding <dataset>/")
+    parser.add_argument("--dataset", required=required, help="dataset folder, e.g. refcoco")
+    parser.add_argument("--split-by", default="unc", help="unc, umd or google")
+    parser.add_argument("--images", help="image folder (default: refer layout under the root)")
+
+
+def refer_from_args(args: argparse.Namespace) -> Refer:
+    """``load_refer`` with the arguments of ``add_refer_arguments``."""
+    return load_refer(args.refs_root, args.dataset, args.split_by, args.images)
