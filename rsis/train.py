@@ -105,13 +105,20 @@ class _Distributed:
 
 
 def _optimizer(model: RRIS, cfg: TrainConfig) -> torch.optim.Adam:
-    return torch.optim.Adam(
-        [
-            {"params": list(model.decoder_parameters()), "lr": cfg.lr, "name": "decoder"},
-            {"params": list(model.encoder_parameters()), "lr": cfg.encoder_lr, "name": "encoder"},
-        ],
-        weight_decay=cfg.weight_decay,
-    )
+    """Adam with the decoder group and, unless ``encoder_lr`` is 0, the encoder group.
+
+    An encoder learning rate of 0 freezes the ResNet (no gradients, no backward pass through
+    it): the paper's 1e-7 barely moves it, and freezing makes CPU-scale runs several times
+    faster. Its batch norms still normalise with batch statistics in training mode.
+    """
+    groups = [{"params": list(model.decoder_parameters()), "lr": cfg.lr, "name": "decoder"}]
+    if cfg.encoder_lr > 0:
+        groups.append(
+            {"params": list(model.encoder_parameters()), "lr": cfg.encoder_lr, "name": "encoder"}
+        )
+    else:
+        model.encoder.requires_grad_(False)
+    return torch.optim.Adam(groups, weight_decay=cfg.weight_decay)
 
 
 def validate(model: torch.nn.Module, dataset: SequenceDataset, device: torch.device) -> dict:

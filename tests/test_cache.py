@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import h5py
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import torch
 
 from rsis.data.cache import SequenceDataset, collate_sequences, read_masks, write_cache
 from rsis.errors import UserError
+from tests.conftest import SAMPLE_ROOT
 
 HEIGHT, WIDTH = 60, 107
 
@@ -123,3 +126,22 @@ def test_undecodable_image_is_a_clear_error(sample_refer, tmp_path):
     with pytest.raises(UserError, match=f"cannot decode image .*{broken}"):
         write_cache(refer, "testA", out, HEIGHT, WIDTH)
     assert list(tmp_path.glob("*.h5*")) == [] and not list(tmp_path.glob(".testA*"))
+
+
+def test_bench_loader_prints_both_paths_and_their_ratio(capsys):
+    """``rsis bench loader`` on the real sample: both paths timed, the ratio printed."""
+    from rsis.cli import main
+
+    images = SAMPLE_ROOT / "images/mscoco/images/train2014"
+    main(
+        ["bench", "loader", "--refs-root", str(SAMPLE_ROOT), "--dataset", "refcoco",
+         "--split", "testB", "--height", "48", "--width", "80", "--workers", "0",
+         "--min-sequences", "8", "--images-cached", "32", "--images-direct", "16",
+         "--images", str(images)]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    cached = float(re.search(r"cached \(HDF5\) :\s+([\d.]+) images/s \(0 workers\)", out)[1])
+    direct = float(re.search(r"direct \(JPEG \+ polygons\):\s+([\d.]+) images/s", out)[1])
+    ratio = float(re.search(r"ratio cached/direct: ([\d.]+)x", out)[1])
+    assert cached > 0 and direct > 0
+    assert ratio == pytest.approx(cached / direct, rel=0.05)

@@ -137,3 +137,20 @@ def test_two_process_ddp_training_writes_one_checkpoint(demo_pipeline, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "best.pt", "bundle.pt", "last.pt", "metrics.csv", "tensorboard",
     ]  # fmt: skip
+
+
+def test_encoder_lr_zero_freezes_the_resnet(demo_pipeline, tmp_path):
+    """encoder_lr 0: the ResNet has no optimizer group and no gradients; the decoder learns."""
+    trainer = Trainer(make_train_config(demo_pipeline, tmp_path, encoder_lr=0.0, epochs=1))
+    assert [group["name"] for group in trainer.optimizer.param_groups] == ["decoder"]
+    encoder = {k: v.clone() for k, v in trainer.model.encoder.named_parameters()}
+    decoder = {k: v.clone() for k, v in trainer.model.decoder.named_parameters()}
+    trainer.run()
+    for name, param in trainer.model.encoder.named_parameters():
+        assert param.grad is None and torch.equal(param, encoder[name]), name
+    changed = [
+        name
+        for name, param in trainer.model.decoder.named_parameters()
+        if not torch.equal(param, decoder[name])
+    ]
+    assert len(changed) == len(decoder)
