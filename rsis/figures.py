@@ -47,7 +47,7 @@ TITLE_PX = 24  # strip of column titles on top
 LINE_PX = 16  # one expression line under a row of panels
 GAP_PX = 4  # white space between panels
 DPI = 100
-ERROR_MAP_TITLE = "Errors (TP blue, FP green, FN red)"
+ERROR_MAP_TITLE = "Error map"  # colours (TP blue, FP green, FN red) are in the caption
 
 
 # --- predictions file ---------------------------------------------------------------------
