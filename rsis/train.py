@@ -105,19 +105,11 @@ class _Distributed:
 
 
 def _optimizer(model: RRIS, cfg: TrainConfig) -> torch.optim.Adam:
-    """Adam with the decoder group and, unless ``encoder_lr`` is 0, the encoder group.
-
-    An encoder learning rate of 0 freezes the ResNet (no gradients, no backward pass through
-    it): the paper's 1e-7 barely moves it, and freezing makes CPU-scale runs several times
-    faster. Its batch norms still normalise with batch statistics in training mode.
-    """
+    """Adam with the decoder group and, unless the encoder is frozen, the encoder group."""
     groups = [{"params": list(model.decoder_parameters()), "lr": cfg.lr, "name": "decoder"}]
-    if cfg.encoder_lr > 0:
-        groups.append(
-            {"params": list(model.encoder_parameters()), "lr": cfg.encoder_lr, "name": "encoder"}
-        )
-    else:
-        model.encoder.requires_grad_(False)
+    encoder = [p for p in model.encoder_parameters() if p.requires_grad]
+    if encoder:
+        groups.append({"params": encoder, "lr": cfg.encoder_lr, "name": "encoder"})
     return torch.optim.Adam(groups, weight_decay=cfg.weight_decay)
 
 
@@ -182,6 +174,10 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model_config = cfg.model_config(text.dim)
         self.model = RRIS.from_config(self.model_config, pca=self._pca_solution()).to(self.device)
+        if cfg.encoder_lr == 0:
+            # Frozen ResNet: no gradients, so no backward pass through it (1.7x faster steps
+            # on CPU); its batch norms still normalise with batch statistics in training mode.
+            self.model.encoder.requires_grad_(False)
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = _optimizer(self.model, cfg)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from rsis.cli import main
 from rsis.data.cache import SequenceDataset, collate_sequences, read_masks, write_cache
 from rsis.errors import UserError
 from tests.conftest import SAMPLE_ROOT
@@ -130,8 +131,6 @@ def test_undecodable_image_is_a_clear_error(sample_refer, tmp_path):
 
 def test_bench_loader_prints_both_paths_and_their_ratio(capsys):
     """``rsis bench loader`` on the real sample: both paths timed, the ratio printed."""
-    from rsis.cli import main
-
     images = SAMPLE_ROOT / "images/mscoco/images/train2014"
     main(
         ["bench", "loader", "--refs-root", str(SAMPLE_ROOT), "--dataset", "refcoco",
