@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -239,6 +240,46 @@ def test_splits_and_crowding(files):
             assert max(shapes.values()) <= 2
 
 
+EASY = demo.SceneRules(max_objects=4, colour_reuse=0.0, templates=("attribute",))
+
+
+def test_scene_rules_limit_objects_colours_and_templates(tmp_path):
+    out = tmp_path / "easy"
+    demo.generate_demo(out, seed=1, counts=COUNTS, height=HEIGHT, width=WIDTH, rules=EASY)
+    refs = pickle.loads((out / "demo" / "refs(unc).p").read_bytes())
+    instances = json.loads((out / "demo" / "instances.json").read_text())
+    assert instances["info"]["rules"] == {
+        "max_objects": 4, "colour_reuse": 0.0, "templates": ["attribute"]
+    }  # fmt: skip
+    for image in instances["images"]:
+        objects = _objects(instances, image["id"])
+        colours = [o["colour"] for o in objects.values()]
+        assert 2 <= len(objects) <= 4 and len(set(colours)) == len(colours)
+    for ref in refs:
+        objects = _objects(instances, ref["image_id"])
+        for sentence in ref["sentences"]:
+            words = sentence["sent"].split()
+            assert words[0] == "the" and not set(words) & set(EXTREMES), words
+            assert not any(f" {relation} " in sentence["sent"] for relation in RELATIONS)
+            assert _resolve(sentence["sent"], objects) == {ref["ann_id"]}
+    crowded = [r for r in refs if r["split"] == "testA"]
+    assert crowded and all(r["sentences"] for r in crowded)
+
+
+@pytest.mark.parametrize(
+    ("rules", "message"),
+    [
+        ({"max_objects": 3}, "--max-objects must be 4 to 6"),
+        ({"colour_reuse": 1.5}, "--colour-reuse must be in [0, 1]"),
+        ({"templates": ("colour",)}, "--templates ['colour'] must be a non-empty subset"),
+        ({"templates": ()}, "must be a non-empty subset"),
+    ],
+)
+def test_scene_rules_reject_bad_values(rules, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        demo.SceneRules(**rules)
+
+
 def test_load_refer_reads_the_demo(dataset, files):
     refs, instances = files
     refer = load_refer(dataset, "demo", "unc", dataset / "images")
@@ -288,6 +329,10 @@ def test_cli(tmp_path, capsys):
     assert main(args) == 0
     instances = json.loads((out / "demo" / "instances.json").read_text())
     assert [(i["height"], i["width"]) for i in instances["images"]] == [(64, 96)] * 3
+    easy = ["--max-objects", "4", "--colour-reuse", "0", "--templates", "attribute"]
+    assert main([*args, "--out", str(tmp_path / "easy"), *easy]) == 0
+    info = json.loads((tmp_path / "easy" / "demo" / "instances.json").read_text())["info"]
+    assert info["rules"]["templates"] == ["attribute"] and info["rules"]["max_objects"] == 4
     assert main([*args[:-4], "--height", "20"]) == 2
     assert "--height must be at least 48" in capsys.readouterr().err
     assert main([*args[:-6], "--testb-images", "-1"]) == 2

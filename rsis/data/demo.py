@@ -1,14 +1,15 @@
 """Generated demo dataset of coloured shapes, written in exactly the RefCOCO `refer` layout.
 
-Each image holds 2 to 6 shapes (category = shape; attributes colour and small/big) on a textured,
-noisy background. Later shapes may partly cover earlier ones; every stored polygon outlines the
-VISIBLE part of its shape along pixel edges, so pycocotools decodes it to exactly the pixels
-painted in that shape's colour. Every shape is a referent with 2 or 3 expressions from attribute
-("the small red circle"), extreme ("the leftmost triangle") and relational ("blue square left of
-the green star") templates, each resolving to exactly that shape in its image. Positions are the
-centres of the visible boxes (the annotations' ``bbox``). Splits follow RefCOCO unc: testA scenes
-are crowded with one shape (at least 3 of it), testB scenes never hold more than 2 of a shape,
-train and val mix both kinds half and half.
+Each image holds 2 to ``max_objects`` shapes (category = shape; attributes colour and
+small/big) on a textured, noisy background. Later shapes may partly cover earlier ones; every
+stored polygon outlines the VISIBLE part of its shape along pixel edges, so pycocotools decodes
+it to exactly the pixels painted in that shape's colour. Every shape is a referent with 2 or 3
+expressions from the enabled templates: attribute ("the small red circle"), extreme ("the
+leftmost triangle") and relational ("blue square left of the green star"), each resolving to
+exactly that shape in its image. ``SceneRules`` sets how hard scenes and expressions are.
+Positions are the centres of the visible boxes (the annotations' ``bbox``). Splits follow
+RefCOCO unc: testA scenes are crowded with one shape (at least 3 of it), testB scenes never
+hold more than 2 of a shape, train and val mix both kinds half and half.
 
 Output (``<out>`` is e.g. ``resources/demo``)::
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -112,6 +114,34 @@ RELATIONS: dict[str, tuple[int, int]] = {
     "below": (1, 1),
 }
 ATTRIBUTES: tuple[str, ...] = ("size", "colour", "shape")
+TEMPLATES: tuple[str, ...] = ("attribute", "extreme", "relation")
+
+
+@dataclass(frozen=True)
+class SceneRules:
+    """How hard the generated scenes and expressions are.
+
+    Attributes:
+        max_objects: most objects in one image (4 to 6; crowded scenes hold at least 4).
+        colour_reuse: chance that an object takes a colour already in its image (a distractor
+            that only its shape, size or position tells apart); 0 keeps colours unique.
+        templates: the expression kinds used, a non-empty subset of ``TEMPLATES``.
+    """
+
+    max_objects: int = 6
+    colour_reuse: float = 0.5
+    templates: tuple[str, ...] = TEMPLATES
+
+    def __post_init__(self) -> None:
+        if not 4 <= self.max_objects <= len(COLOURS):
+            raise UserError(f"--max-objects must be 4 to {len(COLOURS)}, got {self.max_objects}")
+        if not 0 <= self.colour_reuse <= 1:
+            raise UserError(f"--colour-reuse must be in [0, 1], got {self.colour_reuse}")
+        unknown = sorted(set(self.templates) - set(TEMPLATES))
+        if unknown or not self.templates:
+            raise UserError(
+                f"--templates {list(self.templates)} must be a non-empty subset of {TEMPLATES}"
+            )
 
 
 @dataclass(frozen=True)
@@ -195,14 +225,20 @@ def _unique_name(things: list[Thing], index: int) -> str:
 
 
 def choose_expressions(
-    things: list[Thing], margins: tuple[float, float], rng: np.random.Generator
+    things: list[Thing],
+    margins: tuple[float, float],
+    rng: np.random.Generator,
+    templates: tuple[str, ...] = TEMPLATES,
 ) -> list[list[str]] | None:
-    """Two or three expressions per object, mixing template kinds; None if one has fewer than 2."""
+    """Two or three expressions per object, mixing the ``templates`` kinds.
+
+    Returns None if an object has fewer than 2 expressions of those kinds.
+    """
     chosen = []
     for index in range(len(things)):
-        pools = [
-            list(rng.permutation(p)) for p in candidate_expressions(things, index, margins).values()
-        ]
+        candidates = candidate_expressions(things, index, margins)
+        shuffled = {kind: list(rng.permutation(found)) for kind, found in candidates.items()}
+        pools = [shuffled[kind] if kind in templates else [] for kind in TEMPLATES]
         pools = [pools[i] for i in rng.permutation(len(pools)) if pools[i]]
         wanted = int(rng.integers(2, 4))
         picks = [str(p.pop(0)) for _ in range(wanted) for p in pools if p][:wanted]
@@ -276,21 +312,24 @@ class Scene:
     expressions: list[list[str]]
 
 
-def _sample_attributes(rng: np.random.Generator, crowded: bool) -> list[tuple[str, str, str]]:
+def _sample_attributes(
+    rng: np.random.Generator, crowded: bool, rules: SceneRules
+) -> list[tuple[str, str, str]]:
     """Shape, colour and size per object; no two objects share all three.
 
-    Crowded scenes have 4 to 6 objects, 3 or more of one shape; the others 2 to 6 objects with
-    at most 2 of any shape. Half of the colours repeat one already used, as distractors.
+    Crowded scenes have 4 to ``max_objects`` objects, 3 or more of one shape; the others 2 to
+    ``max_objects`` with at most 2 of any shape. With probability ``colour_reuse`` an object
+    repeats a colour already used, as a distractor (always once every colour is taken).
     """
     names = list(SHAPES)
     shapes: list[str] = []
     if crowded:
-        total = int(rng.integers(4, 7))
+        total = int(rng.integers(4, rules.max_objects + 1))
         dominant = str(rng.choice(names))
         shapes = [dominant] * int(rng.integers(3, total + 1))
         names.remove(dominant)
     else:
-        total = int(rng.integers(2, 7))
+        total = int(rng.integers(2, rules.max_objects + 1))
     while len(shapes) < total:
         shape = str(rng.choice(names))
         if shapes.count(shape) < 2:
@@ -299,8 +338,9 @@ def _sample_attributes(rng: np.random.Generator, crowded: bool) -> list[tuple[st
     for shape in shapes:
         while True:
             used = sorted({colour for _, colour, _ in triples})
-            reuse = used and rng.random() < 0.5
-            colour = str(rng.choice(used if reuse else list(COLOURS)))
+            fresh = [colour for colour in COLOURS if colour not in used]
+            reuse = used and (rng.random() < rules.colour_reuse or not fresh)
+            colour = str(rng.choice(used if reuse else fresh))
             triple = (shape, colour, str(rng.choice(list(SIZES))))
             if triple not in triples:
                 triples.append(triple)
@@ -385,15 +425,21 @@ def _paint(owner: np.ndarray, colours: list[str], rng: np.random.Generator) -> n
     return np.clip(np.rint(picture), 0, 255).astype(np.uint8)
 
 
-def make_scene(rng: np.random.Generator, height: int, width: int, crowded: bool) -> Scene:
+def make_scene(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    crowded: bool,
+    rules: SceneRules = SceneRules(),
+) -> Scene:
     """Draw scenes from ``rng`` until one meets every rule, and return it.
 
     Rules: the layout fits; every visible part is one piece without holes; every object has at
-    least 2 expressions that pick it out alone.
+    least 2 expressions of the ``rules.templates`` kinds that pick it out alone.
     """
     margins = (MARGIN * width, MARGIN * height)
     for _ in range(MAX_TRIES):
-        attributes = _sample_attributes(rng, crowded)
+        attributes = _sample_attributes(rng, crowded, rules)
         owner = _layout(attributes, rng, height, width)
         if owner is None:
             continue
@@ -405,7 +451,7 @@ def make_scene(rng: np.random.Generator, height: int, width: int, crowded: bool)
         for (shape, colour, size), mask in zip(attributes, masks, strict=True):
             x, y, w, h = _bbox(mask)
             things.append(Thing(shape, colour, size, x + w / 2, y + h / 2))
-        expressions = choose_expressions(things, margins, rng)
+        expressions = choose_expressions(things, margins, rng, rules.templates)
         if expressions is None:
             continue
         image = _paint(owner, [colour for _, colour, _ in attributes], rng)
@@ -465,7 +511,13 @@ def _image_record(image_id: int, file_name: str, height: int, width: int, split:
 
 
 def generate_demo(
-    out: str | os.PathLike, *, seed: int, counts: Mapping[str, int], height: int, width: int
+    out: str | os.PathLike,
+    *,
+    seed: int,
+    counts: Mapping[str, int],
+    height: int,
+    width: int,
+    rules: SceneRules = SceneRules(),
 ) -> dict[str, int]:
     """Write the demo dataset to ``out`` (atomically) and return image counts per split.
 
@@ -479,6 +531,7 @@ def generate_demo(
         counts: number of images per split (keys from ``SPLITS``).
         height: image height in pixels.
         width: image width in pixels.
+        rules: how hard the scenes and expressions are.
     """
     _check_arguments(counts, height, width)
     out = Path(out)
@@ -491,7 +544,7 @@ def generate_demo(
         for image_id, (split, i) in enumerate(tqdm(jobs, desc="demo images", unit="img"), 1):
             rng = np.random.default_rng([seed, SPLITS.index(split), i])
             crowded = split == "testA" or (split != "testB" and rng.random() < 0.5)
-            scene = make_scene(rng, height, width, crowded)
+            scene = make_scene(rng, height, width, crowded, rules)
             file_name = f"demo_{image_id:06d}.jpg"
             Image.fromarray(scene.image).save(
                 tmp / "images" / file_name, format="JPEG", quality=JPEG_QUALITY, subsampling=0
@@ -536,6 +589,7 @@ def generate_demo(
                 "seed": seed,
                 "height": height,
                 "width": width,
+                "rules": dataclasses.asdict(rules),
             },
             "licenses": [],
             "images": images,
@@ -579,6 +633,7 @@ def _run(args: argparse.Namespace) -> None:
         },
         height=args.height,
         width=args.width,
+        rules=SceneRules(args.max_objects, args.colour_reuse, tuple(args.templates)),
     )
 
 
@@ -600,4 +655,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         )
     parser.add_argument("--height", type=int, default=240, help="image height (default 240)")
     parser.add_argument("--width", type=int, default=427, help="image width (default 427)")
+    defaults = SceneRules()
+    parser.add_argument(
+        "--max-objects",
+        type=int,
+        default=defaults.max_objects,
+        help=f"most objects per image, 4 to 6 (default {defaults.max_objects})",
+    )
+    parser.add_argument(
+        "--colour-reuse",
+        type=float,
+        default=defaults.colour_reuse,
+        help="chance that an object repeats a colour of its image (default "
+        f"{defaults.colour_reuse}; 0 keeps colours unique)",
+    )
+    parser.add_argument(
+        "--templates",
+        nargs="+",
+        choices=TEMPLATES,
+        default=list(defaults.templates),
+        help="expression kinds (default: all)",
+    )
     parser.set_defaults(func=_run)

@@ -18,11 +18,15 @@ rule demo_dataset:
         testb=config["demo"]["testB_images"],
         height=config["demo"]["height"],
         width=config["demo"]["width"],
+        max_objects=config["demo"]["max_objects"],
+        colour_reuse=config["demo"]["colour_reuse"],
+        templates=" ".join(config["demo"]["templates"]),
     shell:
         "rsis demo --out {output:q} --seed {params.seed} --train-images {params.train}"
         " --val-images {params.val} --testa-images {params.testa}"
         " --testb-images {params.testb} --height {params.height} --width {params.width}"
-        " > {log:q} 2>&1"
+        " --max-objects {params.max_objects} --colour-reuse {params.colour_reuse}"
+        " --templates {params.templates} > {log:q} 2>&1"
 
 
 rule prepare:
