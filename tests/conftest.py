@@ -21,97 +21,63 @@ def sample_refer():
     return load_refer(SAMPLE_ROOT, "refcoco", "unc")
 
 
-@pytest.fixture(scope="session")
-def demo_pipeline(tmp_path_factory):
-    """A tiny generated demo dataset run through the data and language stages.
+def build_demo_pipeline(
+    root: Path,
+    *,
+    seed: int,
+    counts: tuple[int, int, int, int],
+    size: tuple[int, int],
+    pca_dim: int,
+    rules: tuple[str, ...] = (),
+) -> Path:
+    """Generate a demo dataset under ``root`` and run the data and language stages on it.
 
-    Returns the folder, holding ``resources/demo`` (refer layout), ``cache/<split>.h5`` at
-    48x80, and ``text/`` with tokens, embeddings (packaged MiniLM) and two reduce outputs.
+    Leaves ``resources/demo`` (refer layout, 64x112 pictures), ``cache/<split>.h5`` at
+    ``size``, and ``text/`` with tokens, embeddings (packaged MiniLM) and the reduce outputs
+    ``mean~pca~<pca_dim>`` and ``mean~none~native``.
+
+    Args:
+        counts: train, val, testA and testB images.
+        rules: extra ``rsis demo`` arguments (``--max-objects``, ``--templates``, ...).
     """
     from rsis.cli import main
 
-    root = tmp_path_factory.mktemp("demo_pipeline")
     demo = root / "resources/demo"
-    counts = ["--train-images", "8", "--val-images", "4", "--testa-images", "4"]
-    assert (
-        main(
-            [
-                "demo",
-                "--out",
-                str(demo),
-                "--seed",
-                "3",
-                *counts,
-                "--testb-images",
-                "4",
-                "--height",
-                "64",
-                "--width",
-                "112",
-            ]
-        )
-        == 0
-    )
+    splits = dict(zip(("train", "val", "testA", "testB"), counts, strict=True))
+    images = [f"--{split.lower()}-images={count}" for split, count in splits.items()]
+    command = ["demo", "--out", str(demo), "--seed", str(seed), "--height", "64", "--width", "112"]
+    assert main([*command, *images, *rules]) == 0
     refer = ["--refs-root", str(demo), "--dataset", "demo", "--split-by", "unc"]
-    for split in ("train", "val", "testA", "testB"):
-        out = root / f"cache/{split}.h5"
-        assert (
-            main(
-                [
-                    "prepare",
-                    *refer,
-                    "--images",
-                    str(demo / "images"),
-                    "--split",
-                    split,
-                    "--height",
-                    "48",
-                    "--width",
-                    "80",
-                    "--out",
-                    str(out),
-                ]
-            )
-            == 0
-        )
+    for split in splits:
+        hw = ["--height", str(size[0]), "--width", str(size[1])]
+        out = ["--images", str(demo / "images"), "--out", str(root / f"cache/{split}.h5")]
+        assert main(["prepare", *refer, "--split", split, *hw, *out]) == 0
     text = root / "text"
-    assert main(["tokenize", *refer, "--model", "minilm", "--out", str(text / "tokens.h5")]) == 0
-    assert (
-        main(
-            [
-                "embed",
-                "--tokens",
-                str(text / "tokens.h5"),
-                "--model",
-                "minilm",
-                "--out",
-                str(text / "embeddings.h5"),
-            ]
-        )
-        == 0
-    )
-    for transform, dim in (("pca", "8"), ("none", "native")):
-        assert (
-            main(
-                [
-                    "reduce",
-                    "--embeddings",
-                    str(text / "embeddings.h5"),
-                    "--tokens",
-                    str(text / "tokens.h5"),
-                    "--embedding",
-                    "mean",
-                    "--transform",
-                    transform,
-                    "--dim",
-                    dim,
-                    "--out",
-                    str(text / f"mean~{transform}~{dim}.h5"),
-                ]
-            )
-            == 0
-        )
+    tokens, embeddings = str(text / "tokens.h5"), str(text / "embeddings.h5")
+    assert main(["tokenize", *refer, "--model", "minilm", "--out", tokens]) == 0
+    assert main(["embed", "--tokens", tokens, "--model", "minilm", "--out", embeddings]) == 0
+    for transform, dim in (("pca", str(pca_dim)), ("none", "native")):
+        reduce = ["reduce", "--embeddings", embeddings, "--tokens", tokens, "--embedding", "mean"]
+        out = str(text / f"mean~{transform}~{dim}.h5")
+        assert main([*reduce, "--transform", transform, "--dim", dim, "--out", out]) == 0
     return root
+
+
+@pytest.fixture(scope="session")
+def demo_pipeline(tmp_path_factory) -> Path:
+    """A tiny demo (8 train, 4 images per other split) at full difficulty, cached at 48x80."""
+    root = tmp_path_factory.mktemp("demo_pipeline")
+    return build_demo_pipeline(root, seed=3, counts=(8, 4, 4, 4), size=(48, 80), pca_dim=8)
+
+
+@pytest.fixture(scope="session")
+def learnable_demo(tmp_path_factory) -> Path:
+    """The demo at the workflow's learnable difficulty (up to 4 shapes, unique colours,
+    attribute expressions): 150 train and 40 val images, cached at 48x84."""
+    root = tmp_path_factory.mktemp("learnable_demo")
+    rules = ("--max-objects=4", "--colour-reuse=0", "--templates", "attribute")
+    counts = (150, 40, 1, 1)
+    return build_demo_pipeline(root, seed=0, counts=counts, size=(48, 84), pca_dim=64, rules=rules)
 
 
 def make_train_config(root, out_dir, **overrides):
