@@ -112,5 +112,8 @@ def test_bench_embed_prints_its_figures(tmp_path, capsys, restore_threads):
     assert re.search(r"^expressions +40 \(mean [\d.]+ tokens", printed, re.M)
     assert "timed on 10 of 40" in printed
     assert re.search(r"^threads +1 ", printed, re.M)
-    for label, unit in (("batched", "expr/s"), ("effective", "GFLOP/s"), ("peak", "GFLOP/s")):
-        assert float(re.search(rf"{label} +([\d.]+) {unit}", printed)[1]) > 0
+    for precision in ("fp32", "bf16"):
+        for label, unit in (("batched", "expr/s"), ("effective", "GFLOP/s"), ("peak", "GFLOP/s")):
+            found = re.search(rf"^{precision} [a-z ]*{label} +([\d.]+) {unit}", printed, re.M)
+            assert float(found[1]) > 0, (precision, label)
+    assert float(re.search(r"^bf16 vs fp32 .* min cosine ([\d.]+)", printed, re.M)[1]) > 0.999

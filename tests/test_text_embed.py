@@ -113,6 +113,28 @@ def test_batching_keeps_input_order(tiny_dir, sample):
     assert not np.allclose(results[0][1][0], results[0][1][1])  # rows differ: order matters
 
 
+def test_bf16_embeddings_of_the_real_model_stay_close_to_fp32(minilm, sample):
+    """bf16 autocast really runs (results differ) and stays within cosine 0.999 of fp32."""
+    tokenizer, model = minilm
+    table = tokenize_sentences(sample, tokenizer, tokenizer_identity("minilm", tokenizer), 512)
+    pad = tokenizer.pad_token_id
+    runs = {
+        precision: embed_sequences(
+            model, table.ids, table.ptr, pad_id=pad, precision=precision, progress=False
+        )
+        for precision in ("fp32", "bf16")
+    }
+    for exact, fast in zip(runs["fp32"], runs["bf16"], strict=True):
+        assert fast.dtype == np.float32 and fast.shape == exact.shape == (60, 384)
+        cosine = (
+            np.sum(exact * fast, 1) / np.linalg.norm(exact, axis=1) / np.linalg.norm(fast, axis=1)
+        )
+        assert cosine.min() > 0.999
+        assert np.abs(exact - fast).max() > 1e-4  # not silently fp32
+    with pytest.raises(UserError, match="--precision must be one of"):
+        embed_sequences(model, table.ids, table.ptr, pad_id=pad, precision="fp16")
+
+
 def test_embed_cli_writes_datasets_and_identity(tiny_dir, sample, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
     table = write_sample_tokens(tmp_path / "tokens.h5", sample, tokenizer, "tiny", 64)
@@ -127,6 +149,7 @@ def test_embed_cli_writes_datasets_and_identity(tiny_dir, sample, tmp_path):
         assert f.attrs["hidden_size"] == 32
         assert f.attrs["tokens_hash"] == table.attrs["tokens_hash"]
         assert len(f.attrs["model_hash"]) == 64
+        assert f.attrs["precision"] == "fp32"
 
 
 def test_embed_refuses_tokens_of_another_tokenizer(sample, tmp_path, capsys):

@@ -1,9 +1,10 @@
 """``rsis bench embed``: expression embedding throughput, batched vs one at a time.
 
-Embeds the real RefCOCO expressions with the packaged model (``minilm``), and prints
-expressions/s batched (length-sorted batches, as ``rsis embed`` runs), expressions/s one
-expression per forward pass, their ratio, and the effective GFLOP/s of the batched run against
-this machine's fp32 matmul peak, measured in the same run.
+Embeds the real RefCOCO expressions with the packaged model (``minilm``), and prints, for each
+``--precision``: expressions/s batched (length-sorted batches, as ``rsis embed`` runs),
+expressions/s one expression per forward pass, their ratio, and the effective GFLOP/s of the
+batched run against this machine's matmul peak in that precision, measured in the same run.
+With both precisions it also prints how far the bf16 embeddings are from the fp32 ones.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import PreTrainedModel
 
 from rsis.errors import UserError
-from rsis.text.embed import DEFAULT_BATCH_SIZE, embed_sequences
+from rsis.text.embed import DEFAULT_BATCH_SIZE, PRECISIONS, embed_sequences
 from rsis.text.models import MINILM, load_model, load_tokenizer, max_length, resolve_model
 from rsis.text.tokenize import encode
 
 DEFAULT_CSV_DIR = Path(__file__).resolve().parents[3] / "shared/data/refcoco-expressions"
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def load_expressions(csv_dir: Path) -> pd.DataFrame:
@@ -45,9 +47,9 @@ def load_expressions(csv_dir: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)[["sent_id", "split", "sent"]]
 
 
-def matmul_peak_gflops(size: int, repeats: int = 3) -> float:
-    """Best fp32 GFLOP/s of ``torch.matmul`` on two ``size`` x ``size`` matrices."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_peak_gflops(size: int, repeats: int = 3, dtype: torch.dtype = torch.float32) -> float:
+    """Best GFLOP/s of ``torch.matmul`` on two ``size`` x ``size`` matrices of ``dtype``."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     torch.matmul(a, b)
     best = float("inf")
     for _ in range(repeats):
@@ -73,14 +75,22 @@ def useful_flops(model: PreTrainedModel, ids: np.ndarray, ptr: np.ndarray) -> fl
 
 def timed(
     model: PreTrainedModel, ids: np.ndarray, ptr: np.ndarray, repeats: int, **kwargs
-) -> float:
-    """Fewest seconds ``embed_sequences`` took on the given sequences over ``repeats`` runs."""
+) -> tuple[float, np.ndarray]:
+    """Fewest seconds ``embed_sequences`` took over ``repeats`` runs, and its mean embeddings."""
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        embed_sequences(model, ids, ptr, progress=False, **kwargs)
+        _, mean = embed_sequences(model, ids, ptr, progress=False, **kwargs)
         best = min(best, time.perf_counter() - start)
-    return best
+    return best, mean
+
+
+def agreement(reference: np.ndarray, other: np.ndarray) -> tuple[float, float]:
+    """Smallest cosine similarity and largest absolute difference between matching rows."""
+    cosine = np.sum(reference * other, axis=1) / (
+        np.linalg.norm(reference, axis=1) * np.linalg.norm(other, axis=1)
+    )
+    return float(cosine.min()), float(np.abs(reference - other).max())
 
 
 def subset(ids: np.ndarray, ptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -105,36 +115,43 @@ def run(args: argparse.Namespace) -> None:
     n = len(texts)
     pad_id = tokenizer.pad_token_id or 0
 
-    peak = matmul_peak_gflops(args.matmul_size, args.repeats)
-    warm_up = subset(ids, ptr, np.arange(min(n, args.batch_size)))
-    timed(model, *warm_up, repeats=1, pad_id=pad_id)
-    batched = timed(model, ids, ptr, args.repeats, pad_id=pad_id, batch_size=args.batch_size)
+    flops = useful_flops(model, ids, ptr)
     rows = np.random.default_rng(0).permutation(n)[: min(n, args.single_count)]
-    single = timed(model, *subset(ids, ptr, rows), args.repeats, pad_id=pad_id, batch_size=1)
-    gflops = useful_flops(model, ids, ptr) / batched / 1e9
-
-    batched_rate, single_rate = n / batched, len(rows) / single
-    lines = [
-        ("model", f"{args.model} ({source.path})"),
-        ("threads", f"{torch.get_num_threads()} (torch {torch.__version__}, CPU)"),
-        ("timings", f"best of {args.repeats} runs each"),
-        ("expressions", f"{n} (mean {np.diff(ptr).mean():.2f} tokens with [CLS]/[SEP])"),
-        (
-            "batched",
-            f"{batched_rate:.1f} expr/s ({batched:.2f} s, batches of one length, "
-            f"at most {args.batch_size})",
-        ),
-        (
-            "one at a time",
-            f"{single_rate:.1f} expr/s (timed on {len(rows)} of {n}, random sample, seed 0)",
-        ),
-        ("speed-up", f"{batched_rate / single_rate:.2f}x"),
-        ("effective", f"{gflops:.1f} GFLOP/s (FLOPs without padding / batched time)"),
-        ("fp32 matmul peak", f"{peak:.1f} GFLOP/s (torch.matmul {args.matmul_size}^2)"),
-        ("share of peak", f"{100 * gflops / peak:.0f}%"),
-    ]
-    for name, value in lines:
-        print(f"{name:<17} {value}")
+    print(f"{'model':<22} {args.model} ({source.path})")
+    print(f"{'threads':<22} {torch.get_num_threads()} (torch {torch.__version__}, CPU)")
+    print(f"{'timings':<22} best of {args.repeats} runs each")
+    print(f"{'expressions':<22} {n} (mean {np.diff(ptr).mean():.2f} tokens with [CLS]/[SEP])")
+    means = {}
+    for precision in args.precision:
+        peak = matmul_peak_gflops(args.matmul_size, args.repeats, DTYPES[precision])
+        common = dict(pad_id=pad_id, precision=precision)
+        timed(model, *subset(ids, ptr, np.arange(min(n, args.batch_size))), 1, **common)
+        batched, means[precision] = timed(
+            model, ids, ptr, args.repeats, batch_size=args.batch_size, **common
+        )
+        single, _ = timed(model, *subset(ids, ptr, rows), args.repeats, batch_size=1, **common)
+        batched_rate, single_rate, gflops = n / batched, len(rows) / single, flops / batched / 1e9
+        lines = [
+            (
+                "batched",
+                f"{batched_rate:.1f} expr/s ({batched:.2f} s, batches of one length, "
+                f"at most {args.batch_size})",
+            ),
+            (
+                "one at a time",
+                f"{single_rate:.1f} expr/s (timed on {len(rows)} of {n}, random sample, seed 0)",
+            ),
+            ("speed-up", f"{batched_rate / single_rate:.2f}x"),
+            ("effective", f"{gflops:.1f} GFLOP/s (FLOPs without padding / batched time)"),
+            ("matmul peak", f"{peak:.1f} GFLOP/s (torch.matmul {args.matmul_size}^2)"),
+            ("share of peak", f"{100 * gflops / peak:.0f}%"),
+        ]
+        for name, value in lines:
+            print(f"{precision + ' ' + name:<22} {value}")
+    if {"fp32", "bf16"} <= means.keys():
+        cosine, difference = agreement(means["fp32"], means["bf16"])
+        print(f"{'bf16 vs fp32':<22} mean embeddings: min cosine {cosine:.6f}, ", end="")
+        print(f"max abs difference {difference:.4f}")
 
 
 def register(bench_subparsers: argparse._SubParsersAction) -> None:
@@ -152,4 +169,11 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timings kept: the best of these")
     parser.add_argument("--matmul-size", type=int, default=4096, help="side of the peak matmul")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    parser.add_argument(
+        "--precision",
+        nargs="+",
+        choices=PRECISIONS,
+        default=list(PRECISIONS),
+        help="precisions to time (default: fp32 and bf16)",
+    )
     parser.set_defaults(func=run)

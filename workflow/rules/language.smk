@@ -45,9 +45,11 @@ rule embed:
     params:
         model=LANG["model"],
         batch_size=LANG["batch_size"],
+        precision=LANG["precision"],
     shell:
         "rsis embed --tokens {input:q} --model {params.model:q}"
-        " --batch-size {params.batch_size} --device auto --threads {threads}"
+        " --batch-size {params.batch_size} --precision {params.precision}"
+        " --device auto --threads {threads}"
         " --out {output:q} > {log:q} 2>&1"
 
 
