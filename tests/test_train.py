@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 
 import pandas as pd
 import pytest
@@ -12,6 +13,7 @@ from rsis.checkpoint import load_checkpoint
 from rsis.data.cache import SequenceDataset, collate_sequences
 from rsis.errors import UserError
 from rsis.evaluate import evaluate, load_model
+from rsis.inference import make_loader
 from rsis.metrics import MetricAccumulator
 from rsis.model import RRIS, soft_iou_loss
 from rsis.text import EmbeddingTable
@@ -167,28 +169,32 @@ def _rotated(text: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return rotated
 
 
-def _instance_iou(model: RRIS, batches: list[dict], rotate: bool = False) -> float:
-    """Instance IoU of ``model`` in eval mode on ``batches``, optionally with rotated text."""
-    model.eval()
+def _instance_iou(batches: list[dict], predict: Callable[[dict], torch.Tensor]) -> float:
+    """Instance IoU over ``batches`` of the masks ``predict(batch)`` gives (B, R, H, W)."""
     accumulator = MetricAccumulator(resolution="network input")
     for batch in batches:
+        valid = batch["valid"]
+        accumulator.update(predict(batch)[valid], batch["masks"][valid], ids=batch["ref_id"][valid])
+    return accumulator.summary()["metrics"]["instance_iou"]
+
+
+def _model_masks(model: RRIS, rotate: bool = False) -> Callable[[dict], torch.Tensor]:
+    """``model``'s masks in eval mode, fed each batch's text or its ``_rotated`` text."""
+
+    def predict(batch: dict) -> torch.Tensor:
+        model.eval()
         valid = batch["valid"]
         text = _rotated(batch["text"], valid) if rotate else batch["text"]
         with torch.no_grad():
-            logits = model(batch["image"], text, valid)
-        accumulator.update(logits[valid] > 0, batch["masks"][valid], ids=batch["ref_id"][valid])
-    return accumulator.summary()["metrics"]["instance_iou"]
+            return model(batch["image"], text, valid) > 0
+
+    return predict
 
 
-def _segment_everything_iou(batches: list[dict]) -> float:
-    """Instance IoU of answering every referent with all the shapes of its image."""
-    accumulator = MetricAccumulator(resolution="network input")
-    for batch in batches:
-        valid = batch["valid"]
-        union = (batch["masks"] * valid[..., None, None]).amax(dim=1, keepdim=True)
-        masks = union.expand_as(batch["masks"])[valid]
-        accumulator.update(masks > 0, batch["masks"][valid], ids=batch["ref_id"][valid])
-    return accumulator.summary()["metrics"]["instance_iou"]
+def _every_shape(batch: dict) -> torch.Tensor:
+    """For every referent, all the annotated shapes of its image."""
+    union = (batch["masks"] * batch["valid"][..., None, None]).amax(dim=1, keepdim=True)
+    return union.expand_as(batch["masks"]) > 0
 
 
 @pytest.mark.slow
@@ -215,14 +221,14 @@ def test_model_learns_a_handful_of_demo_images(demo_pipeline):
         loss.backward()
         optimizer.step()
         if step % 20 == 19:
-            scores.append(_instance_iou(model, [batch]))
+            scores.append(_instance_iou([batch], _model_masks(model)))
             if scores[-1] >= 0.9:
                 break
     assert scores[0] < 0.5, "the model should not start out right"
     assert scores[-1] >= 0.9, f"instance IoU only {scores[-1]:.3f} after {step + 1} steps"
     # The language matters, not only the step index: with each image's expressions rotated by
     # one referent (same images, same order of steps), the masks no longer fit (0.91 -> 0.10).
-    assert _instance_iou(model, [batch], rotate=True) < scores[-1] - 0.3
+    assert _instance_iou([batch], _model_masks(model, rotate=True)) < scores[-1] - 0.3
 
 
 @pytest.mark.slow
@@ -246,10 +252,9 @@ def test_trained_model_uses_the_language_on_validation_data(learnable_demo, tmp_
     text = EmbeddingTable.load(cfg.text)
     model, _ = load_model(cfg.out_dir / "best.pt", text)
     val = SequenceDataset(learnable_demo / "cache/val.h5", text, order="dataset")
-    batches = [collate_sequences([val[i] for i in range(j, min(j + 8, len(val)))])
-               for j in range(0, len(val), 8)]  # fmt: skip
-    everything = _segment_everything_iou(batches)
-    trained = _instance_iou(model, batches)
-    rotated = _instance_iou(model, batches, rotate=True)
+    batches = list(make_loader(val, batch_size=8))
+    everything = _instance_iou(batches, _every_shape)
+    trained = _instance_iou(batches, _model_masks(model))
+    rotated = _instance_iou(batches, _model_masks(model, rotate=True))
     assert trained > everything + 0.1, (trained, everything)
     assert rotated < trained - 0.2, (trained, rotated)

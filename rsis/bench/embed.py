@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.metrics.pairwise import paired_cosine_distances
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import PreTrainedModel
 
@@ -26,7 +27,6 @@ from rsis.text.models import MINILM, load_model, load_tokenizer, max_length, res
 from rsis.text.tokenize import encode
 
 DEFAULT_CSV_DIR = Path(__file__).resolve().parents[3] / "shared/data/refcoco-expressions"
-DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def load_expressions(csv_dir: Path) -> pd.DataFrame:
@@ -87,9 +87,7 @@ def timed(
 
 def agreement(reference: np.ndarray, other: np.ndarray) -> tuple[float, float]:
     """Smallest cosine similarity and largest absolute difference between matching rows."""
-    cosine = np.sum(reference * other, axis=1) / (
-        np.linalg.norm(reference, axis=1) * np.linalg.norm(other, axis=1)
-    )
+    cosine = 1 - paired_cosine_distances(reference, other)
     return float(cosine.min()), float(np.abs(reference - other).max())
 
 
@@ -123,7 +121,7 @@ def run(args: argparse.Namespace) -> None:
     print(f"{'expressions':<22} {n} (mean {np.diff(ptr).mean():.2f} tokens with [CLS]/[SEP])")
     means = {}
     for precision in args.precision:
-        peak = matmul_peak_gflops(args.matmul_size, args.repeats, DTYPES[precision])
+        peak = matmul_peak_gflops(args.matmul_size, args.repeats, PRECISIONS[precision])
         common = dict(pad_id=pad_id, precision=precision)
         timed(model, *subset(ids, ptr, np.arange(min(n, args.batch_size))), 1, **common)
         batched, means[precision] = timed(

@@ -30,7 +30,7 @@ DEFAULT_BATCH_SIZE = 128
 # fp32: exact (the default). bf16: the encoder's matrix products in bfloat16 under autocast,
 # about twice as fast on CPUs with AVX512-BF16 or AMX and on GPUs; the embeddings stay within
 # cosine 0.9999 of fp32 (BENCHMARKS.md) and are stored as float32 either way.
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -112,14 +112,14 @@ def embed_sequences(
     """
     device = device or model.device
     if precision not in PRECISIONS:
-        raise UserError(f"--precision must be one of {PRECISIONS}, got {precision!r}")
+        raise UserError(f"--precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
     lengths = np.diff(ptr)
     pooled = np.empty((len(lengths), model.config.hidden_size), dtype=np.float32)
     mean = np.empty_like(pooled)
     tokens = torch.from_numpy(ids.astype(np.int64))
     with (
         torch.inference_mode(),
-        torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"),
+        torch.autocast(device.type, dtype=PRECISIONS[precision], enabled=precision != "fp32"),
         tqdm(total=len(lengths), unit="expr", disable=not progress) as bar,
     ):
         for rows in length_batches(lengths, batch_size):
