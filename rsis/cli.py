@@ -17,7 +17,7 @@ from rsis.io import IdentityMismatchError
 
 # Subcommand -> (module exposing ``register(subparsers)``, one-line help).
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("rsis.data.demo", "generate the demo dataset in the refer layout"),
+    "demo": ("rsis.data.demo.writer", "generate the demo dataset in the refer layout"),
     "prepare": ("rsis.data.cache", "cache one split's resized images and masks in HDF5"),
     "tokenize": ("rsis.text.tokenize", "WordPiece ids of every expression (HDF5)"),
     "embed": ("rsis.text.embed", "pooled and mean embeddings of every expression"),

@@ -15,16 +15,17 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from rsis.cli import main
-from rsis.data import demo
+from rsis.data.demo import polygons, scale, scenes, writer
 from rsis.data.refer import load_refer
 from rsis.errors import UserError
 
 HEIGHT, WIDTH = 96, 171
 COUNTS = {"train": 4, "val": 2, "testA": 3, "testB": 3}
+PLAN = scale.small_plan(COUNTS, HEIGHT, WIDTH)
 
 
 def _generate(out: Path, seed: int = 0) -> Path:
-    demo.generate_demo(out, seed=seed, counts=COUNTS, height=HEIGHT, width=WIDTH)
+    writer.generate_demo(out, seed=seed, plan=PLAN)
     return out
 
 
@@ -61,7 +62,7 @@ def test_refer_layout_fields(dataset, files):
         "file_name",
     }  # fmt: skip
     assert set(refs[0]["sentences"][0]) == {"sent_id", "sent", "raw", "tokens"}
-    assert {c["name"] for c in instances["categories"]} == set(demo.SHAPES)
+    assert {c["name"] for c in instances["categories"]} == set(scenes.SHAPES)
     anns = {a["id"]: a for a in instances["annotations"]}
     assert sorted(r["ann_id"] for r in refs) == sorted(anns)  # one ref per annotation
     for ref in refs:
@@ -81,6 +82,8 @@ def test_refer_layout_fields(dataset, files):
 def test_same_seed_same_bytes_other_seed_differs(dataset, tmp_path):
     again = _hashes(_generate(tmp_path / "again", seed=0))
     assert again == _hashes(dataset)
+    writer.generate_demo(tmp_path / "workers", seed=0, plan=PLAN, workers=2)
+    assert _hashes(tmp_path / "workers") == again
     other = _hashes(_generate(tmp_path / "other", seed=1))
     assert other.keys() == again.keys()
     assert other["demo/refs(unc).p"] != again["demo/refs(unc).p"]
@@ -115,7 +118,7 @@ def _objects(instances: dict, image_id: int) -> dict[int, dict]:
 def _noun_phrase(words: list[str], objects: dict[int, dict]) -> set[int]:
     """Objects matching e.g. ['big', 'red', 'shape']: the last word is a shape or 'shape'."""
     *adjectives, noun = words
-    assert all(w in ("small", "big") or w in demo.COLOURS for w in adjectives), words
+    assert all(w in ("small", "big") or w in scenes.COLOURS for w in adjectives), words
     found = set(objects)
     for word in adjectives:
         key = "size" if word in ("small", "big") else "colour"
@@ -179,7 +182,7 @@ def test_masks_decode_visible_disjoint_and_coloured(dataset, files):
     by_image: dict[int, list[dict]] = {}
     for ann in instances["annotations"]:
         by_image.setdefault(ann["image_id"], []).append(ann)
-    palette = np.array(list(demo.COLOURS.values()), dtype=np.float64)
+    palette = np.array(list(scenes.COLOURS.values()), dtype=np.float64)
     for image_id, anns in by_image.items():
         image = images[image_id]
         picture = np.asarray(Image.open(dataset / "images" / image["file_name"]), np.float64)
@@ -192,18 +195,18 @@ def test_masks_decode_visible_disjoint_and_coloured(dataset, files):
             np.testing.assert_allclose(mask_utils.toBbox(rle), ann["bbox"])
             assert 0.1 * HEIGHT <= ann["bbox"][3] <= 0.35 * HEIGHT + 1
             mean = picture[mask.astype(bool)].mean(axis=0)
-            nearest = list(demo.COLOURS)[np.argmin(((palette - mean) ** 2).sum(axis=1))]
+            nearest = list(scenes.COLOURS)[np.argmin(((palette - mean) ** 2).sum(axis=1))]
             assert nearest == ann["attributes"]["colour"]
 
 
 def test_polygons_decode_to_exactly_the_visible_pixels():
-    scene = demo.make_scene(np.random.default_rng(3), HEIGHT, WIDTH, crowded=True)
+    scene = scenes.make_scene(np.random.default_rng(3), HEIGHT, WIDTH, crowded=True)
     for index, polygon in enumerate(scene.polygons):
         decoded = mask_utils.decode(
             mask_utils.merge(mask_utils.frPyObjects([polygon], *scene.owner.shape))
         )
         np.testing.assert_array_equal(decoded, scene.owner == index)
-    assert (scene.owner >= 0).sum() == sum(demo.polygon_area(p) for p in scene.polygons)
+    assert (scene.owner >= 0).sum() == sum(polygons.polygon_area(p) for p in scene.polygons)
 
 
 def test_mask_to_polygons_is_exact_on_random_masks():
@@ -212,8 +215,8 @@ def test_mask_to_polygons_is_exact_on_random_masks():
     for _ in range(300):
         height, width = (int(v) for v in rng.integers(3, 16, size=2))
         mask = (rng.random((height, width)) < 0.5).astype(np.uint8)
-        loops = demo.mask_to_polygons(mask)
-        areas = [demo.polygon_area(loop) for loop in loops]
+        loops = polygons.mask_to_polygons(mask)
+        areas = [polygons.polygon_area(loop) for loop in loops]
         assert sum(areas) == mask.sum()  # holes count negative
         if loops and min(areas) > 0:  # no holes: the union of loops is the mask
             rles = mask_utils.frPyObjects(loops, height, width)
@@ -222,7 +225,7 @@ def test_mask_to_polygons_is_exact_on_random_masks():
     assert checked > 50
     ring = np.ones((5, 5), np.uint8)
     ring[2, 2] = 0
-    assert sorted(demo.polygon_area(p) for p in demo.mask_to_polygons(ring)) == [-1.0, 25.0]
+    assert sorted(polygons.polygon_area(p) for p in polygons.mask_to_polygons(ring)) == [-1.0, 25.0]
 
 
 def test_splits_and_crowding(files):
@@ -240,12 +243,12 @@ def test_splits_and_crowding(files):
             assert max(shapes.values()) <= 2
 
 
-EASY = demo.SceneRules(max_objects=4, colour_reuse=0.0, templates=("attribute",))
+EASY = scenes.SceneRules(max_objects=4, colour_reuse=0.0, templates=("attribute",))
 
 
 def test_scene_rules_limit_objects_colours_and_templates(tmp_path):
     out = tmp_path / "easy"
-    demo.generate_demo(out, seed=1, counts=COUNTS, height=HEIGHT, width=WIDTH, rules=EASY)
+    writer.generate_demo(out, seed=1, plan=PLAN, rules=EASY)
     refs = pickle.loads((out / "demo" / "refs(unc).p").read_bytes())
     instances = json.loads((out / "demo" / "instances.json").read_text())
     assert instances["info"]["rules"] == {
@@ -277,15 +280,15 @@ def test_scene_rules_limit_objects_colours_and_templates(tmp_path):
 )
 def test_scene_rules_reject_bad_values(rules, message):
     with pytest.raises(UserError, match=re.escape(message)):
-        demo.SceneRules(**rules)
+        scenes.SceneRules(**rules)
 
 
 def test_load_refer_reads_the_demo(dataset, files):
     refs, instances = files
     refer = load_refer(dataset, "demo", "unc", dataset / "images")
-    assert refer.splits() == list(demo.SPLITS)
+    assert refer.splits() == list(scale.SPLITS)
     assert len(refer.refs) == len(refs) and not any(refer.skipped.values())
-    assert set(refer.categories.values()) == set(demo.SHAPES)
+    assert set(refer.categories.values()) == set(scenes.SHAPES)
     images = {i["id"]: i for i in instances["images"]}
     for ann in instances["annotations"][:10]:
         np.testing.assert_array_equal(
@@ -299,7 +302,7 @@ def test_failed_run_leaves_previous_output_untouched(dataset, tmp_path, monkeypa
     out = _generate(tmp_path / "out")
     before = _hashes(out)
     calls = []
-    real = demo.make_scene
+    real = scenes.make_scene
 
     def failing(*args, **kwargs):
         calls.append(1)
@@ -307,9 +310,9 @@ def test_failed_run_leaves_previous_output_untouched(dataset, tmp_path, monkeypa
             raise RuntimeError("interrupted")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(demo, "make_scene", failing)
+    monkeypatch.setattr(scenes, "make_scene", failing)
     with pytest.raises(RuntimeError, match="interrupted"):
-        demo.generate_demo(out, seed=5, counts=COUNTS, height=HEIGHT, width=WIDTH)
+        writer.generate_demo(out, seed=5, plan=PLAN)
     assert _hashes(out) == before
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
@@ -337,3 +340,85 @@ def test_cli(tmp_path, capsys):
     assert "--height must be at least 48" in capsys.readouterr().err
     assert main([*args[:-6], "--testb-images", "-1"]) == 2
     assert "--testb-images must be 0 or more" in capsys.readouterr().err
+
+
+def test_expression_kinds_name_their_template():
+    kinds = Counter()
+    for seed in range(4):
+        scene = scenes.make_scene(np.random.default_rng(seed), HEIGHT, WIDTH, crowded=True)
+        for said in scene.expressions:
+            for expression in said:
+                relation = any(f" {r} the " in expression.text for r in RELATIONS)
+                extreme = expression.text.split()[1] in EXTREMES
+                assert expression.kind == (
+                    "relation" if relation else "extreme" if extreme else "attribute"
+                ), expression
+                kinds[expression.kind] += 1
+    assert set(kinds) == {"attribute", "extreme", "relation"}
+
+
+def test_even_shares_spread_a_total():
+    assert scale.even_shares(7, 3) == [2, 2, 3]
+    shares = scale.even_shares(42_404, 16_994)
+    assert sum(shares) == 42_404 and set(shares) == {2, 3}
+
+
+def test_refcoco_plan_has_refcocos_counts_and_coco_sizes():
+    plan = scale.refcoco_plan()
+    totals = {
+        split: (
+            len(images),
+            sum(len(image.expressions) for image in images),
+            sum(sum(image.expressions) for image in images),
+        )
+        for split, images in plan.images.items()
+    }
+    assert totals == {
+        "train": (16_994, 42_404, 120_624),
+        "val": (1_500, 3_811, 10_834),
+        "testA": (750, 1_975, 5_657),
+        "testB": (750, 1_810, 5_095),
+    }
+    assert [sum(column) for column in zip(*totals.values(), strict=True)] == [
+        19_994, 50_000, 142_210
+    ]  # fmt: skip
+    sizes = Counter((image.height, image.width) for image in plan.images["train"])
+    assert sizes.most_common(1)[0][0] == (480, 640) and len(sizes) == 6
+    per_referent = {n for image in plan.images["val"] for n in image.expressions}
+    assert per_referent == {2, 3}
+
+
+def test_refcoco_fraction_keeps_the_ratios():
+    tenth = scale.refcoco_plan(0.1)
+    val = tenth.images["val"]
+    assert len(val) == 150 and sum(len(i.expressions) for i in val) == 381
+    assert sum(sum(i.expressions) for i in val) == 1_083
+    with pytest.raises(UserError, match=r"--fraction must be in \(0, 1\], got 0"):
+        scale.refcoco_plan(0)
+
+
+def test_refcoco_scale_writes_its_plan(tmp_path):
+    full = scale.refcoco_plan()
+    plan = scale.DemoPlan({s: images[:2] for s, images in full.images.items()}, full.info)
+    out = tmp_path / "refcoco"
+    writer.generate_demo(out, seed=0, plan=plan, rules=EASY)
+    refs = pickle.loads((out / "demo" / "refs(unc).p").read_bytes())
+    instances = json.loads((out / "demo" / "instances.json").read_text())
+    assert instances["info"]["scale"] == "refcoco"
+    planned = [image for split in scale.SPLITS for image in plan.images[split]]
+    assert len(instances["images"]) == len(planned) == 8
+    for image, wanted in zip(instances["images"], planned, strict=True):
+        with Image.open(out / "images" / image["file_name"]) as picture:
+            assert (
+                picture.size == (image["width"], image["height"]) == (wanted.width, wanted.height)
+            )
+        objects = _objects(instances, image["id"])
+        mine = [ref for ref in refs if ref["image_id"] == image["id"]]
+        assert sorted(len(ref["sentences"]) for ref in mine) == sorted(wanted.expressions)
+        assert len(objects) >= len(mine)
+        for ref in mine:
+            for sentence in ref["sentences"]:
+                assert _resolve(sentence["sent"], objects) == {ref["ann_id"]}
+    assert len(instances["annotations"]) > len(refs)  # some shapes are no referent
+    refer = load_refer(out, "demo", "unc", out / "images")
+    assert len(refer.refs) == len(refs) and not any(refer.skipped.values())

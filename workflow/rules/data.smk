@@ -10,8 +10,11 @@ rule demo_dataset:
         "benchmarks/demo_dataset.tsv"
     conda:
         ENV
+    threads: workflow.cores
     params:
         seed=config["demo"]["seed"],
+        scale=config["demo"]["scale"],
+        fraction=config["demo"]["fraction"],
         train=config["demo"]["train_images"],
         val=config["demo"]["val_images"],
         testa=config["demo"]["testA_images"],
@@ -22,11 +25,12 @@ rule demo_dataset:
         colour_reuse=config["demo"]["colour_reuse"],
         templates=" ".join(config["demo"]["templates"]),
     shell:
-        "rsis demo --out {output:q} --seed {params.seed} --train-images {params.train}"
+        "rsis demo --out {output:q} --seed {params.seed} --scale {params.scale}"
+        " --fraction {params.fraction} --train-images {params.train}"
         " --val-images {params.val} --testa-images {params.testa}"
         " --testb-images {params.testb} --height {params.height} --width {params.width}"
         " --max-objects {params.max_objects} --colour-reuse {params.colour_reuse}"
-        " --templates {params.templates} > {log:q} 2>&1"
+        " --templates {params.templates} --workers {threads} > {log:q} 2>&1"
 
 
 rule prepare:
