@@ -1,0 +1,126 @@
+"""Baselines that read no picture, for the generated demo: what a model must beat.
+
+Each baseline predicts, for a referent and its expression, the union of some objects of its
+image (the demo's annotations know every object's shape and colour):
+
+- ``every object``: all objects of the image;
+- ``named colour``: every object of the colour the expression names;
+- ``named colour and shape``: every object of the colour and shape the expression names,
+  ignoring size and position words.
+
+The colour and shape are read from the referent's own noun phrase (before a relation word
+such as "left of"), with the demo grammar's vocabulary; an attribute the expression does not
+name does not narrow the set. A model that only matches colour scores like ``named colour``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from rsis.data.cache import resize_mask
+from rsis.data.demo.grammar import RELATIONS
+from rsis.data.demo.scenes import COLOURS, SHAPES
+from rsis.data.refer import Refer
+from rsis.errors import UserError
+from rsis.metrics import MetricAccumulator
+
+
+@dataclass(frozen=True)
+class DemoObject:
+    """One object of a demo image: its mask (at the scoring size), colour and shape."""
+
+    mask: np.ndarray
+    colour: str
+    shape: str
+
+
+@dataclass(frozen=True)
+class Named:
+    """The colour and shape an expression names for its referent (None: not named)."""
+
+    colour: str | None
+    shape: str | None
+
+
+def named_attributes(sentence: str) -> Named:
+    """The colour and shape words of the referent's noun phrase in ``sentence``.
+
+    >>> named_attributes("blue square left of the green star")
+    Named(colour='blue', shape='square')
+    >>> named_attributes("the leftmost big shape")
+    Named(colour=None, shape=None)
+    """
+    phrase = f" {sentence} "
+    for relation in RELATIONS:
+        phrase = phrase.split(f" {relation} ")[0]
+    words = phrase.split()
+    colour = next((word for word in words if word in COLOURS), None)
+    shape = next((word for word in words if word in SHAPES), None)
+    return Named(colour, shape)
+
+
+def _union(objects: Iterable[DemoObject], shape: tuple[int, int]) -> np.ndarray:
+    mask = np.zeros(shape, dtype=bool)
+    for thing in objects:
+        mask |= thing.mask.astype(bool)
+    return mask
+
+
+Baseline = Callable[[list[DemoObject], Named], list[DemoObject]]
+BASELINES: dict[str, Baseline] = {
+    "every object": lambda objects, named: objects,
+    "named colour": lambda objects, named: [o for o in objects if named.colour in (None, o.colour)],
+    "named colour and shape": lambda objects, named: [
+        o for o in objects if named.colour in (None, o.colour) and named.shape in (None, o.shape)
+    ],
+}
+
+
+def baseline_masks(objects: list[DemoObject], sentence: str) -> Mapping[str, np.ndarray]:
+    """Each baseline's predicted mask for one expression in an image of ``objects``."""
+    if not objects:
+        raise ValueError("a demo image has at least one object")
+    named = named_attributes(sentence)
+    size = objects[0].mask.shape
+    return {name: _union(choose(objects, named), size) for name, choose in BASELINES.items()}
+
+
+def image_objects(refer: Refer, size: tuple[int, int]) -> dict[int, list[DemoObject]]:
+    """Every annotated object per image id, its mask resized to ``size`` (height, width)."""
+    objects: dict[int, list[DemoObject]] = {}
+    for ann_id, ann in refer.annotations.items():
+        attributes = ann.get("attributes") or {}
+        if "colour" not in attributes:
+            raise UserError(
+                f"annotation {ann_id} of {refer.dataset} has no colour attribute: the "
+                "baselines need the generated demo's annotations"
+            )
+        mask = resize_mask(refer.decode_mask(ann_id), *size)
+        shape = refer.categories[ann["category_id"]]
+        objects.setdefault(ann["image_id"], []).append(
+            DemoObject(mask, attributes["colour"], shape)
+        )
+    return objects
+
+
+def score_baselines(
+    refer: Refer, split: str, size: tuple[int, int]
+) -> dict[str, MetricAccumulator]:
+    """Each baseline scored on every referent of ``split`` with its first expression.
+
+    Masks are compared at ``size`` (the network input, as ``rsis evaluate`` scores by default).
+    """
+    objects = image_objects(refer, size)
+    scored = {name: MetricAccumulator(resolution="network input") for name in BASELINES}
+    for ref in refer.refs_in_split(split):
+        truth = resize_mask(refer.decode_mask(ref["ann_id"]), *size).astype(bool)
+        sentence = ref["sentences"][0]
+        predicted = baseline_masks(objects[ref["image_id"]], sentence["sent"])
+        for name, mask in predicted.items():
+            pred, gt = torch.from_numpy(mask[None]), torch.from_numpy(truth[None])
+            scored[name].update(pred, gt, ids=[ref["ref_id"]])
+    return scored
