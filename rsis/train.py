@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import logging
 import math
 import os
@@ -64,6 +65,7 @@ class TrainConfig:
     weight_decay: float = 1e-7
     batch_size: int = 32
     epochs: int = 20
+    steps_per_epoch: int | None = None  # at most this many batches per epoch; None: all
     patience: int = 5
     order: str = "random"
     max_referents: int = 6
@@ -92,11 +94,12 @@ class _Distributed:
     @classmethod
     def from_env(cls) -> _Distributed:
         """Read torchrun's environment; start the process group when there are several ranks."""
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        if world_size == 1:
+        if "RANK" not in os.environ:  # not started by torchrun: one process, no group
             return cls()
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
+        world_size = dist.get_world_size()
+        log.info("process group %s: rank %d of %d", backend, dist.get_rank(), world_size)
         return cls(dist.get_rank(), world_size, int(os.environ.get("LOCAL_RANK", "0")))
 
     @property
@@ -144,6 +147,8 @@ class Trainer:
     """One training run; ``run()`` returns the per-epoch history."""
 
     def __init__(self, cfg: TrainConfig, resume: bool = False) -> None:
+        if cfg.steps_per_epoch is not None and cfg.steps_per_epoch < 1:
+            raise UserError(f"--steps-per-epoch must be 1 or more, got {cfg.steps_per_epoch}")
         if cfg.order not in ORDERS:
             raise UserError(f"--order must be one of {ORDERS}, got {cfg.order!r}")
         if cfg.text_transform not in TEXT_TRANSFORMS:
@@ -188,7 +193,7 @@ class Trainer:
         if resume:
             self._resume()
         self.net: torch.nn.Module = self.model
-        if self.ddp.world_size > 1:
+        if dist.is_initialized():  # torchrun, even with one process: DDP as on many GPUs
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
 
@@ -272,8 +277,15 @@ class Trainer:
         )
         self.net.train()
         losses, images, referents, wait = [], 0, 0, 0.0
+        steps = min(len(loader), self.cfg.steps_per_epoch or len(loader))
         start = tick = time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not self.ddp.is_main)
+        bar = tqdm(
+            itertools.islice(loader, steps),
+            desc=f"epoch {epoch}",
+            total=steps,
+            unit="batch",
+            disable=not self.ddp.is_main,
+        )
         for step, batch in enumerate(bar):
             wait += time.perf_counter() - tick
             batch = to_device(batch, self.device)
@@ -332,7 +344,7 @@ class Trainer:
         if writer is not None:
             writer.close()
             export_bundle(self.best_path, self.cfg.text, self.bundle_path)
-        if self.ddp.world_size > 1:
+        if dist.is_initialized():
             dist.destroy_process_group()
         return self.history
 
@@ -363,6 +375,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per batch")
     p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument(
+        "--steps-per-epoch",
+        type=int,
+        help="at most this many batches per epoch, for a bounded run (default: all)",
+    )
     p.add_argument("--patience", type=int, default=d.patience, help="early-stopping patience")
     p.add_argument("--order", default=d.order, help="referent order: " + ", ".join(ORDERS))
     p.add_argument("--max-referents", type=int, default=d.max_referents)

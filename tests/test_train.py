@@ -161,6 +161,19 @@ def test_encoder_lr_zero_freezes_the_resnet(demo_pipeline, tmp_path):
     assert len(changed) == len(decoder)
 
 
+def test_steps_per_epoch_bounds_each_epoch(demo_pipeline, tmp_path):
+    cfg = make_train_config(demo_pipeline, tmp_path, encoder_lr=0.0, steps_per_epoch=1)
+    trainer = Trainer(cfg)
+    assert len(trainer.train_set) > cfg.batch_size  # a whole epoch would take 2 steps or more
+    steps = []
+    step = trainer.optimizer.step
+    trainer.optimizer.step = lambda *args, **kwargs: steps.append(step(*args, **kwargs))
+    assert [row["epoch"] for row in trainer.run()] == [0, 1]
+    assert len(steps) == 2
+    with pytest.raises(UserError, match="--steps-per-epoch must be 1 or more, got 0"):
+        Trainer(make_train_config(demo_pipeline, tmp_path, steps_per_epoch=0))
+
+
 def _rotated(text: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Each image's expressions moved on by one referent: every referent gets another's."""
     rotated = text.clone()

@@ -151,6 +151,12 @@ def train_flags(wildcards):
     return flags
 
 
+def steps_flag():
+    """``--steps-per-epoch`` when the setting bounds each epoch, else nothing."""
+    steps = SETTING["steps_per_epoch"]
+    return "" if steps is None else f"--steps-per-epoch {steps}"
+
+
 def train_launcher(wildcards, resources):
     """``rsis`` on one device; ``torchrun`` with one process per GPU when gpu > 1."""
     if resources.gpu > 1:

@@ -30,6 +30,7 @@ rule train:
         encoder_lr=SETTING["encoder_lr"],
         weight_decay=SETTING["weight_decay"],
         epochs=SETTING["epochs"],
+        steps=steps_flag(),
         patience=SETTING["patience"],
         max_referents=SETTING["max_referents"],
         workers=SETTING["workers"],
@@ -40,6 +41,6 @@ rule train:
         " --text {input.text:q} --out-dir {params.out_dir:q} {params.flags}"
         " --backbone {params.backbone} --weights {params.weights:q} --hidden {params.hidden}"
         " --lr {params.lr} --encoder-lr {params.encoder_lr}"
-        " --weight-decay {params.weight_decay} --epochs {params.epochs}"
+        " --weight-decay {params.weight_decay} --epochs {params.epochs} {params.steps}"
         " --patience {params.patience} --max-referents {params.max_referents}"
         " --workers {params.workers} --seed {params.seed} > {log:q} 2>&1"
