@@ -23,6 +23,7 @@ localrules:
     tokenize,
     reduce,
     tables,
+    baselines,
     figures,
 
 

@@ -15,17 +15,21 @@ name does not narrow the set. A model that only matches colour scores like ``nam
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import argparse
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from rsis.data.cache import resize_mask
 from rsis.data.demo.grammar import RELATIONS
 from rsis.data.demo.scenes import COLOURS, SHAPES
-from rsis.data.refer import Refer
+from rsis.data.refer import Refer, add_refer_arguments, refer_from_args
 from rsis.errors import UserError
+from rsis.io import atomic_path
 from rsis.metrics import MetricAccumulator
 
 
@@ -124,3 +128,56 @@ def score_baselines(
             pred, gt = torch.from_numpy(mask[None]), torch.from_numpy(truth[None])
             scored[name].update(pred, gt, ids=[ref["ref_id"]])
     return scored
+
+
+def baselines_table(refer: Refer, splits: Sequence[str], size: tuple[int, int]) -> pd.DataFrame:
+    """One row per baseline: instance and overall IoU (percent) on each split."""
+    rows: dict[str, dict[str, object]] = {name: {"baseline": name} for name in BASELINES}
+    for split in splits:
+        for name, scored in score_baselines(refer, split, size).items():
+            metrics = scored.summary()["metrics"]
+            rows[name][f"instance_iou_{split}"] = 100 * metrics["instance_iou"]
+            rows[name][f"overall_iou_{split}"] = 100 * metrics["overall_iou"]
+    return pd.DataFrame(list(rows.values()))
+
+
+def baselines_markdown(table: pd.DataFrame, size: tuple[int, int]) -> str:
+    """``baselines.md``: the table, with what each baseline predicts."""
+    shown = table.rename(columns={"baseline": "Baseline"})
+    for column in shown.columns[1:]:
+        shown[column] = shown[column].map(lambda value: f"{value:.2f}")
+    shown.columns = [
+        c.replace("instance_iou_", "Instance IoU ").replace("overall_iou_", "Overall IoU ")
+        for c in shown.columns
+    ]
+    return (
+        "# Picture-blind baselines on the demo\n\n"
+        "Each baseline predicts the union of some objects of the referent's image: every "
+        "object; every object of the colour its first expression names; every object of the "
+        "named colour and shape (size and position words ignored). IoU in percent, scored at "
+        f"{size[0]}x{size[1]} (the network input), first expression per referent. A model "
+        "must beat `named colour` to show it reads more than the colour word.\n\n"
+        f"{shown.to_markdown(index=False, disable_numparse=True)}\n"
+    )
+
+
+def _baselines_command(args: argparse.Namespace) -> None:
+    refer = refer_from_args(args)
+    size = (args.height, args.width)
+    table = baselines_table(refer, args.split, size)
+    out = Path(args.out_dir)
+    with atomic_path(out / "baselines.csv") as tmp:
+        table.to_csv(tmp, index=False, float_format="%.2f")
+    with atomic_path(out / "baselines.md") as tmp:
+        tmp.write_text(baselines_markdown(table, size))
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``rsis baselines``."""
+    parser = subparsers.add_parser("baselines", help="picture-blind demo baselines")
+    add_refer_arguments(parser)
+    parser.add_argument("--split", nargs="+", required=True, help="splits to score")
+    parser.add_argument("--height", type=int, required=True, help="scoring height (network input)")
+    parser.add_argument("--width", type=int, required=True, help="scoring width (network input)")
+    parser.add_argument("--out-dir", required=True, help="folder for baselines.md and .csv")
+    parser.set_defaults(func=_baselines_command)

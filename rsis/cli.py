@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("rsis.train", "train one RRIS configuration"),
     "evaluate": ("rsis.evaluate", "score a checkpoint on one split"),
     "tables": ("rsis.tables", "the paper's Table 1 and Table 2 beside our numbers"),
+    "baselines": ("rsis.baselines", "picture-blind demo baselines"),
     "figures": ("rsis.figures", "qualitative figures (paper Fig. 2/3 and Fig. 4)"),
     "export": ("rsis.bundle", "write a self-contained model bundle for predict"),
     "predict": ("rsis.predict", "segment your own image from a list of expressions"),

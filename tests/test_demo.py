@@ -336,6 +336,13 @@ def test_cli(tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path / "easy"), *easy]) == 0
     info = json.loads((tmp_path / "easy" / "demo" / "instances.json").read_text())["info"]
     assert info["rules"]["templates"] == ["attribute"] and info["rules"]["max_objects"] == 4
+    assert main([*args, "--out", str(tmp_path / "shapes"), "--difficulty", "shapes"]) == 0
+    info = json.loads((tmp_path / "shapes" / "demo" / "instances.json").read_text())["info"]
+    assert info["rules"] == {"max_objects": 6, "colour_reuse": 0.5, "templates": ["attribute"]}
+    named = ["--difficulty", "colour", "--max-objects", "5"]  # a flag overrides the name
+    assert main([*args, "--out", str(tmp_path / "five"), *named]) == 0
+    info = json.loads((tmp_path / "five" / "demo" / "instances.json").read_text())["info"]
+    assert info["rules"] == {"max_objects": 5, "colour_reuse": 0.0, "templates": ["attribute"]}
     assert main([*args[:-4], "--height", "20"]) == 2
     assert "--height must be at least 48" in capsys.readouterr().err
     assert main([*args[:-6], "--testb-images", "-1"]) == 2

@@ -21,16 +21,13 @@ rule demo_dataset:
         testb=config["demo"]["testB_images"],
         height=config["demo"]["height"],
         width=config["demo"]["width"],
-        max_objects=config["demo"]["max_objects"],
-        colour_reuse=config["demo"]["colour_reuse"],
-        templates=" ".join(config["demo"]["templates"]),
+        difficulty=config["demo"]["difficulty"],
     shell:
         "rsis demo --out {output:q} --seed {params.seed} --scale {params.scale}"
         " --fraction {params.fraction} --train-images {params.train}"
         " --val-images {params.val} --testa-images {params.testa}"
         " --testb-images {params.testb} --height {params.height} --width {params.width}"
-        " --max-objects {params.max_objects} --colour-reuse {params.colour_reuse}"
-        " --templates {params.templates} --workers {threads} > {log:q} 2>&1"
+        " --difficulty {params.difficulty} --workers {threads} > {log:q} 2>&1"
 
 
 rule prepare:

@@ -57,3 +57,33 @@ rule evaluate_inverse_order:
         "rsis evaluate --checkpoint {input.checkpoint:q} --cache {input.cache:q}"
         " --text {input.text:q} --expression first --order reverse"
         " --out-dir {params.out_dir:q} > {log:q} 2>&1"
+
+
+if IS_DEMO:
+
+    rule baselines:
+        input:
+            data=dataset_inputs(),
+        output:
+            result("tables/baselines.md"),
+            result("tables/baselines.csv"),
+        log:
+            log_path("baselines"),
+        benchmark:
+            benchmark_path("baselines")
+        conda:
+            ENV
+        params:
+            root=refs_root,
+            name=DS["name"],
+            split_by=DS["splitBy"],
+            images=DS["images"],
+            splits=EVAL_SPLITS,
+            height=SETTING["image_size"][0],
+            width=SETTING["image_size"][1],
+            out_dir=output_dir,
+        shell:
+            "rsis baselines --refs-root {params.root:q} --dataset {params.name}"
+            " --split-by {params.split_by} --images {params.images:q} --split {params.splits}"
+            " --height {params.height} --width {params.width}"
+            " --out-dir {params.out_dir:q} > {log:q} 2>&1"

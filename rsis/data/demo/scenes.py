@@ -96,6 +96,15 @@ class SceneRules:
 
 
 DEFAULT_RULES = SceneRules()  # the full difficulty
+# Named difficulties (config.yaml: demo.difficulty, rsis demo --difficulty).
+DIFFICULTIES: dict[str, SceneRules] = {
+    # up to 4 shapes, each of its own colour: the colour word alone finds the referent
+    "colour": SceneRules(max_objects=4, colour_reuse=0.0, templates=("attribute",)),
+    # up to 6 shapes, colours repeated: shape and size words must be read too
+    "shapes": SceneRules(max_objects=6, colour_reuse=0.5, templates=("attribute",)),
+    # as "shapes", plus spatial ("the leftmost star") and relational expressions
+    "full": DEFAULT_RULES,
+}
 
 
 @dataclass

@@ -27,7 +27,7 @@ from rsis.data.demo import scenes
 from rsis.data.demo.grammar import TEMPLATES, Expression, Thing
 from rsis.data.demo.polygons import bbox, polygon_area
 from rsis.data.demo.scale import SCALES, SPLITS, DemoPlan, ImagePlan, refcoco_plan, small_plan
-from rsis.data.demo.scenes import CATEGORIES, DEFAULT_RULES, SceneRules
+from rsis.data.demo.scenes import CATEGORIES, DEFAULT_RULES, DIFFICULTIES, SceneRules
 from rsis.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -249,7 +249,10 @@ def run(args: argparse.Namespace) -> None:
             "testB": args.testb_images,
         }
         plan = small_plan(counts, args.height, args.width)
-    rules = SceneRules(args.max_objects, args.colour_reuse, tuple(args.templates))
+    given = {"max_objects": args.max_objects, "colour_reuse": args.colour_reuse}
+    given["templates"] = tuple(args.templates) if args.templates else None
+    overrides = {key: value for key, value in given.items() if value is not None}
+    rules = dataclasses.replace(DIFFICULTIES[args.difficulty], **overrides)
     generate_demo(args.out, seed=args.seed, plan=plan, rules=rules, workers=args.workers)
 
 
@@ -286,27 +289,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         )
     parser.add_argument("--height", type=int, default=240, help="image height (default 240)")
     parser.add_argument("--width", type=int, default=427, help="image width (default 427)")
-    defaults = DEFAULT_RULES
     parser.add_argument(
-        "--max-objects",
-        type=int,
-        default=defaults.max_objects,
-        help=f"most objects per image, 4 to 6 (default {defaults.max_objects})",
+        "--difficulty",
+        choices=tuple(DIFFICULTIES),
+        default="full",
+        help="colour: up to 4 shapes of distinct colours, attribute expressions; shapes: up "
+        "to 6 shapes, colours repeated, attribute expressions; full: shapes plus spatial and "
+        "relational expressions (default full). The three flags below override its rules",
     )
+    parser.add_argument("--max-objects", type=int, help="most objects per image, 4 to 6")
     parser.add_argument(
         "--colour-reuse",
         type=float,
-        default=defaults.colour_reuse,
-        help="chance that an object repeats a colour of its image (default "
-        f"{defaults.colour_reuse}; 0 keeps colours unique)",
+        help="chance that an object repeats a colour of its image (0 keeps colours unique)",
     )
-    parser.add_argument(
-        "--templates",
-        nargs="+",
-        choices=TEMPLATES,
-        default=list(defaults.templates),
-        help="expression kinds (default: all)",
-    )
+    parser.add_argument("--templates", nargs="+", choices=TEMPLATES, help="expression kinds")
     parser.add_argument(
         "--workers",
         type=int,
