@@ -24,6 +24,7 @@ localrules:
     reduce,
     tables,
     baselines,
+    convergence,
     figures,
 
 

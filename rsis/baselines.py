@@ -93,10 +93,14 @@ def baseline_masks(objects: list[DemoObject], sentence: str) -> Mapping[str, np.
     return {name: _union(choose(objects, named), size) for name, choose in BASELINES.items()}
 
 
-def image_objects(refer: Refer, size: tuple[int, int]) -> dict[int, list[DemoObject]]:
-    """Every annotated object per image id, its mask resized to ``size`` (height, width)."""
+def image_objects(
+    refer: Refer, size: tuple[int, int], image_ids: set[int]
+) -> dict[int, list[DemoObject]]:
+    """Every annotated object of the images ``image_ids``, its mask resized to ``size``."""
     objects: dict[int, list[DemoObject]] = {}
     for ann_id, ann in refer.annotations.items():
+        if ann["image_id"] not in image_ids:
+            continue
         attributes = ann.get("attributes") or {}
         if "colour" not in attributes:
             raise UserError(
@@ -118,9 +122,10 @@ def score_baselines(
 
     Masks are compared at ``size`` (the network input, as ``rsis evaluate`` scores by default).
     """
-    objects = image_objects(refer, size)
+    refs = refer.refs_in_split(split)
+    objects = image_objects(refer, size, {ref["image_id"] for ref in refs})
     scored = {name: MetricAccumulator(resolution="network input") for name in BASELINES}
-    for ref in refer.refs_in_split(split):
+    for ref in refs:
         truth = resize_mask(refer.decode_mask(ref["ann_id"]), *size).astype(bool)
         sentence = ref["sentences"][0]
         predicted = baseline_masks(objects[ref["image_id"]], sentence["sent"])

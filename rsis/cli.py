@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("rsis.evaluate", "score a checkpoint on one split"),
     "tables": ("rsis.tables", "the paper's Table 1 and Table 2 beside our numbers"),
     "baselines": ("rsis.baselines", "picture-blind demo baselines"),
+    "convergence": ("rsis.convergence", "best epoch and stopping reason of every run"),
+    "summary": ("rsis.summary", "results block for README from the pipeline's output"),
     "figures": ("rsis.figures", "qualitative figures (paper Fig. 2/3 and Fig. 4)"),
     "export": ("rsis.bundle", "write a self-contained model bundle for predict"),
     "predict": ("rsis.predict", "segment your own image from a list of expressions"),

@@ -26,6 +26,7 @@ from rsis.checkpoint import (
     require_compatible,
     save_checkpoint,
 )
+from rsis.convergence import Convergence, patience_spent
 from rsis.data.cache import ORDERS, SequenceDataset
 from rsis.errors import UserError
 from rsis.inference import autocast, make_loader, predict_batches, resolve_device, to_device
@@ -217,6 +218,21 @@ class Trainer:
         """Self-contained model for ``rsis predict``, written from the best checkpoint."""
         return self.cfg.out_dir / "bundle.pt"
 
+    @property
+    def convergence_path(self) -> Path:
+        """How the run ended (``rsis.convergence``), written when it stops."""
+        return self.cfg.out_dir / "convergence.json"
+
+    def convergence(self) -> Convergence:
+        """Best epoch and stopping reason, read from the validation history."""
+        return Convergence.of_history(
+            run=self.cfg.out_dir.name,
+            seed=self.cfg.seed,
+            val_ious=[row["val_instance_iou"] for row in self.history],
+            epoch_cap=self.cfg.epochs,
+            patience=self.cfg.patience,
+        )
+
     def _resume(self) -> None:
         if not self.last_path.exists():
             log.info("no checkpoint at %s: starting from scratch", self.last_path)
@@ -335,7 +351,7 @@ class Trainer:
                     save_checkpoint(self.best_path, payload)
                 with atomic_path(self.cfg.out_dir / "metrics.csv") as tmp:
                     pd.DataFrame(self.history).to_csv(tmp, index=False)
-            if epoch - self.best_epoch >= self.cfg.patience:
+            if patience_spent(epoch, self.best_epoch, self.cfg.patience):
                 log.info(
                     "early stop: no better validation instance IoU for %d epochs",
                     epoch - self.best_epoch,
@@ -344,6 +360,7 @@ class Trainer:
         if writer is not None:
             writer.close()
             export_bundle(self.best_path, self.cfg.text, self.bundle_path)
+            self.convergence().write(self.convergence_path)
         if dist.is_initialized():
             dist.destroy_process_group()
         return self.history

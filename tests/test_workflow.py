@@ -107,6 +107,12 @@ def test_tiny_run_produces_tables_and_figures(tiny_workflow):
     tables = tiny_workflow / "results/demo/tables"
     assert "Instance IoU" in (tables / "table1.md").read_text()
     assert (tiny_workflow / "results/demo/figures/qualitative_testA.png").stat().st_size > 0
+    convergence = (tables / "convergence.md").read_text()
+    assert "2 of 2 runs hit the epoch cap" in convergence  # 1 epoch, patience 1: capped
+    assert convergence.count("| 1 of 1       | 1          |") == 2
+    baselines = (tables / "baselines.md").read_text()
+    for name in ("every object", "named colour", "named colour and shape"):
+        assert f"| {name} " in baselines
     assert job_counts(_snakemake(tiny_workflow, "-n")) == {}
 
 
@@ -121,6 +127,7 @@ def test_changing_a_training_value_reruns_training_and_what_follows(tiny_workflo
         "evaluate": 2,
         "evaluate_inverse_order": 1,
         "tables": 1,
+        "convergence": 1,
         "figures": 1,
         "all": 1,
     }
@@ -132,7 +139,7 @@ def test_changing_one_run_reruns_only_that_run(tiny_workflow):
     _edit_config(tiny_workflow, lambda c: c["grid"]["table2"]["runs"][1].update(batch_size=2))
     counts = job_counts(_snakemake(tiny_workflow, "-n"))
     (tiny_workflow / "config.yaml").write_text(original)
-    assert counts == {"train": 1, "evaluate": 1, "tables": 1, "all": 1}
+    assert counts == {"train": 1, "evaluate": 1, "tables": 1, "convergence": 1, "all": 1}
 
 
 @pytest.mark.slow

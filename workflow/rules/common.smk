@@ -196,6 +196,7 @@ def all_outputs():
     return [
         result("tables/table1.md"),
         result("tables/table2.md"),
+        result("tables/convergence.md"),
         *([result("tables/baselines.md")] if IS_DEMO else []),
         *expand(
             result("figures/{kind}_{split}.png"),

@@ -43,6 +43,25 @@ rule tables:
         " --dataset-label {params.label:q} > {log:q} 2>&1"
 
 
+rule convergence:
+    input:
+        expand(result("train/{run}/convergence.json"), run=RUNS),
+    output:
+        report(
+            result("tables/convergence.md"),
+            caption="../report/convergence.rst",
+            category="Tables",
+        ),
+    log:
+        log_path("convergence"),
+    benchmark:
+        benchmark_path("convergence")
+    conda:
+        ENV
+    shell:
+        "rsis convergence --records {input:q} --out {output:q} > {log:q} 2>&1"
+
+
 rule figures:
     input:
         predictions=result(f"eval/{FIGURE_RUN}/{{split}}~first.predictions.h5"),

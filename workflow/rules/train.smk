@@ -8,6 +8,7 @@ rule train:
         best=result("train/{run}/best.pt"),
         last=result("train/{run}/last.pt"),
         metrics=result("train/{run}/metrics.csv"),
+        convergence=result("train/{run}/convergence.json"),
         bundle=result("train/{run}/bundle.pt"),
     log:
         log_path("train/{run}"),

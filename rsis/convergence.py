@@ -1,0 +1,147 @@
+"""How each training run ended: its best epoch and why it stopped (early stop or epoch cap).
+
+The trainer writes ``convergence.json`` into the run folder when it stops; ``rsis
+convergence`` summarises every run and seed in ``convergence.md`` beside the tables. A run
+that ran into the epoch cap was still improving within ``patience`` epochs of its end: its
+numbers measure how far it got, not where it converged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from rsis.errors import UserError
+from rsis.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+EARLY_STOP = "early stop"
+EPOCH_CAP = "epoch cap"
+
+
+def patience_spent(epoch: int, best_epoch: int, patience: int) -> bool:
+    """The early-stopping rule: ``patience`` epochs have passed without a better one."""
+    return epoch - best_epoch >= patience
+
+
+@dataclass(frozen=True)
+class Convergence:
+    """How one run ended.
+
+    Attributes:
+        run: the run's id (grid coordinates, without the seed).
+        seed: the run's seed.
+        best_epoch: the epoch (from 0) with the best validation instance IoU.
+        best_val_instance_iou: that IoU, a fraction.
+        epochs_run: epochs trained in all.
+        epoch_cap: the most epochs the run was allowed.
+        patience: epochs without improvement that stop it.
+        reason: ``EARLY_STOP`` or ``EPOCH_CAP``.
+    """
+
+    run: str
+    seed: int
+    best_epoch: int
+    best_val_instance_iou: float
+    epochs_run: int
+    epoch_cap: int
+    patience: int
+    reason: str
+
+    @classmethod
+    def of_history(
+        cls, run: str, seed: int, val_ious: Sequence[float], epoch_cap: int, patience: int
+    ) -> Convergence:
+        """Read how a run ended from its per-epoch validation instance IoU.
+
+        A run stopped early when its last epoch lies ``patience`` epochs after its best one
+        (the trainer's rule); otherwise it ran into the cap.
+        """
+        if not val_ious:
+            raise UserError(f"run {run} seed {seed} has no finished epoch")
+        best = max(range(len(val_ious)), key=lambda epoch: (val_ious[epoch], -epoch))
+        stopped = patience_spent(len(val_ious) - 1, best, patience)
+        return cls(
+            run=run,
+            seed=seed,
+            best_epoch=best,
+            best_val_instance_iou=float(val_ious[best]),
+            epochs_run=len(val_ious),
+            epoch_cap=epoch_cap,
+            patience=patience,
+            reason=EARLY_STOP if stopped else EPOCH_CAP,
+        )
+
+    def write(self, path: Path) -> None:
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def read(cls, path: Path) -> Convergence:
+        try:
+            return cls(**json.loads(Path(path).read_text()))
+        except (json.JSONDecodeError, TypeError) as error:
+            raise UserError(f"{path}: not a convergence record ({error}); retrain") from error
+
+
+def convergence_markdown(records: Iterable[Convergence]) -> str:
+    """``convergence.md``: a count of runs that hit the cap, then one row per run and seed."""
+    rows = sorted(records, key=lambda r: (r.run, r.seed))
+    capped = [r for r in rows if r.reason == EPOCH_CAP]
+    table = pd.DataFrame(
+        [
+            {
+                "Run": r.run,
+                "Seed": str(r.seed),
+                "Best epoch": str(r.best_epoch + 1),
+                "Epochs run": f"{r.epochs_run} of {r.epoch_cap}",
+                "Patience": str(r.patience),
+                "Best val instance IoU": f"{100 * r.best_val_instance_iou:.2f}",
+                "Stopped by": r.reason,
+            }
+            for r in rows
+        ]
+    )
+    verdict = (
+        f"Every run stopped early ({len(rows)} runs)."
+        if not capped
+        else f"{len(capped)} of {len(rows)} runs hit the epoch cap: they were still improving, "
+        "and their numbers measure how far they got, not where they converged."
+    )
+    return (
+        "# Convergence: best epoch and stopping reason per run and seed\n\n"
+        "Early stopping on validation instance IoU; epochs count from 1. The epoch cap and "
+        "patience are ours (the paper gives neither): config.yaml, settings.\n\n"
+        f"{verdict}\n\n{table.to_markdown(index=False, disable_numparse=True)}\n"
+    )
+
+
+def capped_runs(records: Iterable[Convergence]) -> Mapping[tuple[str, int], Convergence]:
+    """The runs (by run id and seed) that hit the epoch cap."""
+    return {(r.run, r.seed): r for r in records if r.reason == EPOCH_CAP}
+
+
+def _convergence_command(args: argparse.Namespace) -> None:
+    records = [Convergence.read(path) for path in args.records]
+    with atomic_path(args.out) as tmp:
+        tmp.write_text(convergence_markdown(records))
+    capped = capped_runs(records)
+    if capped:
+        log.warning("%d of %d runs hit the epoch cap: %s", len(capped), len(records), list(capped))
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``rsis convergence``."""
+    parser = subparsers.add_parser("convergence", help="best epoch and stopping reason per run")
+    parser.add_argument(
+        "--records", nargs="+", required=True, type=Path, help="convergence.json of each run"
+    )
+    parser.add_argument("--out", required=True, type=Path, help="convergence.md to write")
+    parser.set_defaults(func=_convergence_command)
