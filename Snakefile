@@ -8,6 +8,9 @@ min_version("8.10")
 configfile: "config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/language.smk"
@@ -26,6 +29,7 @@ localrules:
     baselines,
     convergence,
     figures,
+    curves,
 
 
 rule all:

@@ -14,11 +14,11 @@ from rsis.checkpoint import load_checkpoint, require_compatible
 from rsis.data.cache import EXPRESSIONS, SequenceDataset
 from rsis.data.refer import add_refer_arguments, refer_from_args
 from rsis.errors import UserError
-from rsis.figures import Predictions, encode_masks, save_predictions
 from rsis.inference import make_loader, predict_batches, resolve_device
 from rsis.io import atomic_path
 from rsis.metrics import MetricAccumulator, resize_scores, write_metrics_json
 from rsis.model import RRIS, ModelConfig
+from rsis.predictions import Predictions, encode_masks, save_predictions
 from rsis.text import EmbeddingTable
 from rsis.text.identity import text_identity
 

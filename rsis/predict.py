@@ -24,10 +24,12 @@ from tqdm import tqdm
 from rsis.bundle import load_bundle
 from rsis.data.cache import load_resized_image
 from rsis.errors import UserError
-from rsis.figures import encode_masks, paint_referents, referent_colors
+from rsis.figures.palette import paint_referents
+from rsis.figures.panels import Row, compose, legend
 from rsis.inference import autocast, resolve_device
 from rsis.io import atomic_path
 from rsis.metrics import resize_scores
+from rsis.predictions import encode_masks
 from rsis.text.embed import embed_sequences
 from rsis.text.models import (
     load_model,
@@ -163,31 +165,12 @@ def write_outputs(image_path: Path, prediction: Prediction, out_dir: Path) -> di
 
 
 def _write_overlay(image_path: Path, prediction: Prediction, out: Path) -> None:
-    """The photo with each mask painted in its colour and a legend of the expressions."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-
+    """The photo with each mask painted in its colour (outline and light fill) and, under it,
+    a legend of the numbered expressions wrapped to the photo's width."""
     with Image.open(image_path) as photo:
         pixels = np.asarray(photo.convert("RGB"))
     painted = paint_referents(pixels, prediction.masks)
-    colours = referent_colors(len(prediction.masks)) / 255
-    height, width = pixels.shape[:2]
-    legend_inches = 0.25 * len(prediction.masks) + 0.1
-    total_inches = height / 100 + legend_inches
-    figure = Figure(figsize=(width / 100, total_inches), dpi=100)
-    axes = figure.add_axes((0, legend_inches / total_inches, 1, height / 100 / total_inches))
-    axes.imshow(painted)
-    axes.set_axis_off()
-    handles = [
-        Patch(color=colour, label=f"{i + 1}. {text}")
-        for i, (colour, text) in enumerate(zip(colours, prediction.expressions, strict=True))
-    ]
-    figure.legend(handles=handles, loc="lower left", frameon=False, fontsize=9)
-    with atomic_path(out) as tmp:
-        figure.savefig(tmp, format="png")
+    compose([Row([painted], legend(prediction.expressions))], None, out)
 
 
 def _jobs(args: argparse.Namespace) -> list[tuple[Path, list[str]]]:

@@ -1,10 +1,11 @@
 """The paper's Table 1 and Table 2 with our numbers beside the paper's, plus the expression check.
 
 Input: metrics files written by evaluation (``rsis.metrics.write_metrics_json``, one per run,
-split and expression). Output: ``table1`` and ``table2`` as Markdown, CSV and LaTeX, and
-``expression_check.md`` (first vs random expression). Markdown and LaTeX cells read
-``ours (paper)`` in percent; the CSV has separate numeric ``..._ours`` and ``..._paper``
-columns. A missing value is "—" (empty in the CSV), never zero.
+split and expression). Output: ``table1`` and ``table2`` as Markdown, CSV, LaTeX and HTML,
+``expression_check.md`` (first vs random expression) and ``summary.html`` (each table's best
+row beside the paper's best). Markdown, LaTeX and HTML cells read ``ours (paper)`` in
+percent; the CSV has separate numeric ``..._ours`` and ``..._paper`` columns. A missing value
+is "—" (empty in the CSV), never zero.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from html import escape
 from importlib import resources
 from pathlib import Path
 
@@ -219,14 +221,48 @@ def _latex_escape(text: str) -> str:
     return "".join(replacements.get(char, char) for char in text)
 
 
+HTML_STYLE = (
+    "body{font-family:sans-serif;margin:1em;color:#222}"
+    "table{border-collapse:collapse;font-size:14px}"
+    "th,td{border:1px solid #bbb;padding:4px 8px}td{text-align:right}"
+    "th{background:#eef}td:nth-child(-n+%d){text-align:left}"
+    "p{max-width:60em;font-size:13px}"
+)
+
+
+def html_page(title: str, text: str, shown: pd.DataFrame, label_columns: int) -> str:
+    """A self-contained HTML page: the table (``label_columns`` left-aligned), its caption."""
+    table = shown.to_html(index=False, border=0, escape=True)
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
+        f"<style>{HTML_STYLE % label_columns}</style></head><body><h2>{escape(title)}</h2>"
+        f"{table}<p>{escape(text)}</p></body></html>\n"
+    )
+
+
+def headline_row(spec: TableSpec, numbers: pd.DataFrame) -> dict[str, str]:
+    """A table's best row on val by our instance IoU, beside the paper's best row."""
+    labels = display_table(numbers, spec)[[COLUMN_TITLES[f] for f in spec.fields]]
+    labels = labels.astype(str).agg(", ".join, axis=1)
+    ours, paper = numbers["instance_iou_val_ours"], numbers["instance_iou_val_paper"]
+    row = {"Table": spec.title.split(":")[0]}
+    for who, values in (("Our", ours), ("The paper's", paper)):
+        best = values.idxmax() if values.notna().any() else None
+        row[f"{who} best row"] = MISSING if best is None else labels[best]
+        cell = MISSING if best is None else f"{_number(ours[best])} ({_number(paper[best])})"
+        row[f"{who} best: instance IoU val, ours (paper)"] = cell
+    return row
+
+
 def write_table(
     spec: TableSpec,
     records: Sequence[tuple[Path, dict]],
     paper: dict,
     out_dir: Path,
     dataset_label: str,
-) -> None:
-    """Write ``<name>.md``, ``<name>.csv`` and ``<name>.tex`` into ``out_dir`` atomically."""
+) -> dict[str, str]:
+    """Write ``<name>.md``, ``.csv``, ``.tex`` and ``.html`` into ``out_dir`` atomically;
+    return the table's ``headline_row``."""
     numbers = numeric_table(spec, records, paper)
     shown = display_table(numbers, spec)
     text = caption(spec, records, dataset_label)
@@ -241,10 +277,12 @@ def write_table(
         "md": f"{text}\n\n{markdown}\n",
         "csv": numbers.to_csv(index=False, float_format="%.2f"),
         "tex": latex,
+        "html": html_page(spec.title, text, shown, len(spec.fields)),
     }
     for suffix, content in outputs.items():
         with atomic_path(out_dir / f"{spec.name}.{suffix}") as tmp:
             tmp.write_text(content)
+    return headline_row(spec, numbers)
 
 
 def _run_label(run: dict) -> str:
@@ -309,8 +347,16 @@ def write_tables(paths: Iterable[Path], out_dir: Path, dataset_label: str) -> No
     ]
     if unused:
         log.warning("metrics files that fit no table row: %s", ", ".join(unused))
-    for spec in TABLES:
-        write_table(spec, records, paper, out_dir, dataset_label)
+    headline = pd.DataFrame(
+        [write_table(s, records, paper, out_dir, dataset_label) for s in TABLES]
+    )
+    text = (
+        f"{dataset_label}: the best configuration of each table by our instance IoU on val "
+        "(mean over referents of intersection/union, percent, first expression), beside the "
+        "paper's best; each cell reads ours (paper); — = not available."
+    )
+    with atomic_path(out_dir / "summary.html") as tmp:
+        tmp.write_text(html_page("Headline", text, headline, 2))
     with atomic_path(out_dir / "expression_check.md") as tmp:
         tmp.write_text(expression_check(records))
 
@@ -328,7 +374,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--metrics", nargs="+", required=True, type=Path, help="metrics .json files"
     )
-    parser.add_argument("--out-dir", required=True, help="folder for table1/table2 .md/.csv/.tex")
+    parser.add_argument(
+        "--out-dir", required=True, help="folder for table1/table2 .md/.csv/.tex/.html"
+    )
     parser.add_argument(
         "--dataset-label", required=True, help="dataset name for captions, e.g. 'RefCOCO (UNC)'"
     )

@@ -12,7 +12,9 @@ from rsis.bundle import export_bundle, load_bundle
 from rsis.cli import main
 from rsis.errors import UserError
 from rsis.evaluate import evaluate, load_model
-from rsis.predict import Predictor
+from rsis.figures.panels import GAP_PX
+from rsis.figures.text import LINE_PX
+from rsis.predict import Prediction, Predictor, write_outputs
 from rsis.text import EmbeddingTable
 from rsis.train import Trainer
 from tests.conftest import SAMPLE_ROOT, make_train_config
@@ -51,7 +53,7 @@ def test_predict_on_a_real_photo(run_dir, tmp_path):
             assert int((np.asarray(mask) > 0).sum()) == record["area"]
         assert record["rle"]["size"] == [size[1], size[0]]
     with Image.open(tmp_path / result["overlay"]) as overlay:
-        assert overlay.size[0] == size[0] and overlay.size[1] > size[1]
+        assert overlay.size[0] == size[0] + 2 * GAP_PX and overlay.size[1] > size[1]
 
 
 def test_predict_and_evaluate_give_identical_masks(demo_pipeline, run_dir):
@@ -97,3 +99,21 @@ def test_export_refuses_another_text_pipeline(demo_pipeline, run_dir, tmp_path):
         export_bundle(
             run_dir / "best.pt", demo_pipeline / "text/mean~none~native.h5", tmp_path / "b.pt"
         )
+
+
+def test_overlay_legend_wraps_a_long_expression_on_a_narrow_photo(tmp_path):
+    """A 359-pixel-wide photo and a 20-word expression: the legend wraps, nothing is cut."""
+    photo = tmp_path / "narrow.png"
+    Image.fromarray(np.full((300, 359, 3), 90, np.uint8)).save(photo)
+    long = " ".join(["the", "small", "red", "circle", "to", "the", "left", "of", "the", "big"] * 2)
+    masks = np.zeros((2, 300, 359), bool)
+    masks[0, 50:150, 50:150] = masks[1, 200:250, 200:300] = True
+    prediction = Prediction([long, "sky"], masks, masks[:, ::5, ::5], np.ones(2))
+    result = write_outputs(photo, prediction, tmp_path / "out")
+    with Image.open(tmp_path / "out" / result["overlay"]) as png:
+        pixels = np.asarray(png.convert("RGB"))
+    assert pixels.shape[:2] == (GAP_PX + 300 + 3 * LINE_PX + GAP_PX, 359 + 2 * GAP_PX)
+    legend = pixels[GAP_PX + 300 :]
+    text_rows = np.flatnonzero((legend[:, GAP_PX:-GAP_PX] < 200).any(axis=(1, 2)))
+    assert text_rows.max() - text_rows.min() > 2 * LINE_PX  # 20 words on 2 lines, then "sky"
+    assert (legend[:, -GAP_PX:] == 255).all()  # nothing runs past the photo's width

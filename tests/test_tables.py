@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 import pandas as pd
 import pytest
@@ -136,6 +137,19 @@ def test_latex_has_caption_label_and_rows(tables):
     assert "\\label{tab:table2}" in tex
     assert "Random & 32 & 41.23 (39.79) & 47.00 (45.31) & — (34.04)" in tex
     assert "\\begin{tabular}{llrrrrrr}" in tex
+
+
+def test_html_is_a_table_with_its_caption(tables):
+    page = (tables / "table2.html").read_text()
+    rows = [
+        re.findall(r"<t[hd]>(.*?)</t[hd]>", row) for row in re.findall(r"<tr.*?</tr>", page, re.S)
+    ]
+    assert rows[0][:3] == ["Referent order", "Batch size", "Instance IoU val"]
+    assert ["Random", "32", "41.23 (39.79)"] in [row[:3] for row in rows]
+    assert len(rows) == 1 + 7  # header and the paper's seven rows
+    assert "<h2>Table 2: results" in page and "Overall IoU = sum of intersections" in page
+    summary = (tables / "summary.html").read_text()
+    assert "<td>Random, 32</td>\n      <td>41.23 (39.79)</td>" in summary  # our best row
 
 
 def test_expression_check(tables):

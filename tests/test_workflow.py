@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -106,7 +108,10 @@ def _edit_config(workdir: Path, edit) -> None:
 def test_tiny_run_produces_tables_and_figures(tiny_workflow):
     tables = tiny_workflow / "results/demo/tables"
     assert "Instance IoU" in (tables / "table1.md").read_text()
-    assert (tiny_workflow / "results/demo/figures/qualitative_testA.png").stat().st_size > 0
+    figures = tiny_workflow / "results/demo/figures"
+    for name in ("qualitative_testA", "inverse_order_testA", "curves_table1", "curves_table2"):
+        with Image.open(figures / f"{name}.png") as png:
+            assert png.height >= 240
     convergence = (tables / "convergence.md").read_text()
     assert "2 of 2 runs hit the epoch cap" in convergence  # 1 epoch, patience 1: capped
     assert convergence.count("| 1 of 1       | 1          |") == 2
@@ -129,6 +134,7 @@ def test_changing_a_training_value_reruns_training_and_what_follows(tiny_workflo
         "tables": 1,
         "convergence": 1,
         "figures": 1,
+        "curves": 2,
         "all": 1,
     }
 
@@ -139,7 +145,14 @@ def test_changing_one_run_reruns_only_that_run(tiny_workflow):
     _edit_config(tiny_workflow, lambda c: c["grid"]["table2"]["runs"][1].update(batch_size=2))
     counts = job_counts(_snakemake(tiny_workflow, "-n"))
     (tiny_workflow / "config.yaml").write_text(original)
-    assert counts == {"train": 1, "evaluate": 1, "tables": 1, "convergence": 1, "all": 1}
+    assert counts == {
+        "train": 1,
+        "evaluate": 1,
+        "tables": 1,
+        "convergence": 1,
+        "curves": 1,
+        "all": 1,
+    }
 
 
 @pytest.mark.slow
@@ -156,3 +169,51 @@ def test_changing_the_pca_dim_reruns_reduce_and_what_follows(tiny_workflow):
     (tiny_workflow / "config.yaml").write_text(original)
     assert counts["reduce"] == 1 and counts["train"] == 2
     assert "tokenize" not in counts and "embed" not in counts and "prepare" not in counts
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def _chromium(*args: str) -> str:
+    """Run headless Chromium (Debian's ``chromium``; .ci/run installs it) and return stdout."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail("chromium is missing: apt-get install -y chromium (as .ci/run does)")
+    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    result = subprocess.run(
+        [*command, "--virtual-time-budget=10000", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_report_renders_in_a_browser(tiny_workflow):
+    """The report opens in headless Chromium with its landing page, tables, curves and figures.
+
+    Set RSIS_SCREENSHOTS to a folder (e.g. docs/images) to keep the screenshots there.
+    """
+    report = tiny_workflow / "report.html"
+    _snakemake(tiny_workflow, "--report", str(report))
+    dom = _chromium("--dump-dom", report.as_uri())
+    assert "Please enable Javascript" not in dom  # the app ran and replaced the warning
+    assert "paper ablations on demo (generated shapes)" in dom  # landing page, from config
+    assert "true positives" in dom and "What to look at" in dom
+    for category in ("Summary", "Tables", "Training curves", "Figures"):
+        assert f">{category}<" in dom
+    for result in ("summary.html", "table1.html", "table2.html", "curves_table1.png",
+                   "qualitative_testA.png", "inverse_order_testA.png"):  # fmt: skip
+        assert result in dom
+    folder = Path(os.environ.get("RSIS_SCREENSHOTS") or tiny_workflow)
+    folder.mkdir(parents=True, exist_ok=True)
+    shots = {
+        "report_landing.png": report.as_uri(),
+        "report_table1.png": (tiny_workflow / "results/demo/tables/table1.html").as_uri(),
+    }
+    for name, uri in shots.items():
+        _chromium(f"--screenshot={folder / name}", "--window-size=1280,900", uri)
+        with Image.open(folder / name) as png:
+            assert png.size == (1280, 900)
+            assert len(set(png.convert("L").getdata())) > 8  # something was drawn

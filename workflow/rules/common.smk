@@ -93,11 +93,11 @@ def run_id(run):
     return "{embedding}-{transform}-{dim}-{order}-bs{batch_size}".format(**run)
 
 
-def grid_runs():
-    """Every configuration of Table 1, Table 2 and the extra rows, each once, by run id."""
+def table_runs():
+    """The configurations of each table: Table 1 (with the extra rows) and Table 2."""
     grid = config["grid"]
     t1, t2 = grid["table1"], grid["table2"]
-    runs = [
+    table1 = [
         {
             "embedding": embedding,
             "transform": transform,
@@ -110,9 +110,15 @@ def grid_runs():
         for dim in (["native"] if transform == "none" else t1["dims"])
     ]
     fixed = {key: t2[key] for key in ("embedding", "transform", "dim")}
-    runs += [fixed | run for run in t2["runs"]]
-    runs += grid["extra"]
-    return {run_id(run): run for run in runs}
+    return {
+        "table1": table1 + grid["extra"],
+        "table2": [fixed | run for run in t2["runs"]],
+    }
+
+
+def grid_runs():
+    """Every configuration of Table 1, Table 2 and the extra rows, each once, by run id."""
+    return {run_id(run): run for runs in table_runs().values() for run in runs}
 
 
 RUNS = grid_runs()
@@ -166,6 +172,7 @@ def train_launcher(wildcards, resources):
 
 wildcard_constraints:
     split="train|val|test|testA|testB",
+    table="table1|table2",
     expression="first|random",
     run="|".join(re.escape(run) for run in RUNS),
 
@@ -191,6 +198,12 @@ def original_size_flags():
     )
 
 
+def curve_runs(wildcards):
+    """``rsis curves`` arguments of one table: ``--run <run id> <metrics.csv>`` per run."""
+    ids = [run_id(run) for run in table_runs()[wildcards.table]]
+    return " ".join(f"--run {i} {result(f'train/{i}/metrics.csv')}" for i in ids)
+
+
 def all_outputs():
     """Everything `snakemake` builds by default."""
     return [
@@ -198,6 +211,7 @@ def all_outputs():
         result("tables/table2.md"),
         result("tables/convergence.md"),
         *([result("tables/baselines.md")] if IS_DEMO else []),
+        *expand(result("figures/curves_{table}.png"), table=["table1", "table2"]),
         *expand(
             result("figures/{kind}_{split}.png"),
             kind=["qualitative", "inverse_order"],

@@ -11,19 +11,26 @@ rule tables:
         ),
     output:
         report(
-            result("tables/table1.md"),
+            result("tables/table1.html"),
             caption="../report/table1.rst",
             category="Tables",
         ),
+        result("tables/table1.md"),
         report(
-            result("tables/table2.md"),
+            result("tables/table2.html"),
             caption="../report/table2.rst",
             category="Tables",
         ),
+        result("tables/table2.md"),
         report(
             result("tables/expression_check.md"),
             caption="../report/expression_check.rst",
             category="Tables",
+        ),
+        report(
+            result("tables/summary.html"),
+            caption="../report/summary.rst",
+            category="Summary",
         ),
         result("tables/table1.csv"),
         result("tables/table1.tex"),
@@ -66,7 +73,6 @@ rule figures:
     input:
         predictions=result(f"eval/{FIGURE_RUN}/{{split}}~first.predictions.h5"),
         inverse=result(f"eval/{FIGURE_RUN}/{{split}}~first~reverse.predictions.h5"),
-        cache=result("cache/{split}.h5"),
         data=dataset_inputs(),
     output:
         qualitative=report(
@@ -92,8 +98,33 @@ rule figures:
         images=DS["images"],
         num_images=config["figures"]["num_images"],
     shell:
-        "rsis figures --predictions {input.predictions:q} --cache {input.cache:q}"
+        "rsis figures --predictions {input.predictions:q}"
         " --refs-root {params.root:q} --dataset {params.name} --split-by {params.split_by}"
         " --images {params.images:q} --out {output.qualitative:q}"
         " --inverse-predictions {input.inverse:q} --inverse-out {output.inverse:q}"
         " --num-images {params.num_images} > {log:q} 2>&1"
+
+
+rule curves:
+    input:
+        lambda wildcards: [
+            result(f"train/{run_id(run)}/metrics.csv")
+            for run in table_runs()[wildcards.table]
+        ],
+    output:
+        report(
+            result("figures/curves_{table}.png"),
+            caption="../report/curves.rst",
+            category="Training curves",
+        ),
+    log:
+        log_path("figures/curves_{table}"),
+    benchmark:
+        benchmark_path("figures/curves_{table}")
+    conda:
+        ENV
+    params:
+        runs=curve_runs,
+        title=lambda wildcards: wildcards.table.replace("table", "Table "),
+    shell:
+        "rsis curves {params.runs} --title {params.title:q} --out {output:q} > {log:q} 2>&1"
