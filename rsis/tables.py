@@ -225,7 +225,7 @@ HTML_STYLE = (
     "body{font-family:sans-serif;margin:1em;color:#222}"
     "table{border-collapse:collapse;font-size:14px}"
     "th,td{border:1px solid #bbb;padding:4px 8px}td{text-align:right}"
-    "th{background:#eef}td:nth-child(-n+%d){text-align:left}"
+    "th{background:#eef;text-align:center}td:nth-child(-n+%d){text-align:left}"
     "p{max-width:60em;font-size:13px}"
 )
 
