@@ -54,7 +54,9 @@ def test_paint_referents_draws_an_outline_and_a_light_fill():
     colours = referent_colors(2)
     assert colours[0].tolist() == [31, 119, 180]  # tab10 blue for referent 1
     assert painted[50, 100].tolist() == colours[0].tolist()  # on the border: solid colour
-    assert painted[51, 100].tolist() == colours[0].tolist()  # outline 2 px thick at 240 px
+    assert painted[52, 100].tolist() == colours[0].tolist()  # outline 3 px thick at 240 px
+    assert painted[53, 100].tolist() != colours[0].tolist()
+    assert painted[49, 100].tolist() == [0, 0, 0]  # a black ring just outside the mask
     fill = np.round((1 - FILL_ALPHA) * 100 + FILL_ALPHA * colours[0].astype(float))
     assert painted[100, 100].tolist() == fill.tolist()  # inside: light fill
     assert (

@@ -10,6 +10,7 @@ TRUE_POSITIVE = (0, 0, 255)  # blue
 FALSE_POSITIVE = (0, 255, 0)  # green
 FALSE_NEGATIVE = (255, 0, 0)  # red
 FILL_ALPHA = 0.35  # light fill: the object stays visible under its colour
+RING = (0, 0, 0)  # 1-pixel ring just outside each mask: the outline shows on any background
 
 
 def referent_colors(n: int) -> np.ndarray:
@@ -21,8 +22,8 @@ def referent_colors(n: int) -> np.ndarray:
 
 
 def outline_width(height: int) -> int:
-    """Outline thickness in pixels for a panel ``height`` pixels tall (2 px at 240)."""
-    return max(2, round(height / 120))
+    """Outline thickness in pixels for a panel ``height`` pixels tall (3 px at 240)."""
+    return max(3, round(height / 80))
 
 
 def outline(mask: np.ndarray, width: int) -> np.ndarray:
@@ -34,7 +35,8 @@ def outline(mask: np.ndarray, width: int) -> np.ndarray:
 def paint_referents(
     image: np.ndarray, masks: np.ndarray, colors: np.ndarray | None = None
 ) -> np.ndarray:
-    """Paint (R, H, W) masks on an (H, W, 3) uint8 image: a light fill and a solid outline.
+    """Paint (R, H, W) masks on an (H, W, 3) uint8 image: a light fill, a solid outline in
+    the referent's colour and a black ring around it (visible on an object of that colour).
 
     Referent r gets ``colors[r]`` (default ``referent_colors(R)``); later referents are drawn
     over earlier ones where masks overlap.
@@ -46,5 +48,6 @@ def paint_referents(
     for mask, color in zip(masks, colors, strict=True):
         out[mask] = (1 - FILL_ALPHA) * out[mask] + FILL_ALPHA * color
     for mask, color in zip(masks, colors, strict=True):
+        out[ndimage.binary_dilation(mask) & ~mask] = RING
         out[outline(mask, width)] = color
     return out.round().astype(np.uint8)

@@ -128,7 +128,7 @@ def legend(expressions: Sequence[str], inverse: bool = False) -> list[Entry]:
     n = len(expressions)
     entries = []
     for k, (text, color) in enumerate(zip(expressions, referent_colors(n), strict=True)):
-        fed = f"  [fed {k + 1} of {n}; inverse order: {n - k} of {n}]" if inverse else ""
+        fed = f"  [fed {k + 1} of {n}; in inverse order {n - k} of {n}]" if inverse else ""
         entries.append((f"{k + 1}. {text}{fed}", color))
     return entries
 
