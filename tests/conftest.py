@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from rsis.bench.pipeline import build_demo_pipeline
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SAMPLE_ROOT = SHARED_DATA / "refcoco-sample"
 EXPRESSIONS_DIR = SHARED_DATA / "refcoco-expressions"
@@ -19,48 +21,6 @@ def sample_refer():
     if not SAMPLE_ROOT.exists():
         pytest.fail(f"real RefCOCO sample missing: expected {SAMPLE_ROOT} beside the checkout")
     return load_refer(SAMPLE_ROOT, "refcoco", "unc")
-
-
-def build_demo_pipeline(
-    root: Path,
-    *,
-    seed: int,
-    counts: tuple[int, int, int, int],
-    size: tuple[int, int],
-    pca_dim: int,
-    rules: tuple[str, ...] = (),
-) -> Path:
-    """Generate a demo dataset under ``root`` and run the data and language stages on it.
-
-    Leaves ``resources/demo`` (refer layout, 64x112 pictures), ``cache/<split>.h5`` at
-    ``size``, and ``text/`` with tokens, embeddings (packaged MiniLM) and the reduce outputs
-    ``mean~pca~<pca_dim>`` and ``mean~none~native``.
-
-    Args:
-        counts: train, val, testA and testB images.
-        rules: extra ``rsis demo`` arguments (``--max-objects``, ``--templates``, ...).
-    """
-    from rsis.cli import main
-
-    demo = root / "resources/demo"
-    splits = dict(zip(("train", "val", "testA", "testB"), counts, strict=True))
-    images = [f"--{split.lower()}-images={count}" for split, count in splits.items()]
-    command = ["demo", "--out", str(demo), "--seed", str(seed), "--height", "64", "--width", "112"]
-    assert main([*command, *images, *rules]) == 0
-    refer = ["--refs-root", str(demo), "--dataset", "demo", "--split-by", "unc"]
-    for split in splits:
-        hw = ["--height", str(size[0]), "--width", str(size[1])]
-        out = ["--images", str(demo / "images"), "--out", str(root / f"cache/{split}.h5")]
-        assert main(["prepare", *refer, "--split", split, *hw, *out]) == 0
-    text = root / "text"
-    tokens, embeddings = str(text / "tokens.h5"), str(text / "embeddings.h5")
-    assert main(["tokenize", *refer, "--model", "minilm", "--out", tokens]) == 0
-    assert main(["embed", "--tokens", tokens, "--model", "minilm", "--out", embeddings]) == 0
-    for transform, dim in (("pca", str(pca_dim)), ("none", "native")):
-        reduce = ["reduce", "--embeddings", embeddings, "--tokens", tokens, "--embedding", "mean"]
-        out = str(text / f"mean~{transform}~{dim}.h5")
-        assert main([*reduce, "--transform", transform, "--dim", dim, "--out", out]) == 0
-    return root
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from rsis.bench.embed import load_expressions
+from rsis.bench.embed import bert_base_shaped, load_expressions, useful_flops
 from rsis.cli import main
 from rsis.text import EmbeddingTable
+from rsis.text.models import MINILM, load_model, load_tokenizer, resolve_model
+from rsis.text.tokenize import encode
 from tests.conftest import EXPRESSIONS_DIR, SAMPLE_ROOT
 
 
@@ -117,3 +119,20 @@ def test_bench_embed_prints_its_figures(tmp_path, capsys, restore_threads):
             found = re.search(rf"^{precision} [a-z ]*{label} +([\d.]+) {unit}", printed, re.M)
             assert float(found[1]) > 0, (precision, label)
     assert float(re.search(r"^bf16 vs fp32 .* min cosine ([\d.]+)", printed, re.M)[1]) > 0.999
+
+
+def test_bench_embed_times_a_bert_base_shaped_model(tmp_path, capsys, restore_threads):
+    tokenizer = load_tokenizer(resolve_model(MINILM))
+    bert = bert_base_shaped(tokenizer)
+    assert (bert.config.num_hidden_layers, bert.config.hidden_size) == (12, 768)
+    assert bert.config.vocab_size == max(28_996, len(tokenizer))
+    ids, ptr, _ = encode(tokenizer, ["the man on the left", "red car"], 64)
+    minilm = load_model(resolve_model(MINILM))
+    assert useful_flops(bert, ids, ptr) > 5 * useful_flops(minilm, ids, ptr)
+    load_expressions(EXPRESSIONS_DIR).head(40).to_csv(tmp_path / "refcoco_unc_val.csv")
+    argv = ["bench", "embed", "--csv-dir", str(tmp_path), "--bert-base", "--count", "12"]
+    argv += ["--precision", "fp32", "--single-count", "4", "--matmul-size", "128", "--threads", "1"]
+    assert main([*argv, "--repeats", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"^model +bert-base-cased's shape, random weights", printed, re.M)
+    assert re.search(r"^expressions +12 \(mean", printed, re.M)

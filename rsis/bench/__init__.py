@@ -8,8 +8,10 @@ import importlib
 # Modules that expose ``register(bench_subparsers)``; each adds one ``rsis bench`` subcommand.
 BENCH_MODULES: tuple[str, ...] = (
     "rsis.bench.embed",
+    "rsis.bench.gpu",
     "rsis.bench.loader",
     "rsis.bench.metrics",
+    "rsis.bench.rehearsal",
     "rsis.bench.train",
 )
 

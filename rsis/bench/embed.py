@@ -19,7 +19,8 @@ import pandas as pd
 import torch
 from sklearn.metrics.pairwise import paired_cosine_distances
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import PreTrainedModel
+from transformers import BertConfig, BertModel, PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from rsis.errors import UserError
 from rsis.text.embed import DEFAULT_BATCH_SIZE, PRECISIONS, embed_sequences
@@ -27,6 +28,20 @@ from rsis.text.models import MINILM, load_model, load_tokenizer, max_length, res
 from rsis.text.tokenize import encode
 
 DEFAULT_CSV_DIR = Path(__file__).resolve().parents[3] / "shared/data/refcoco-expressions"
+BERT_BASE_CASED_VOCAB = 28_996
+CPU = torch.device("cpu")
+
+
+def bert_base_shaped(tokenizer: PreTrainedTokenizerBase) -> BertModel:
+    """The paper's text model's shape (bert-base-cased: 12 layers, hidden 768, 12 heads) with
+    random weights (seed 0), in eval mode: its cost, without its weights.
+
+    The vocabulary is the larger of bert-base-cased's 28,996 and ``tokenizer``'s, so every id
+    fits; an embedding lookup costs the same whatever the vocabulary size.
+    """
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=max(BERT_BASE_CASED_VOCAB, len(tokenizer)))
+    return BertModel(config).eval()
 
 
 def load_expressions(csv_dir: Path) -> pd.DataFrame:
@@ -47,14 +62,24 @@ def load_expressions(csv_dir: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)[["sent_id", "split", "sent"]]
 
 
-def matmul_peak_gflops(size: int, repeats: int = 3, dtype: torch.dtype = torch.float32) -> float:
+def matmul_peak_gflops(
+    size: int,
+    repeats: int = 3,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device = CPU,
+) -> float:
     """Best GFLOP/s of ``torch.matmul`` on two ``size`` x ``size`` matrices of ``dtype``."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
     torch.matmul(a, b)
     best = float("inf")
     for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         start = time.perf_counter()
         torch.matmul(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best / 1e9
 
@@ -106,16 +131,19 @@ def run(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     texts = load_expressions(args.csv_dir)["sent"].tolist()
+    if args.count:
+        texts = [texts[i] for i in np.random.default_rng(1).permutation(len(texts))[: args.count]]
     source = resolve_model(args.model)
     tokenizer = load_tokenizer(source)
-    model = load_model(source)
+    model = bert_base_shaped(tokenizer) if args.bert_base else load_model(source)
     ids, ptr, _ = encode(tokenizer, texts, max_length(source, tokenizer))
     n = len(texts)
     pad_id = tokenizer.pad_token_id or 0
 
     flops = useful_flops(model, ids, ptr)
     rows = np.random.default_rng(0).permutation(n)[: min(n, args.single_count)]
-    print(f"{'model':<22} {args.model} ({source.path})")
+    shape = "bert-base-cased's shape, random weights, tokenizer of " if args.bert_base else ""
+    print(f"{'model':<22} {shape}{args.model} ({source.path})")
     print(f"{'threads':<22} {torch.get_num_threads()} (torch {torch.__version__}, CPU)")
     print(f"{'timings':<22} best of {args.repeats} runs each")
     print(f"{'expressions':<22} {n} (mean {np.diff(ptr).mean():.2f} tokens with [CLS]/[SEP])")
@@ -163,6 +191,15 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=1000,
         help="expressions timed one at a time (a random sample)",
+    )
+    parser.add_argument(
+        "--bert-base",
+        action="store_true",
+        help="time a random-weight model of bert-base-cased's shape (the paper's text model) "
+        "with --model's tokenizer, instead of --model itself",
+    )
+    parser.add_argument(
+        "--count", type=int, default=0, help="time this many random expressions (0: all)"
     )
     parser.add_argument("--repeats", type=int, default=3, help="timings kept: the best of these")
     parser.add_argument("--matmul-size", type=int, default=4096, help="side of the peak matmul")

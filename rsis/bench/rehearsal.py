@@ -1,0 +1,112 @@
+"""``rsis bench rehearsal``: per-rule cost of two workflow runs, and the per-item scaling.
+
+Reads Snakemake's ``benchmark:`` files of two runs of the rehearsal configuration
+(``rehearsal.yaml``; e.g. the 300-image demo and RefCOCO's counts) and prints, per rule: wall
+and CPU seconds, peak memory (``max_rss``), output size, the items it handled (images,
+expressions or training images) and the CPU seconds per item at both scales with their ratio.
+CPU seconds, not wall time, make the per-item ratio: the wall time of a shared machine depends
+on what else runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import pandas as pd
+
+from rsis.checkpoint import load_checkpoint
+from rsis.errors import UserError
+
+
+@dataclass(frozen=True)
+class RuleCost:
+    """One rule's benchmark figures in one run."""
+
+    wall_s: float
+    cpu_s: float
+    max_rss_mb: float
+    output_bytes: int
+    items: int
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size if path.exists() else 0
+
+
+def _count(path: Path, dataset: str) -> int:
+    with h5py.File(path, "r") as f:
+        return len(f[dataset])
+
+
+def _outputs(run: Path, name: str) -> tuple[Path, int]:
+    """The output of benchmark ``name`` and the number of items it handled."""
+    results = run / "results/demo"
+    tokens = results / "text/tokens.h5"
+    if name == "demo_dataset":
+        demo = run / "resources/demo"
+        return demo, sum(1 for _ in (demo / "images").iterdir())
+    if name.startswith("prepare/"):
+        cache = results / f"cache/{name.split('/')[1]}.h5"
+        return cache, _count(cache, "image_id")
+    if name in ("text/tokenize", "text/embed"):
+        out = tokens if name == "text/tokenize" else results / "text/embeddings.h5"
+        return out, _count(tokens, "sent_id")
+    if name.startswith("text/reduce/"):
+        return results / f"text/{name.split('/')[-1]}.h5", _count(tokens, "sent_id")
+    if name.startswith("train/"):
+        folder = results / name  # bounded runs: epochs x steps x batch training images
+        config = load_checkpoint(folder / "last.pt")["train_config"]
+        epochs = len(pd.read_csv(folder / "metrics.csv"))
+        steps = config.get("steps_per_epoch") or 0
+        return folder, epochs * steps * config["batch_size"]
+    if name.startswith("evaluate/"):
+        return results / f"eval/{name.split('/')[1]}", _count(results / "cache/val.h5", "image_id")
+    return results / name, 1
+
+
+def rule_costs(run: Path) -> dict[str, RuleCost]:
+    """Every benchmark file of ``run`` (a workflow folder), by rule path."""
+    files = sorted((run / "benchmarks").rglob("*.tsv"))
+    if not files:
+        raise UserError(f"{run} holds no benchmarks/*.tsv: give a folder the workflow ran in")
+    costs = {}
+    for file in files:
+        name = str(file.relative_to(run / "benchmarks").with_suffix("")).removeprefix("demo/")
+        row = pd.read_csv(file, sep="\t").iloc[-1]
+        output, items = _outputs(run, name)
+        costs[name] = RuleCost(
+            row["s"], row["cpu_time"], row["max_rss"], _size(output), max(items, 1)
+        )
+    return costs
+
+
+def run(args: argparse.Namespace) -> None:
+    """Print the per-rule table of the two runs as Markdown."""
+    small, large = rule_costs(args.small), rule_costs(args.large)
+    print(
+        "| rule | wall s | CPU s | peak memory (max_rss) | output | items | CPU ms per item "
+        "(small) | CPU ms per item | ratio |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, cost in large.items():
+        per_item = 1000 * cost.cpu_s / cost.items
+        reference = small.get(name)
+        small_item = 1000 * reference.cpu_s / reference.items if reference else float("nan")
+        print(
+            f"| {name} | {cost.wall_s:,.0f} | {cost.cpu_s:,.0f} | {cost.max_rss_mb:,.0f} MB "
+            f"| {cost.output_bytes / 1e6:,.1f} MB | {cost.items:,} | {small_item:,.2f} "
+            f"| {per_item:,.2f} | {per_item / small_item:.2f} |"
+        )
+
+
+def register(bench: argparse._SubParsersAction) -> None:
+    """Add ``rsis bench rehearsal``."""
+    p = bench.add_parser("rehearsal", help="per-rule cost of two workflow runs, and scaling")
+    p.add_argument("--small", type=Path, required=True, help="folder of the reference run")
+    p.add_argument("--large", type=Path, required=True, help="folder of the large run")
+    p.set_defaults(func=run)

@@ -1,0 +1,41 @@
+"""``rsis bench rehearsal``: per-rule figures and per-item ratios from Snakemake benchmark files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from rsis.cli import main
+
+HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+
+
+def _run(root: Path, images: int, expressions: int, cpu: tuple[float, float]) -> Path:
+    """A workflow folder with a demo of ``images`` pictures and a tokens file."""
+    (root / "resources/demo/images").mkdir(parents=True)
+    for i in range(images):
+        (root / f"resources/demo/images/demo_{i:06d}.jpg").write_bytes(b"x" * 100)
+    (root / "results/demo/text").mkdir(parents=True)
+    with h5py.File(root / "results/demo/text/tokens.h5", "w") as f:
+        f["sent_id"] = np.arange(expressions)
+    (root / "benchmarks/demo/text").mkdir(parents=True)
+    for name, seconds in (("demo_dataset", cpu[0]), ("demo/text/tokenize", cpu[1])):
+        row = f"{10 * seconds}\t0:00:10\t321.5\t900\t1\t1\t0\t0\t1\t{seconds}\n"
+        (root / f"benchmarks/{name}.tsv").write_text(HEADER + row)
+    return root
+
+
+def test_rehearsal_table_gives_per_item_cpu_and_ratio(tmp_path, capsys):
+    small = _run(tmp_path / "small", images=4, expressions=10, cpu=(2.0, 1.0))
+    large = _run(tmp_path / "large", images=40, expressions=1000, cpu=(30.0, 50.0))
+    assert main(["bench", "rehearsal", "--small", str(small), "--large", str(large)]) == 0
+    rows = {
+        line.split(" | ")[0].strip("| "): line.split(" | ")
+        for line in capsys.readouterr().out.splitlines()[2:]
+    }
+    demo, tokenize = rows["demo_dataset"], rows["text/tokenize"]
+    assert demo[3:9] == ["322 MB", "0.0 MB", "40", "500.00", "750.00", "1.50 |"]
+    assert tokenize[5:9] == ["1,000", "100.00", "50.00", "0.50 |"]
+    assert main(["bench", "rehearsal", "--small", str(small), "--large", str(tmp_path)]) == 2
