@@ -12,7 +12,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import h5py
 import torch
 
 from rsis import __version__
@@ -44,8 +43,6 @@ def export_bundle(checkpoint: Path, text: Path, out: Path) -> None:
     if identity["transform"] == "pca":
         components, mean = load_pca_solution(text)
         pca = {"components": torch.from_numpy(components), "mean": torch.from_numpy(mean)}
-    with h5py.File(payload["train_config"]["train_cache"]) as f:
-        image_size = [int(f.attrs["height"]), int(f.attrs["width"])]
     bundle = {
         "kind": BUNDLE_KIND,
         "rsis_version": __version__,
@@ -53,8 +50,9 @@ def export_bundle(checkpoint: Path, text: Path, out: Path) -> None:
         "model_config": payload["model_config"],
         "text": identity,
         "pca": pca,
-        "image_size": image_size,
-        "max_referents": payload["train_config"]["max_referents"],
+        "input": payload["input"],
+        "run": payload["run"],
+        "max_referents": payload["settings"]["max_referents"],
         "source": {"checkpoint": str(checkpoint), "epoch": payload["epoch"]},
     }
     save_checkpoint(out, bundle)

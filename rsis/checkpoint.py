@@ -10,7 +10,7 @@ import torch
 from rsis.errors import UserError
 from rsis.io import atomic_path
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the run spec, its settings and the input spec replace train_config
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:

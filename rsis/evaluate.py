@@ -19,6 +19,7 @@ from rsis.io import atomic_path
 from rsis.metrics import MetricAccumulator, resize_scores, write_metrics_json
 from rsis.model import RRIS, ModelConfig
 from rsis.predictions import Predictions, encode_masks, save_predictions
+from rsis.runs import RunSpec
 from rsis.text import EmbeddingTable
 from rsis.text.identity import text_identity
 
@@ -36,18 +37,9 @@ def load_model(checkpoint: Path, text: EmbeddingTable) -> tuple[RRIS, dict]:
 
 
 def run_description(payload: dict) -> dict[str, object]:
-    """The table coordinates of a run: embedding, transform, dim, order, batch size."""
-    model, text, train = payload["model_config"], payload["text"], payload["train_config"]
-    transform = model["text_transform"]
-    learned = transform in ("linear", "linear_pca")
-    return {
-        "embedding": text["embedding"],
-        "transform": transform,
-        "dim": model["proj_dim"] if learned else text["dim"],
-        "order": train["order"],
-        "batch_size": train["batch_size"],
-        "name": Path(train["out_dir"]).name,
-    }
+    """The run's grid coordinates, its id as ``name``, and the text model's own size."""
+    run = RunSpec.from_dict(payload["run"])
+    return run.to_dict() | {"name": run.id, "text_dim": payload["text"]["dim"]}
 
 
 def evaluate(
@@ -90,7 +82,7 @@ def evaluate(
         text,
         order=order,
         expression=expression,
-        max_referents=payload["train_config"]["max_referents"],
+        max_referents=payload["settings"]["max_referents"],
         seed=seed,
     )
     with h5py.File(cache) as f:

@@ -97,7 +97,7 @@ class Predictor:
         model, self.bundle = load_bundle(Path(bundle))
         self.model = model.to(self.device)
         self.text = TextPipeline(self.bundle["text"], self.bundle["pca"], self.device)
-        self.height, self.width = self.bundle["image_size"]
+        self.height, self.width = self.bundle["input"]["image_size"]
         self.chunk = int(self.bundle["max_referents"])
 
     @torch.inference_mode()

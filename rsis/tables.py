@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from html import escape
 from importlib import resources
 from pathlib import Path
@@ -24,13 +23,13 @@ import yaml
 from rsis.errors import UserError
 from rsis.io import atomic_path
 from rsis.metrics import read_metrics_json
+from rsis.runs import GridTable, RunSpec, grid_tables
 
 log = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("val", "testA", "testB")
 METRICS: dict[str, str] = {"instance_iou": "Instance IoU", "overall_iou": "Overall IoU"}
 MISSING = "—"
-NATIVE = "native"
 LABELS: dict[str, dict[object, str]] = {
     "embedding": {"pooled": "Pooled output", "mean": "Encoded layers"},
     "transform": {
@@ -48,68 +47,28 @@ COLUMN_TITLES: dict[str, str] = {
     "order": "Referent order",
     "batch_size": "Batch size",
 }
+TITLES: dict[str, str] = {
+    "table1": "Table 1: results for different text embedding configurations",
+    "table2": "Table 2: results for different referent orders and batch sizes",
+}
+EMBEDDING_PHRASES: dict[str, str] = {
+    "pooled": "pooled output",
+    "mean": "encoded layers (mean of the last hidden layer)",
+}
+TRANSFORM_PHRASES: dict[str, str] = {
+    "none": "at the text model's native size",
+    "pca": "reduced with PCA to {dim}",
+    "linear": "projected by a learned linear layer to {dim}",
+    "linear_pca": "projected by a linear layer started at PCA to {dim}",
+}
 
 
-@dataclass(frozen=True)
-class TableSpec:
-    """One paper table: the run fields that make its rows, its rows, and the fixed settings."""
-
-    name: str
-    title: str
-    fields: tuple[str, ...]
-    rows: tuple[tuple, ...]
-    fixed: dict[str, object]
-    setting: str
-
-    def row_key(self, run: dict) -> tuple | None:
-        """The row a run belongs to, or None when the run is not part of this table."""
-        if any(run.get(key) != value for key, value in self.fixed.items()):
-            return None
-        key = tuple(
-            NATIVE if field == "dim" and run.get("transform") == "none" else run.get(field)
-            for field in self.fields
-        )
-        return key if key in self.rows else None
-
-
-TABLE1 = TableSpec(
-    name="table1",
-    title="Table 1: results for different text embedding configurations",
-    fields=("embedding", "transform", "dim"),
-    rows=(
-        *(
-            (embedding, transform, dim)
-            for embedding in ("pooled", "mean")
-            for transform, dim in (
-                ("none", NATIVE),
-                ("pca", 128),
-                ("pca", 64),
-                ("linear", 128),
-                ("linear", 64),
-            )
-        ),
-        ("mean", "linear_pca", 64),  # ours: the linear layer initialised with PCA
-    ),
-    fixed={"order": "random", "batch_size": 32},
-    setting="referents in random order, batch size 32",
-)
-TABLE2 = TableSpec(
-    name="table2",
-    title="Table 2: results for different referent orders and batch sizes",
-    fields=("order", "batch_size"),
-    rows=(
-        ("area", 128),
-        ("area", 32),
-        ("random", 128),
-        ("random", 64),
-        ("random", 32),
-        ("random", 16),
-        ("dataset", 128),
-    ),
-    fixed={"embedding": "mean", "transform": "pca", "dim": 64},
-    setting="encoded layers (mean of the last hidden layer) reduced with PCA to 64",
-)
-TABLES: tuple[TableSpec, ...] = (TABLE1, TABLE2)
+def setting_text(fixed: dict[str, object]) -> str:
+    """What every row of a table shares, in words (for its caption)."""
+    if "order" in fixed:
+        return f"referents in {fixed['order']} order, batch size {fixed['batch_size']}"
+    transform = TRANSFORM_PHRASES[str(fixed["transform"])].format(dim=fixed["dim"])
+    return f"{EMBEDDING_PHRASES[str(fixed['embedding'])]} {transform}"
 
 
 def load_paper_results() -> dict:
@@ -117,12 +76,13 @@ def load_paper_results() -> dict:
     return yaml.safe_load(resources.files("rsis").joinpath("paper_results.yaml").read_text())
 
 
-def _paper_values(spec: TableSpec, paper: dict) -> dict[tuple, float | None]:
-    """Map (row key, metric, split) to the paper's value for one table."""
+def _paper_values(table: GridTable, paper: dict) -> dict[tuple, float | None]:
+    """Map (row key, metric, split) to the paper's value, for the rows the grid has."""
     values = {}
-    for entry in paper[spec.name]:
-        run = {**spec.fixed, **entry}
-        key = spec.row_key(run)
+    for entry in paper[table.name]:
+        key = table.row_key(RunSpec.from_dict({**table.fixed, **entry}))
+        if key is None:  # the configured grid leaves this paper row out
+            continue
         for metric in METRICS:
             for split in SPLITS:
                 values[(key, metric, split)] = entry[metric][split]
@@ -130,19 +90,19 @@ def _paper_values(spec: TableSpec, paper: dict) -> dict[tuple, float | None]:
 
 
 def _our_values(
-    spec: TableSpec, records: Sequence[tuple[Path, dict]]
+    table: GridTable, records: Sequence[tuple[Path, dict]]
 ) -> dict[tuple, tuple[float, Path]]:
     """Map (row key, metric, split) to (our value in percent, source file), first expression."""
     values: dict[tuple, tuple[float, Path]] = {}
     for path, record in records:
-        key = spec.row_key(record["run"])
+        key = table.row_key(RunSpec.from_dict(record["run"]))
         if key is None or record["expression"] != "first" or record["split"] not in SPLITS:
             continue
         for metric in METRICS:
             cell = (key, metric, record["split"])
             if cell in values:
                 raise UserError(
-                    f"{values[cell][1]} and {path} both hold {spec.name} row {key}, split "
+                    f"{values[cell][1]} and {path} both hold {table.name} row {key}, split "
                     f"{record['split']}: pass only one metrics file per run and split"
                 )
             values[cell] = (100.0 * record["metrics"][metric], path)
@@ -150,14 +110,16 @@ def _our_values(
 
 
 def numeric_table(
-    spec: TableSpec, records: Sequence[tuple[Path, dict]], paper: dict
+    table: GridTable, records: Sequence[tuple[Path, dict]], paper: dict
 ) -> pd.DataFrame:
-    """Label columns, then ``<metric>_<split>_ours`` and ``..._paper`` (NaN = missing)."""
-    ours = _our_values(spec, records)
-    theirs = _paper_values(spec, paper)
+    """One row per grid run: label columns, then ``<metric>_<split>_ours`` and ``..._paper``
+    (NaN = missing)."""
+    ours = _our_values(table, records)
+    theirs = _paper_values(table, paper)
     rows = []
-    for key in spec.rows:
-        row: dict[str, object] = dict(zip(spec.fields, key, strict=True))
+    for run in table.runs:
+        key = table.row_key(run)
+        row: dict[str, object] = dict(zip(table.fields, key, strict=True))
         for metric in METRICS:
             for split in SPLITS:
                 value = ours.get((key, metric, split))
@@ -171,12 +133,12 @@ def _number(value: float) -> str:
     return MISSING if pd.isna(value) else f"{value:.2f}"
 
 
-def display_table(numbers: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
+def display_table(numbers: pd.DataFrame, table: GridTable) -> pd.DataFrame:
     """Readable labels and ``ours (paper)`` cells."""
     shown = pd.DataFrame(
         {
             COLUMN_TITLES[field]: [LABELS.get(field, {}).get(v, str(v)) for v in numbers[field]]
-            for field in spec.fields
+            for field in table.fields
         }
     )
     for metric, title in METRICS.items():
@@ -192,17 +154,22 @@ def _distinct(records: Sequence[tuple[Path, dict]], get) -> str:
     return ", ".join(values) if values else MISSING
 
 
-def caption(spec: TableSpec, records: Sequence[tuple[Path, dict]], dataset_label: str) -> str:
+def caption(table: GridTable, records: Sequence[tuple[Path, dict]], dataset_label: str) -> str:
     """Caption naming dataset, text model, backbone, image size and the metric conventions."""
-    used = [(p, r) for p, r in records if spec.row_key(r["run"]) and r["expression"] == "first"]
+    used = [
+        (p, r)
+        for p, r in records
+        if table.row_key(RunSpec.from_dict(r["run"])) and r["expression"] == "first"
+    ]
     native = [(p, r) for p, r in used if r["run"]["transform"] == "none"]
     native_dim = (
-        f", native text dim {_distinct(native, lambda r: r['run']['dim'])}"
-        if "dim" in spec.fields
+        f", native text dim {_distinct(native, lambda r: r['run'].get('text_dim'))}"
+        if "dim" in table.fields
         else ""
     )
     return (
-        f"{spec.title} on {dataset_label} ({spec.setting}; first expression per referent). "
+        f"{TITLES[table.name]} on {dataset_label} ({setting_text(table.fixed)}; first "
+        "expression per referent). "
         "Each cell: ours (paper), IoU in percent; — = not available. "
         "Instance IoU = mean over referents of intersection/union (mIoU); "
         "Overall IoU = sum of intersections / sum of unions over all referents (oIoU). "
@@ -240,12 +207,12 @@ def html_page(title: str, text: str, shown: pd.DataFrame, label_columns: int) ->
     )
 
 
-def headline_row(spec: TableSpec, numbers: pd.DataFrame) -> dict[str, str]:
+def headline_row(table: GridTable, numbers: pd.DataFrame) -> dict[str, str]:
     """A table's best row on val by our instance IoU, beside the paper's best row."""
-    labels = display_table(numbers, spec)[[COLUMN_TITLES[f] for f in spec.fields]]
+    labels = display_table(numbers, table)[[COLUMN_TITLES[f] for f in table.fields]]
     labels = labels.astype(str).agg(", ".join, axis=1)
     ours, paper = numbers["instance_iou_val_ours"], numbers["instance_iou_val_paper"]
-    row = {"Table": spec.title.split(":")[0]}
+    row = {"Table": TITLES[table.name].split(":")[0]}
     for who, values in (("Our", ours), ("The paper's", paper)):
         best = values.idxmax() if values.notna().any() else None
         row[f"{who} best row"] = MISSING if best is None else labels[best]
@@ -255,7 +222,7 @@ def headline_row(spec: TableSpec, numbers: pd.DataFrame) -> dict[str, str]:
 
 
 def write_table(
-    spec: TableSpec,
+    table: GridTable,
     records: Sequence[tuple[Path, dict]],
     paper: dict,
     out_dir: Path,
@@ -263,30 +230,30 @@ def write_table(
 ) -> dict[str, str]:
     """Write ``<name>.md``, ``.csv``, ``.tex`` and ``.html`` into ``out_dir`` atomically;
     return the table's ``headline_row``."""
-    numbers = numeric_table(spec, records, paper)
-    shown = display_table(numbers, spec)
-    text = caption(spec, records, dataset_label)
+    numbers = numeric_table(table, records, paper)
+    shown = display_table(numbers, table)
+    text = caption(table, records, dataset_label)
     markdown = shown.to_markdown(index=False, disable_numparse=True)
     latex = shown.to_latex(
         index=False,
         caption=_latex_escape(text),
-        label=f"tab:{spec.name}",
-        column_format="l" * len(spec.fields) + "r" * (shown.shape[1] - len(spec.fields)),
+        label=f"tab:{table.name}",
+        column_format="l" * len(table.fields) + "r" * (shown.shape[1] - len(table.fields)),
     )
     outputs = {
         "md": f"{text}\n\n{markdown}\n",
         "csv": numbers.to_csv(index=False, float_format="%.2f"),
         "tex": latex,
-        "html": html_page(spec.title, text, shown, len(spec.fields)),
+        "html": html_page(TITLES[table.name], text, shown, len(table.fields)),
     }
     for suffix, content in outputs.items():
-        with atomic_path(out_dir / f"{spec.name}.{suffix}") as tmp:
+        with atomic_path(out_dir / f"{table.name}.{suffix}") as tmp:
             tmp.write_text(content)
-    return headline_row(spec, numbers)
+    return headline_row(table, numbers)
 
 
 def _run_label(run: dict) -> str:
-    return "{embedding}~{transform}~{dim} {order} bs{batch_size}".format(**run)
+    return RunSpec.from_dict(run).id
 
 
 def _split_rank(split: str) -> tuple[int, str]:
@@ -336,19 +303,27 @@ def expression_check(records: Sequence[tuple[Path, dict]]) -> str:
     )
 
 
-def write_tables(paths: Iterable[Path], out_dir: Path, dataset_label: str) -> None:
-    """Read metrics files and write every table and ``expression_check.md`` into ``out_dir``."""
+def write_tables(paths: Iterable[Path], out_dir: Path, dataset_label: str, grid: Mapping) -> None:
+    """Read metrics files and write every table and ``expression_check.md`` into ``out_dir``.
+
+    Args:
+        paths: metrics files (``rsis evaluate``).
+        out_dir: folder for the tables.
+        dataset_label: dataset name for the captions.
+        grid: ``config.yaml: grid``: one table row per run of each table.
+    """
     records = [(Path(p), read_metrics_json(p)) for p in paths]
     paper = load_paper_results()
+    tables = grid_tables(grid)
     unused = [
         str(path)
         for path, record in records
-        if not any(spec.row_key(record["run"]) for spec in TABLES)
+        if not any(table.row_key(RunSpec.from_dict(record["run"])) for table in tables)
     ]
     if unused:
         log.warning("metrics files that fit no table row: %s", ", ".join(unused))
     headline = pd.DataFrame(
-        [write_table(s, records, paper, out_dir, dataset_label) for s in TABLES]
+        [write_table(table, records, paper, out_dir, dataset_label) for table in tables]
     )
     text = (
         f"{dataset_label}: the best configuration of each table by our instance IoU on val "
@@ -361,8 +336,20 @@ def write_tables(paths: Iterable[Path], out_dir: Path, dataset_label: str) -> No
         tmp.write_text(expression_check(records))
 
 
-def _tables_command(args: argparse.Namespace) -> None:
-    write_tables(args.metrics, Path(args.out_dir), args.dataset_label)
+def _grid(text: str) -> dict:
+    """``--grid``: the grid as JSON (or YAML) text."""
+    try:
+        grid = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise UserError(f"--grid is not JSON or YAML ({error})") from error
+    if not isinstance(grid, dict) or not {"table1", "table2"} <= set(grid):
+        raise UserError("--grid must be config.yaml's `grid` mapping, with table1 and table2")
+    return grid
+
+
+def tables_command(args: argparse.Namespace) -> None:
+    """``rsis tables``."""
+    write_tables(args.metrics, Path(args.out_dir), args.dataset_label, _grid(args.grid))
     log.info("wrote tables to %s", args.out_dir)
 
 
@@ -375,9 +362,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--metrics", nargs="+", required=True, type=Path, help="metrics .json files"
     )
     parser.add_argument(
+        "--grid",
+        required=True,
+        help="config.yaml's `grid`, as JSON: the tables get one row per run of it",
+    )
+    parser.add_argument(
         "--out-dir", required=True, help="folder for table1/table2 .md/.csv/.tex/.html"
     )
     parser.add_argument(
         "--dataset-label", required=True, help="dataset name for captions, e.g. 'RefCOCO (UNC)'"
     )
-    parser.set_defaults(func=_tables_command)
+    parser.set_defaults(func=tables_command)

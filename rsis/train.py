@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,20 +26,17 @@ from rsis.checkpoint import (
     save_checkpoint,
 )
 from rsis.convergence import Convergence, patience_spent
-from rsis.data.cache import ORDERS, SequenceDataset
+from rsis.data.cache import SequenceDataset
 from rsis.errors import UserError
 from rsis.inference import autocast, make_loader, predict_batches, resolve_device, to_device
-from rsis.io import atomic_path
+from rsis.io import atomic_path, read_attrs
 from rsis.metrics import MetricAccumulator
-from rsis.model import RRIS, TEXT_TRANSFORMS, ModelConfig, soft_iou_loss
+from rsis.model import RRIS, ModelConfig, input_spec, soft_iou_loss
+from rsis.runs import RunSpec, TrainSettings
 from rsis.text import EmbeddingTable
 from rsis.text.identity import load_pca_solution, text_identity
 
 log = logging.getLogger(__name__)
-
-
-# Settings a resumed run may change: they do not alter what was learned so far.
-RESUMABLE_CHANGES = frozenset({"epochs", "patience", "workers", "device", "out_dir"})
 
 
 class TrainingDiverged(RuntimeError):
@@ -49,40 +45,26 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class TrainConfig:
-    """Everything one training run depends on (the workflow passes each as an argument)."""
+    """One training run: the files it reads and writes, its grid coordinates and settings."""
 
     train_cache: Path
     val_cache: Path
     text: Path
     out_dir: Path
+    run: RunSpec
+    settings: TrainSettings = field(default_factory=TrainSettings)
     pca: Path | None = None
-    backbone: str = "resnet101"
-    weights: str = "imagenet"
-    hidden: int = 128
-    text_transform: str = "pca"
-    proj_dim: int | None = None
-    lr: float = 1e-4
-    encoder_lr: float = 1e-7
-    weight_decay: float = 1e-7
-    batch_size: int = 32
-    epochs: int = 20
-    steps_per_epoch: int | None = None  # at most this many batches per epoch; None: all
-    patience: int = 5
-    order: str = "random"
-    max_referents: int = 6
-    seed: int = 0
-    workers: int = 0
     device: str = "auto"
 
     def model_config(self, text_dim: int) -> ModelConfig:
         """The architecture this run trains."""
         return ModelConfig(
-            backbone=self.backbone,
-            weights=self.weights,
-            hidden=self.hidden,
+            backbone=self.settings.backbone,
+            weights=self.settings.weights,
+            hidden=self.settings.hidden,
             text_dim=text_dim,
-            text_transform=self.text_transform,
-            proj_dim=self.proj_dim,
+            text_transform=self.run.transform,
+            proj_dim=self.run.proj_dim,
         )
 
 
@@ -110,11 +92,12 @@ class _Distributed:
 
 def _optimizer(model: RRIS, cfg: TrainConfig) -> torch.optim.Adam:
     """Adam with the decoder group and, unless the encoder is frozen, the encoder group."""
-    groups = [{"params": list(model.decoder_parameters()), "lr": cfg.lr, "name": "decoder"}]
+    settings = cfg.settings
+    groups = [{"params": list(model.decoder_parameters()), "lr": settings.lr, "name": "decoder"}]
     encoder = [p for p in model.encoder_parameters() if p.requires_grad]
     if encoder:
-        groups.append({"params": encoder, "lr": cfg.encoder_lr, "name": "encoder"})
-    return torch.optim.Adam(groups, weight_decay=cfg.weight_decay)
+        groups.append({"params": encoder, "lr": settings.encoder_lr, "name": "encoder"})
+    return torch.optim.Adam(groups, weight_decay=settings.weight_decay)
 
 
 def validate(model: torch.nn.Module, dataset: SequenceDataset, device: torch.device) -> dict:
@@ -137,24 +120,24 @@ def _train_sampler(
 ) -> torch.utils.data.Sampler:
     if ddp.world_size > 1:
         sampler = torch.utils.data.DistributedSampler(
-            dataset, num_replicas=ddp.world_size, rank=ddp.rank, seed=cfg.seed
+            dataset, num_replicas=ddp.world_size, rank=ddp.rank, seed=cfg.settings.seed
         )
         sampler.set_epoch(epoch)
         return sampler
-    return torch.utils.data.RandomSampler(dataset, generator=_epoch_generator(cfg.seed, epoch))
+    generator = _epoch_generator(cfg.settings.seed, epoch)
+    return torch.utils.data.RandomSampler(dataset, generator=generator)
 
 
 class Trainer:
     """One training run; ``run()`` returns the per-epoch history."""
 
     def __init__(self, cfg: TrainConfig, resume: bool = False) -> None:
-        if cfg.steps_per_epoch is not None and cfg.steps_per_epoch < 1:
-            raise UserError(f"--steps-per-epoch must be 1 or more, got {cfg.steps_per_epoch}")
-        if cfg.order not in ORDERS:
-            raise UserError(f"--order must be one of {ORDERS}, got {cfg.order!r}")
-        if cfg.text_transform not in TEXT_TRANSFORMS:
-            raise UserError(f"--text-transform must be one of {TEXT_TRANSFORMS}")
+        if cfg.settings.steps_per_epoch is not None and cfg.settings.steps_per_epoch < 1:
+            raise UserError(
+                f"--steps-per-epoch must be 1 or more, got {cfg.settings.steps_per_epoch}"
+            )
         self.cfg = cfg
+        settings = cfg.settings
         self.ddp = _Distributed.from_env()
         self.device = resolve_device(cfg.device)
         if self.device.type == "cuda":
@@ -162,25 +145,27 @@ class Trainer:
             torch.cuda.set_device(self.device)
         text = EmbeddingTable.load(cfg.text)
         self.text_identity = text_identity(text)
+        cfg.run.check_text(self.text_identity, cfg.text)
         self.train_set = SequenceDataset(
             cfg.train_cache,
             text,
-            order=cfg.order,
+            order=cfg.run.order,
             expression="random",
-            max_referents=cfg.max_referents,
-            seed=cfg.seed,
+            max_referents=settings.max_referents,
+            seed=settings.seed,
         )
         self.val_set = SequenceDataset(
             cfg.val_cache,
             text,
             order="dataset",
             expression="first",
-            max_referents=cfg.max_referents,
+            max_referents=settings.max_referents,
         )
-        torch.manual_seed(cfg.seed)
+        self.input_spec = input_spec(read_attrs(cfg.train_cache))
+        torch.manual_seed(settings.seed)
         self.model_config = cfg.model_config(text.dim)
         self.model = RRIS.from_config(self.model_config, pca=self._pca_solution()).to(self.device)
-        if cfg.encoder_lr == 0:
+        if settings.encoder_lr == 0:
             # Frozen ResNet: no gradients, so no backward pass through it (1.7x faster steps
             # on CPU); its batch norms still normalise with batch statistics in training mode.
             self.model.encoder.requires_grad_(False)
@@ -199,10 +184,12 @@ class Trainer:
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
 
     def _pca_solution(self) -> tuple[Any, Any] | None:
-        if self.cfg.text_transform != "linear_pca":
+        if self.cfg.run.transform != "linear_pca":
             return None
         if self.cfg.pca is None:
-            raise UserError("--text-transform linear_pca needs --pca (a reduce output with PCA)")
+            raise UserError(
+                f"run {self.cfg.run.id} needs --pca (the reduce output {self.cfg.run.pca_file})"
+            )
         return load_pca_solution(self.cfg.pca)
 
     @property
@@ -227,10 +214,10 @@ class Trainer:
         """Best epoch and stopping reason, read from the validation history."""
         return Convergence.of_history(
             run=self.cfg.out_dir.name,
-            seed=self.cfg.seed,
+            seed=self.cfg.settings.seed,
             val_ious=[row["val_instance_iou"] for row in self.history],
-            epoch_cap=self.cfg.epochs,
-            patience=self.cfg.patience,
+            epoch_cap=self.cfg.settings.epochs,
+            patience=self.cfg.settings.patience,
         )
 
     def _resume(self) -> None:
@@ -244,9 +231,11 @@ class Trainer:
             self.model_config.to_dict(),
             self.text_identity,
         )
+        resumable = TrainSettings.RESUMABLE
         differences = describe_differences(
-            {k: v for k, v in payload["train_config"].items() if k not in RESUMABLE_CHANGES},
-            {k: v for k, v in self._train_config().items() if k not in RESUMABLE_CHANGES},
+            payload["run"] | {k: v for k, v in payload["settings"].items() if k not in resumable},
+            self.cfg.run.to_dict()
+            | {k: v for k, v in self.cfg.settings.to_dict().items() if k not in resumable},
         )
         if differences:
             raise UserError(
@@ -274,26 +263,22 @@ class Trainer:
             "rng": {"torch": torch.get_rng_state()},
             "model_config": self.model_config.to_dict(),
             "text": self.text_identity,
-            "train_config": self._train_config(),
-        }
-
-    def _train_config(self) -> dict[str, Any]:
-        return {
-            k: (str(v) if isinstance(v, Path) else v)
-            for k, v in dataclasses.asdict(self.cfg).items()
+            "run": self.cfg.run.to_dict(),
+            "settings": self.cfg.settings.to_dict(),
+            "input": self.input_spec,
         }
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         self.train_set.set_epoch(epoch)
         loader = make_loader(
             self.train_set,
-            self.cfg.batch_size,
-            workers=self.cfg.workers,
+            self.cfg.run.batch_size,
+            workers=self.cfg.settings.workers,
             sampler=_train_sampler(self.train_set, self.cfg, epoch, self.ddp),
         )
         self.net.train()
         losses, images, referents, wait = [], 0, 0, 0.0
-        steps = min(len(loader), self.cfg.steps_per_epoch or len(loader))
+        steps = min(len(loader), self.cfg.settings.steps_per_epoch or len(loader))
         start = tick = time.perf_counter()
         bar = tqdm(
             itertools.islice(loader, steps),
@@ -333,7 +318,7 @@ class Trainer:
     def run(self) -> list[dict[str, Any]]:
         """Train until ``epochs`` or early stopping; rank 0 writes checkpoints and metrics."""
         writer = SummaryWriter(self.cfg.out_dir / "tensorboard") if self.ddp.is_main else None
-        for epoch in range(self.start_epoch, self.cfg.epochs):
+        for epoch in range(self.start_epoch, self.cfg.settings.epochs):
             row: dict[str, Any] = {"epoch": epoch, **self._train_epoch(epoch)}
             # Every rank validates on the whole split, so all agree on early stopping.
             val = validate(self.model, self.val_set, self.device)
@@ -351,7 +336,7 @@ class Trainer:
                     save_checkpoint(self.best_path, payload)
                 with atomic_path(self.cfg.out_dir / "metrics.csv") as tmp:
                     pd.DataFrame(self.history).to_csv(tmp, index=False)
-            if patience_spent(epoch, self.best_epoch, self.cfg.patience):
+            if patience_spent(epoch, self.best_epoch, self.cfg.settings.patience):
                 log.info(
                     "early stop: no better validation instance IoU for %d epochs",
                     epoch - self.best_epoch,
@@ -366,42 +351,38 @@ class Trainer:
         return self.history
 
 
-def _train_command(args: argparse.Namespace) -> None:
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+def train_command(args: argparse.Namespace) -> None:
+    """``rsis train``: build the run from its id and settings, then train it."""
+    cfg = TrainConfig(
+        train_cache=args.train_cache,
+        val_cache=args.val_cache,
+        text=args.text,
+        out_dir=args.out_dir,
+        run=RunSpec.from_id(args.run_id),
+        settings=TrainSettings.from_args(args),
+        pca=args.pca,
+        device=args.device,
+    )
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     Trainer(cfg, resume=args.resume).run()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``rsis train``."""
-    d = TrainConfig
     p = subparsers.add_parser("train", help="train one RRIS configuration")
+    # Not --run: torchrun, which launches multi-GPU runs, would take it for its --run-path.
+    p.add_argument(
+        "--run-id",
+        required=True,
+        help="the grid configuration: <embedding>-<transform>-<dim>-<order>-bs<batch size>, "
+        "e.g. mean-pca-64-random-bs32 (docs/training.md)",
+    )
     p.add_argument("--train-cache", type=Path, required=True, help="train split cache (.h5)")
     p.add_argument("--val-cache", type=Path, required=True, help="validation split cache (.h5)")
-    p.add_argument("--text", type=Path, required=True, help="embeddings fed to the model (.h5)")
-    p.add_argument("--pca", type=Path, help="PCA reduce output, for --text-transform linear_pca")
+    p.add_argument("--text", type=Path, required=True, help="the run's reduce output (.h5)")
+    p.add_argument("--pca", type=Path, help="PCA reduce output, for a linear_pca run")
     p.add_argument("--out-dir", type=Path, required=True, help="run folder (checkpoints, csv)")
-    p.add_argument("--backbone", default=d.backbone, help="resnet18, resnet34, resnet50, resnet101")
-    p.add_argument("--weights", default=d.weights, help="imagenet, none, or a state_dict file")
-    p.add_argument("--hidden", type=int, default=d.hidden, help="decoder width H")
-    p.add_argument("--text-transform", default=d.text_transform, help=", ".join(TEXT_TRANSFORMS))
-    p.add_argument("--proj-dim", type=int, help="output size of a learned text projection")
-    p.add_argument("--lr", type=float, default=d.lr, help="decoder and text learning rate")
-    p.add_argument("--encoder-lr", type=float, default=d.encoder_lr, help="ResNet learning rate")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per batch")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument(
-        "--steps-per-epoch",
-        type=int,
-        help="at most this many batches per epoch, for a bounded run (default: all)",
-    )
-    p.add_argument("--patience", type=int, default=d.patience, help="early-stopping patience")
-    p.add_argument("--order", default=d.order, help="referent order: " + ", ".join(ORDERS))
-    p.add_argument("--max-referents", type=int, default=d.max_referents)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes")
-    p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
+    TrainSettings.add_arguments(p)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--resume", action="store_true", help="continue from <out-dir>/last.pt")
-    p.set_defaults(func=_train_command)
+    p.set_defaults(func=train_command)

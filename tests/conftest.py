@@ -41,25 +41,37 @@ def learnable_demo(tmp_path_factory) -> Path:
 
 
 def make_train_config(root, out_dir, **overrides):
-    """A tiny CPU training configuration on ``demo_pipeline`` outputs (2 epochs, resnet18)."""
+    """A tiny CPU training run on ``demo_pipeline`` outputs (2 epochs, resnet18).
+
+    ``overrides`` name run coordinates (``transform``, ``dim``, ...), settings (``lr``, ...)
+    or ``TrainConfig`` fields; the text file is the run's reduce output unless given.
+    """
+    import dataclasses
+
+    from rsis.runs import RunSpec, TrainSettings
     from rsis.train import TrainConfig
 
-    settings = dict(
-        train_cache=root / "cache/train.h5",
-        val_cache=root / "cache/val.h5",
-        text=root / "text/mean~pca~8.h5",
-        out_dir=out_dir,
+    def take(cls, **defaults):
+        names = {field.name for field in dataclasses.fields(cls)}
+        return cls(**defaults | {k: overrides.pop(k) for k in list(overrides) if k in names})
+
+    run = take(RunSpec, embedding="mean", transform="pca", dim=8, order="random", batch_size=4)
+    settings = take(
+        TrainSettings,
         backbone="resnet18",
         weights="none",
         hidden=16,
         lr=1e-3,
         encoder_lr=1e-3,
-        batch_size=4,
         epochs=2,
         patience=5,
-        order="random",
+    )
+    paths = dict(
+        train_cache=root / "cache/train.h5",
+        val_cache=root / "cache/val.h5",
+        text=root / "text" / run.text_file,
+        out_dir=out_dir,
         device="cpu",
     )
-    settings.update(overrides)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return TrainConfig(**settings)
+    return TrainConfig(run=run, settings=settings, **(paths | overrides))

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from rsis.bundle import export_bundle, load_bundle
@@ -24,15 +28,20 @@ PHOTO = SAMPLE_ROOT / "images/mscoco/images/train2014/COCO_train2014_00000000015
 
 @pytest.fixture(scope="module")
 def run_dir(demo_pipeline, tmp_path_factory):
+    """One epoch, trained from the data folder with relative paths, as the workflow does."""
     out = tmp_path_factory.mktemp("predict_run")
-    cfg = make_train_config(demo_pipeline, out, epochs=1, max_referents=3)
-    Trainer(cfg).run()
+    here = os.getcwd()
+    os.chdir(demo_pipeline)
+    try:
+        Trainer(make_train_config(Path("."), out, epochs=1, max_referents=3)).run()
+    finally:
+        os.chdir(here)
     return out
 
 
 def test_training_writes_a_bundle(run_dir):
     model, bundle = load_bundle(run_dir / "bundle.pt")
-    assert bundle["image_size"] == [48, 80]
+    assert bundle["input"]["image_size"] == [48, 80]
     assert bundle["text"]["transform"] == "pca" and bundle["pca"]["components"].shape[0] == 8
     assert not model.training
 
@@ -117,3 +126,23 @@ def test_overlay_legend_wraps_a_long_expression_on_a_narrow_photo(tmp_path):
     text_rows = np.flatnonzero((legend[:, GAP_PX:-GAP_PX] < 200).any(axis=(1, 2)))
     assert text_rows.max() - text_rows.min() > 2 * LINE_PX  # 20 words on 2 lines, then "sky"
     assert (legend[:, -GAP_PX:] == 255).all()  # nothing runs past the photo's width
+
+
+def test_export_needs_only_the_checkpoint_and_the_text_file(
+    demo_pipeline, run_dir, tmp_path, monkeypatch
+):
+    """The run folder elsewhere, another working directory, the training cache out of reach
+    of the relative path the run was trained with: the input size travels in the checkpoint."""
+    shutil.copytree(run_dir, tmp_path / "moved")
+    shutil.copy(demo_pipeline / "text/mean~pca~8.h5", tmp_path / "text.h5")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert not Path("cache/train.h5").exists()
+    command = ["export", "--checkpoint", "../moved/best.pt", "--text", "../text.h5"]
+    assert main([*command, "--out", "bundle.pt"]) == 0
+    model, bundle = load_bundle(tmp_path / "elsewhere/bundle.pt")
+    assert bundle["input"]["image_size"] == [48, 80]
+    assert bundle["run"]["dim"] == 8 and bundle["pca"]["components"].shape == (8, 384)
+    original, _ = load_bundle(run_dir / "bundle.pt")
+    for key, value in original.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key

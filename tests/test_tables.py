@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from rsis.errors import UserError
 from rsis.metrics import CONVENTIONS, write_metrics_json
-from rsis.tables import TABLE1, TABLE2, load_paper_results, register, write_tables
+from rsis.runs import RunSpec, expand_grid, grid_tables
+from rsis.tables import load_paper_results, register, write_tables
+
+GRID = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())["grid"]
 
 BEST = {"embedding": "mean", "transform": "pca", "dim": 64, "order": "random", "batch_size": 32}
 FIXTURE = [  # (run, split, expression, instance IoU, overall IoU)
@@ -19,7 +25,7 @@ FIXTURE = [  # (run, split, expression, instance IoU, overall IoU)
     (BEST, "val", "random", 0.41013, 0.37904),
     ({**BEST, "order": "area", "batch_size": 128}, "val", "first", 0.25124, 0.22337),
     (
-        {**BEST, "embedding": "pooled", "transform": "none", "dim": 384},
+        {**BEST, "embedding": "pooled", "transform": "none", "dim": "native", "text_dim": 384},
         "val",
         "first",
         0.26551,
@@ -83,24 +89,27 @@ a variation below 1 (overall IoU, on average).
 
 | Run                     | Split   | Instance IoU first   | Instance IoU random   | Instance IoU diff   | Overall IoU first   | Overall IoU random   | Overall IoU diff   |
 |:------------------------|:--------|:---------------------|:----------------------|:--------------------|:--------------------|:---------------------|:-------------------|
-| mean~pca~64 random bs32 | val     | 41.23                | 41.01                 | -0.22               | 38.51               | 37.90                | -0.61              |
+| mean-pca-64-random-bs32 | val     | 41.23                | 41.01                 | -0.22               | 38.51               | 37.90                | -0.61              |
 
 Mean absolute overall IoU difference: 0.61 points over 1 (run, split) pairs.
 """  # noqa: E501
 
 
-@pytest.fixture()
-def tables(tmp_path):
-    """Run ``rsis tables`` through its own parser on the fixture."""
+def run_tables(paths, out, grid=GRID):
+    """Run ``rsis tables`` through its own parser."""
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
-    out = tmp_path / "tables"
-    paths = [str(p) for p in write_fixture(tmp_path)]
-    args = parser.parse_args(
-        ["tables", "--metrics", *paths, "--out-dir", str(out), "--dataset-label", "RefCOCO sample"]
-    )
+    command = ["tables", "--metrics", *map(str, paths), "--grid", json.dumps(grid)]
+    command += ["--out-dir", str(out), "--dataset-label", "RefCOCO sample"]
+    args = parser.parse_args(command)
     args.func(args)
     return out
+
+
+@pytest.fixture()
+def tables(tmp_path):
+    """``rsis tables`` on the fixture, with the configured grid."""
+    return run_tables(write_fixture(tmp_path), tmp_path / "tables")
 
 
 def test_table2_markdown_is_exact(tables):
@@ -158,10 +167,11 @@ def test_expression_check(tables):
 
 def test_paper_numbers_cover_every_paper_row():
     paper = load_paper_results()
-    assert [TABLE1.row_key({**TABLE1.fixed, **e}) for e in paper["table1"]] == list(
-        TABLE1.rows[:10]
-    )
-    assert [TABLE2.row_key({**TABLE2.fixed, **e}) for e in paper["table2"]] == list(TABLE2.rows)
+    table1, table2 = grid_tables(GRID)
+    keys = [table1.row_key(RunSpec.from_dict({**table1.fixed, **e})) for e in paper["table1"]]
+    assert keys == [table1.row_key(run) for run in table1.runs[:10]]
+    keys = [table2.row_key(RunSpec.from_dict({**table2.fixed, **e})) for e in paper["table2"]]
+    assert keys == [table2.row_key(run) for run in table2.runs]
     values = [e[m][s] for e in paper["table1"] for m in ("instance_iou", "overall_iou")
               for s in ("val", "testA", "testB")]  # fmt: skip
     assert values.count(None) == 1  # Encoded layers / None / testB overall: not in the source
@@ -170,5 +180,27 @@ def test_paper_numbers_cover_every_paper_row():
 def test_two_files_for_one_cell_are_refused(tmp_path):
     paths = write_fixture(tmp_path, [FIXTURE[0], FIXTURE[0]])
     with pytest.raises(UserError, match=r"0_val~first.json and .*1_val~first.json both hold"):
-        write_tables(paths, tmp_path / "out", "RefCOCO")
+        write_tables(paths, tmp_path / "out", "RefCOCO", GRID)
     assert not (tmp_path / "out" / "table1.md").exists()
+
+
+def test_a_grid_change_shows_in_the_tables(tmp_path):
+    """grid.table1.dims [32, 16]: Table 1 gets rows for 32 and 16 with our numbers and no paper
+    number; the rows the grid dropped (128, 64) are gone."""
+    grid = {**GRID, "table1": {**GRID["table1"], "dims": [32, 16]}}
+    runs = expand_grid(grid)
+    fixture = [
+        (run.to_dict() | {"name": run_id}, "val", "first", 0.25, 0.2)
+        for run_id, run in runs.items()
+    ]
+    out = run_tables(write_fixture(tmp_path, fixture), tmp_path / "tables", grid)
+    table = pd.read_csv(out / "table1.csv", dtype={"dim": str})
+    assert list(table["dim"]) == ["native", "32", "16", "32", "16"] * 2 + ["64"]
+    assert (table["instance_iou_val_ours"] == 25.0).all()
+    learned = table[table["dim"].isin(["32", "16"])]
+    assert learned["instance_iou_val_paper"].isna().all() and len(learned) == 8
+    native = table[table["dim"] == "native"]
+    assert native["instance_iou_val_paper"].tolist() == [25.57, 26.86]
+    text = (out / "table1.md").read_text()
+    assert "| Encoded layers   | PCA               | 32     | 25.00 (—)          |" in text
+    assert "| 128 " not in text and "| 64     |" not in text.replace("Linear (PCA init) | 64", "")

@@ -66,12 +66,7 @@ def test_resume_refuses_another_architecture(demo_pipeline, trained):
 
 def test_resume_refuses_another_text_pipeline(demo_pipeline, trained):
     cfg, _ = trained
-    other = make_train_config(
-        demo_pipeline,
-        cfg.out_dir,
-        text=demo_pipeline / "text/mean~none~native.h5",
-        text_transform="none",
-    )
+    other = make_train_config(demo_pipeline, cfg.out_dir, transform="none", dim="native")
     with pytest.raises(UserError, match=r"transform: checkpoint has 'pca', this run has 'none'"):
         Trainer(other, resume=True)
 
@@ -129,11 +124,11 @@ def test_two_process_ddp_training_writes_one_checkpoint(demo_pipeline, tmp_path)
     root = demo_pipeline
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-        "-m", "rsis.cli", "train",
+        "-m", "rsis.cli", "train", "--run-id", "mean-pca-8-random-bs2",
         "--train-cache", str(root / "cache/train.h5"), "--val-cache", str(root / "cache/val.h5"),
         "--text", str(root / "text/mean~pca~8.h5"), "--out-dir", str(tmp_path),
         "--backbone", "resnet18", "--weights", "none", "--hidden", "16", "--epochs", "1",
-        "--batch-size", "2", "--device", "cpu",
+        "--device", "cpu",
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -253,7 +248,7 @@ def test_trained_model_uses_the_language_on_validation_data(learnable_demo, tmp_
     cfg = make_train_config(
         learnable_demo,
         tmp_path,
-        text=learnable_demo / "text/mean~pca~64.h5",
+        dim=64,
         hidden=64,
         lr=5e-3,
         encoder_lr=0.0,

@@ -2,7 +2,7 @@
 
 from rsis.model.backbone import BACKBONES, build_backbone
 from rsis.model.loss import soft_iou, soft_iou_loss
-from rsis.model.rris import RRIS, ModelConfig
+from rsis.model.rris import RRIS, ModelConfig, input_spec
 from rsis.model.text import TEXT_TRANSFORMS, TextProjection
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "ModelConfig",
     "TextProjection",
     "build_backbone",
+    "input_spec",
     "soft_iou",
     "soft_iou_loss",
 ]

@@ -22,6 +22,23 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def input_spec(cache_attrs: typing.Mapping[str, object]) -> dict[str, object]:
+    """What the model expects as input, stored with it (like timm's ``pretrained_cfg``).
+
+    Args:
+        cache_attrs: attributes of the split cache it trains on (``height``, ``width``).
+
+    Returns:
+        ``image_size`` (height, width) of the network input; ``mean`` and ``std`` of the
+        normalisation ``forward`` applies to RGB pixels in 0..1.
+    """
+    return {
+        "image_size": [int(cache_attrs["height"]), int(cache_attrs["width"])],
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+    }
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything that defines an RRIS model; stored in checkpoints and bundles.

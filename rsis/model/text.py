@@ -7,9 +7,7 @@ import torch
 from torch import nn
 
 from rsis.errors import UserError
-
-TEXT_TRANSFORMS: tuple[str, ...] = ("none", "pca", "linear", "linear_pca")
-LEARNED_TRANSFORMS: tuple[str, ...] = ("linear", "linear_pca")
+from rsis.runs import LEARNED_TRANSFORMS, TEXT_TRANSFORMS
 
 
 def projected_dim(mode: str, in_dim: int, out_dim: int | None) -> int:

@@ -13,13 +13,12 @@ from sklearn.decomposition import PCA
 
 from rsis.errors import UserError
 from rsis.io import atomic_path, check_identity, read_attrs
+from rsis.runs import EMBEDDINGS, NATIVE
 from rsis.text.tokenize import read_tokens
 
 log = logging.getLogger(__name__)
 
-EMBEDDINGS = ("pooled", "mean")
 TRANSFORMS = ("none", "pca")
-NATIVE = "native"
 
 
 @dataclass

@@ -1,8 +1,12 @@
 # Configuration validation and the helpers every rule file uses.
+import json
 import re
+import shlex
 from pathlib import Path
 
 from snakemake.utils import validate
+
+from rsis.runs import EMBEDDINGS, NATIVE, TrainSettings, expand_grid, grid_tables
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -88,47 +92,14 @@ def dataset_inputs(wildcards=None):
     return [str(f) for f in files]
 
 
-def run_id(run):
-    """File-name form of a configuration, e.g. ``mean-pca-64-random-bs32``."""
-    return "{embedding}-{transform}-{dim}-{order}-bs{batch_size}".format(**run)
-
-
-def table_runs():
-    """The configurations of each table: Table 1 (with the extra rows) and Table 2."""
-    grid = config["grid"]
-    t1, t2 = grid["table1"], grid["table2"]
-    table1 = [
-        {
-            "embedding": embedding,
-            "transform": transform,
-            "dim": dim,
-            "order": t1["order"],
-        }
-        | {"batch_size": t1["batch_size"]}
-        for embedding in t1["embeddings"]
-        for transform in t1["transforms"]
-        for dim in (["native"] if transform == "none" else t1["dims"])
-    ]
-    fixed = {key: t2[key] for key in ("embedding", "transform", "dim")}
-    return {
-        "table1": table1 + grid["extra"],
-        "table2": [fixed | run for run in t2["runs"]],
-    }
-
-
-def grid_runs():
-    """Every configuration of Table 1, Table 2 and the extra rows, each once, by run id."""
-    return {run_id(run): run for runs in table_runs().values() for run in runs}
-
-
-RUNS = grid_runs()
+RUNS = expand_grid(config["grid"])
+TRAIN_SETTINGS = TrainSettings.from_setting(SETTING, seed=config["seed"])
+TABLES = {table.name: table for table in grid_tables(config["grid"])}
 
 
 def text_file(run):
-    """Embeddings a run reads: PCA output for ``pca``, the native ones otherwise."""
-    transform = "pca" if run["transform"] == "pca" else "none"
-    dim = run["dim"] if transform == "pca" else "native"
-    return result(f"text/{run['embedding']}~{transform}~{dim}.h5")
+    """The reduce output a run reads."""
+    return result(f"text/{run.text_file}")
 
 
 def train_inputs(wildcards):
@@ -139,28 +110,14 @@ def train_inputs(wildcards):
         "val": result("cache/val.h5"),
         "text": text_file(run),
     }
-    if run["transform"] == "linear_pca":
-        inputs["pca"] = result(f"text/{run['embedding']}~pca~{run['dim']}.h5")
+    if run.pca_file:
+        inputs["pca"] = result(f"text/{run.pca_file}")
     return inputs
 
 
-def train_flags(wildcards):
-    """Command-line flags that differ between runs."""
-    run = RUNS[wildcards.run]
-    flags = f"--text-transform {run['transform']} --order {run['order']}"
-    flags += f" --batch-size {run['batch_size']}"
-    if run["transform"] in ("linear", "linear_pca"):
-        flags += f" --proj-dim {run['dim']}"
-    if run["transform"] == "linear_pca":
-        pca = result(f"text/{run['embedding']}~pca~{run['dim']}.h5")
-        flags += f" --pca {pca}"
-    return flags
-
-
-def steps_flag():
-    """``--steps-per-epoch`` when the setting bounds each epoch, else nothing."""
-    steps = SETTING["steps_per_epoch"]
-    return "" if steps is None else f"--steps-per-epoch {steps}"
+def pca_flag(wildcards, input):
+    """``--pca FILE`` for a run whose linear layer starts at PCA."""
+    return f"--pca {shlex.quote(input.pca)}" if "pca" in input.keys() else ""
 
 
 def train_launcher(wildcards, resources):
@@ -200,7 +157,7 @@ def original_size_flags():
 
 def curve_runs(wildcards):
     """``rsis curves`` arguments of one table: ``--run <run id> <metrics.csv>`` per run."""
-    ids = [run_id(run) for run in table_runs()[wildcards.table]]
+    ids = [run.id for run in TABLES[wildcards.table].runs]
     return " ".join(f"--run {i} {result(f'train/{i}/metrics.csv')}" for i in ids)
 
 

@@ -2,9 +2,9 @@
 
 
 wildcard_constraints:
-    embedding="pooled|mean",
+    embedding="|".join(EMBEDDINGS),
     transform="none|pca",
-    dim="native|[0-9]+",
+    dim=f"{NATIVE}|[0-9]+",
 
 
 rule tokenize:

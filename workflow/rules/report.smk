@@ -45,8 +45,9 @@ rule tables:
     params:
         out_dir=output_dir,
         label=DATASET_LABEL,
+        grid=json.dumps(config["grid"]),
     shell:
-        "rsis tables --metrics {input:q} --out-dir {params.out_dir:q}"
+        "rsis tables --metrics {input:q} --grid {params.grid:q} --out-dir {params.out_dir:q}"
         " --dataset-label {params.label:q} > {log:q} 2>&1"
 
 
@@ -108,8 +109,8 @@ rule figures:
 rule curves:
     input:
         lambda wildcards: [
-            result(f"train/{run_id(run)}/metrics.csv")
-            for run in table_runs()[wildcards.table]
+            result(f"train/{run.id}/metrics.csv")
+            for run in TABLES[wildcards.table].runs
         ],
     output:
         report(

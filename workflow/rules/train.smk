@@ -16,32 +16,17 @@ rule train:
         benchmark_path("train/{run}")
     conda:
         ENV
-    threads: max(1, SETTING["workers"])
+    threads: max(1, TRAIN_SETTINGS.workers)
     resources:
         gpu=config["resources"]["train"]["gpu"],
         mem_mb=config["resources"]["train"]["mem_mb"],
         runtime=config["resources"]["train"]["runtime"],
     params:
-        flags=train_flags,
         out_dir=output_dir,
-        backbone=SETTING["backbone"],
-        weights=SETTING["weights"],
-        hidden=SETTING["hidden"],
-        lr=SETTING["lr"],
-        encoder_lr=SETTING["encoder_lr"],
-        weight_decay=SETTING["weight_decay"],
-        epochs=SETTING["epochs"],
-        steps=steps_flag(),
-        patience=SETTING["patience"],
-        max_referents=SETTING["max_referents"],
-        workers=SETTING["workers"],
-        seed=config["seed"],
+        pca=pca_flag,
+        settings=TRAIN_SETTINGS.flags(),
         launcher=train_launcher,
     shell:
-        "{params.launcher} train --train-cache {input.train:q} --val-cache {input.val:q}"
-        " --text {input.text:q} --out-dir {params.out_dir:q} {params.flags}"
-        " --backbone {params.backbone} --weights {params.weights:q} --hidden {params.hidden}"
-        " --lr {params.lr} --encoder-lr {params.encoder_lr}"
-        " --weight-decay {params.weight_decay} --epochs {params.epochs} {params.steps}"
-        " --patience {params.patience} --max-referents {params.max_referents}"
-        " --workers {params.workers} --seed {params.seed} > {log:q} 2>&1"
+        "{params.launcher} train --run-id {wildcards.run} --train-cache {input.train:q}"
+        " --val-cache {input.val:q} --text {input.text:q} {params.pca}"
+        " --out-dir {params.out_dir:q} {params.settings} > {log:q} 2>&1"

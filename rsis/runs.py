@@ -1,0 +1,272 @@
+"""The run specification: one configuration of the ablation grid and what follows from it.
+
+A run is a point of the grid in ``config.yaml: grid``: text embedding, text transform, its
+dimension, referent order and batch size (``RunSpec``). Its id names its files
+(``mean-pca-64-random-bs32``), it says which reduce output it reads, and its model and
+training settings come from the dataset's setting block (``TrainSettings``). The workflow
+expands the grid with ``expand_grid`` and hands each run to ``rsis train`` by id; checkpoints
+store both, and the tables are laid out from the same grid (``grid_tables``).
+
+This module imports no heavy library: the workflow imports it while it parses.
+
+Adding a coordinate (a seed, say) is one field of ``RunSpec`` plus, when it shows in file
+names, one entry of ``ID_PARTS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import shlex
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from rsis.errors import UserError
+
+NATIVE = "native"  # the text model's own embedding size (no reduction)
+EMBEDDINGS: tuple[str, ...] = ("pooled", "mean")
+TEXT_TRANSFORMS: tuple[str, ...] = ("none", "pca", "linear", "linear_pca")
+LEARNED_TRANSFORMS: tuple[str, ...] = ("linear", "linear_pca")
+TRAIN_ORDERS: tuple[str, ...] = ("area", "random", "dataset")  # orders a run trains with
+
+# (field, how it reads in the id, pattern it matches): joined by "-" into the run id.
+ID_PARTS: tuple[tuple[str, str, str], ...] = (
+    ("embedding", "{}", r"[a-z]+"),
+    ("transform", "{}", r"[a-z_]+"),
+    ("dim", "{}", rf"{NATIVE}|\d+"),
+    ("order", "{}", r"[a-z]+"),
+    ("batch_size", "bs{}", r"\d+"),
+)
+_ID_PATTERN = re.compile(
+    "-".join(f"{form.format(f'(?P<{name}>{pattern})')}" for name, form, pattern in ID_PARTS)
+)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """The grid coordinates of one training run.
+
+    Attributes:
+        embedding: ``pooled`` or ``mean`` (docs/language.md).
+        transform: ``none``, ``pca`` (applied by ``rsis reduce``), ``linear`` or
+            ``linear_pca`` (learned by the model).
+        dim: ``native`` for ``none``; the PCA size for ``pca``; the learned projection's
+            output size for ``linear`` and ``linear_pca``.
+        order: referent order while training (``area``, ``random`` or ``dataset``).
+        batch_size: images per training batch.
+    """
+
+    embedding: str
+    transform: str
+    dim: int | str
+    order: str
+    batch_size: int
+
+    def __post_init__(self) -> None:
+        if self.embedding not in EMBEDDINGS:
+            raise UserError(f"run embedding {self.embedding!r}: use one of {EMBEDDINGS}")
+        if self.transform not in TEXT_TRANSFORMS:
+            raise UserError(f"run transform {self.transform!r}: use one of {TEXT_TRANSFORMS}")
+        if self.order not in TRAIN_ORDERS:
+            raise UserError(f"run order {self.order!r}: use one of {TRAIN_ORDERS}")
+        if (self.transform == "none") != (self.dim == NATIVE):
+            raise UserError(
+                f"run dim {self.dim!r} with transform {self.transform!r}: transform none "
+                f"takes dim {NATIVE!r}, every other transform a positive integer"
+            )
+        if self.dim != NATIVE and not (isinstance(self.dim, int) and self.dim > 0):
+            raise UserError(f"run dim {self.dim!r} must be {NATIVE!r} or a positive integer")
+
+    @property
+    def id(self) -> str:
+        """File-name form, e.g. ``mean-pca-64-random-bs32``."""
+        return "-".join(form.format(getattr(self, name)) for name, form, _ in ID_PARTS)
+
+    @classmethod
+    def from_id(cls, run_id: str) -> RunSpec:
+        """Parse an id written by ``id``."""
+        match = _ID_PATTERN.fullmatch(run_id)
+        if match is None:
+            raise UserError(
+                f"run id {run_id!r} is not of the form "
+                "<embedding>-<transform>-<dim>-<order>-bs<batch size>, "
+                "e.g. mean-pca-64-random-bs32"
+            )
+        return cls.from_dict(match.groupdict())
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain dict of the coordinates (JSON and checkpoint friendly)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> RunSpec:
+        """Build from the coordinates in ``data`` (other keys, such as ``name``, are ignored)."""
+        names = [field.name for field in dataclasses.fields(cls)]
+        missing = [name for name in names if name not in data]
+        if missing:
+            raise UserError(f"run description lacks {missing}: it needs {names}")
+        values = {name: data[name] for name in names}
+        values["batch_size"] = int(values["batch_size"])
+        if values["dim"] != NATIVE:
+            values["dim"] = int(values["dim"])
+        return cls(**values)
+
+    @property
+    def reduced_by(self) -> str:
+        """The transform ``rsis reduce`` applies for this run: ``pca``, or ``none``."""
+        return "pca" if self.transform == "pca" else "none"
+
+    @property
+    def text_name(self) -> str:
+        """The reduce output the run reads, e.g. ``mean~pca~64`` (``mean~none~native``)."""
+        dim = self.dim if self.reduced_by == "pca" else NATIVE
+        return f"{self.embedding}~{self.reduced_by}~{dim}"
+
+    @property
+    def text_file(self) -> str:
+        """File name of the reduce output the run reads, e.g. ``mean~pca~64.h5``."""
+        return f"{self.text_name}.h5"
+
+    @property
+    def pca_file(self) -> str | None:
+        """Name of the PCA reduce output that starts a ``linear_pca`` layer (else None)."""
+        return f"{self.embedding}~pca~{self.dim}.h5" if self.transform == "linear_pca" else None
+
+    @property
+    def proj_dim(self) -> int | None:
+        """Output size of the model's learned text projection (None without one)."""
+        return int(self.dim) if self.transform in LEARNED_TRANSFORMS else None
+
+    def check_text(self, identity: Mapping[str, object], path: object) -> None:
+        """Refuse a reduce output (its ``text_identity``) other than the one this run reads."""
+        dim = identity["dim"] if identity["transform"] == "pca" else NATIVE
+        found = f"{identity['embedding']}~{identity['transform']}~{dim}"
+        if found != self.text_name:
+            raise UserError(
+                f"{path} holds {found} embeddings, run {self.id} reads {self.text_name}: "
+                f"give the reduce output {self.text_file}"
+            )
+
+
+def _setting(default: object, help_text: str) -> typing.Any:
+    return dataclasses.field(default=default, metadata={"help": help_text})
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Model and training settings of a run: a dataset's block in ``config.yaml: settings``.
+
+    Field names are the config keys and, with ``-`` for ``_``, the ``rsis train`` flags.
+    """
+
+    backbone: str = _setting("resnet101", "resnet18, resnet34, resnet50 or resnet101")
+    weights: str = _setting("imagenet", "encoder start: imagenet, none, or a state_dict file")
+    hidden: int = _setting(128, "decoder width H")
+    lr: float = _setting(1e-4, "decoder and text learning rate")
+    encoder_lr: float = _setting(1e-7, "ResNet learning rate (0 freezes it)")
+    weight_decay: float = _setting(1e-7, "Adam weight decay")
+    epochs: int = _setting(20, "most epochs")
+    steps_per_epoch: int | None = _setting(
+        None, "at most this many batches per epoch, for a bounded run (default: all)"
+    )
+    patience: int = _setting(5, "early stopping: epochs without a better validation IoU")
+    max_referents: int = _setting(6, "longest referent sequence per image")
+    seed: int = _setting(0, "seeds initialisation, shuffling and expression choice")
+    workers: int = _setting(0, "DataLoader worker processes")
+
+    # Settings a resumed run may change: they do not alter what was learned so far.
+    RESUMABLE: typing.ClassVar[frozenset[str]] = frozenset({"epochs", "patience", "workers"})
+
+    @classmethod
+    def from_setting(cls, setting: Mapping[str, object], seed: int) -> TrainSettings:
+        """Pick this class's keys from a config setting block; ``seed`` is config's ``seed``."""
+        names = {field.name for field in dataclasses.fields(cls)} - {"seed"}
+        return cls(seed=seed, **{key: value for key, value in setting.items() if key in names})
+
+    def to_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+    def flags(self) -> str:
+        """The ``rsis train`` flags that give these settings (for the workflow's rule)."""
+        return " ".join(
+            f"--{name.replace('_', '-')} {shlex.quote(str(value))}"
+            for name, value in self.to_dict().items()
+            if value is not None  # unset: the flag's default
+        )
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """One flag per setting, with the default and help text defined above."""
+        hints = typing.get_type_hints(cls)
+        for field in dataclasses.fields(cls):
+            kinds = typing.get_args(hints[field.name]) or (hints[field.name],)
+            parser.add_argument(
+                f"--{field.name.replace('_', '-')}",
+                type=kinds[0],  # int for ``int | None``
+                default=field.default,
+                help=field.metadata["help"],
+            )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TrainSettings:
+        return cls(**{field.name: getattr(args, field.name) for field in dataclasses.fields(cls)})
+
+
+@dataclass(frozen=True)
+class GridTable:
+    """One paper table in the grid: its runs, the coordinates that tell its rows apart, and
+    the coordinates every row shares."""
+
+    name: str
+    fields: tuple[str, ...]
+    fixed: dict[str, object]
+    runs: tuple[RunSpec, ...]
+
+    def row_key(self, run: RunSpec) -> tuple | None:
+        """The row ``run`` fills, or None when the run is not one of this table's."""
+        return tuple(getattr(run, field) for field in self.fields) if run in self.runs else None
+
+
+def _table1(grid: Mapping) -> list[RunSpec]:
+    t1 = grid["table1"]
+    return [
+        RunSpec(embedding, transform, dim, t1["order"], t1["batch_size"])
+        for embedding in t1["embeddings"]
+        for transform in t1["transforms"]
+        for dim in ([NATIVE] if transform == "none" else t1["dims"])
+    ]
+
+
+def _table2(grid: Mapping) -> list[RunSpec]:
+    t2 = grid["table2"]
+    return [
+        RunSpec(t2["embedding"], t2["transform"], t2["dim"], run["order"], run["batch_size"])
+        for run in t2["runs"]
+    ]
+
+
+def _extra(grid: Mapping) -> list[RunSpec]:
+    return [RunSpec.from_dict(run) for run in grid.get("extra", [])]
+
+
+def grid_tables(grid: Mapping) -> tuple[GridTable, GridTable]:
+    """Table 1 and Table 2 of the configured grid; an extra run joins each table it fits."""
+    t1, t2 = grid["table1"], grid["table2"]
+    layouts = (
+        ("table1", ("embedding", "transform", "dim"), ("order", "batch_size"), t1, _table1(grid)),
+        ("table2", ("order", "batch_size"), ("embedding", "transform", "dim"), t2, _table2(grid)),
+    )
+    tables = []
+    for name, fields, shared, block, runs in layouts:
+        fixed = {key: block[key] for key in shared}
+        fits = [run for run in _extra(grid) if all(getattr(run, k) == v for k, v in fixed.items())]
+        tables.append(GridTable(name, fields, fixed, tuple(dict.fromkeys(runs + fits))))
+    return tables[0], tables[1]
+
+
+def expand_grid(grid: Mapping) -> dict[str, RunSpec]:
+    """Every run of Table 1, Table 2 and the extra rows, each once, by id (in that order)."""
+    runs = _table1(grid) + _table2(grid) + _extra(grid)
+    return {run.id: run for run in runs}
