@@ -16,10 +16,12 @@ import torch
 
 from rsis import __version__
 from rsis.checkpoint import load_checkpoint, save_checkpoint
+from rsis.cli import add_command
 from rsis.errors import UserError
 from rsis.model import RRIS, ModelConfig
 from rsis.text import EmbeddingTable
-from rsis.text.identity import load_pca_solution, text_identity
+from rsis.text.identity import text_identity
+from rsis.text.pca import PcaSolution
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +43,7 @@ def export_bundle(checkpoint: Path, text: Path, out: Path) -> None:
         raise UserError(f"{text} is not the text pipeline {checkpoint} was trained with")
     pca = None
     if identity["transform"] == "pca":
-        components, mean = load_pca_solution(text)
-        pca = {"components": torch.from_numpy(components), "mean": torch.from_numpy(mean)}
+        pca = {k: torch.from_numpy(v) for k, v in PcaSolution.load(text).to_dict().items()}
     bundle = {
         "kind": BUNDLE_KIND,
         "rsis_version": __version__,
@@ -83,7 +84,7 @@ def _export_command(args: argparse.Namespace) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``rsis export``."""
-    p = subparsers.add_parser("export", help="write a self-contained model bundle for predict")
+    p = add_command(subparsers, "export")
     p.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint (.pt)")
     p.add_argument("--text", type=Path, required=True, help="embeddings the run trained with")
     p.add_argument("--out", type=Path, required=True, help="bundle file to write")

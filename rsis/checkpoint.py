@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from rsis.errors import UserError
-from rsis.io import atomic_path
+from rsis.io import atomic_path, describe_differences
 
 FORMAT_VERSION = 2  # 2: the run spec, its settings and the input spec replace train_config
 
@@ -34,15 +34,6 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             "retrain or export it with a matching rsis version"
         )
     return payload
-
-
-def describe_differences(found: dict[str, Any], expected: dict[str, Any]) -> list[str]:
-    """List ``key: found -> expected`` for every key whose value differs."""
-    return [
-        f"{key}: checkpoint has {found.get(key)!r}, this run has {expected.get(key)!r}"
-        for key in sorted(set(found) | set(expected))
-        if found.get(key) != expected.get(key)
-    ]
 
 
 def require_compatible(

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from rsis.errors import UserError
 from rsis.io import IdentityMismatchError
 
-# Subcommand -> (module exposing ``register(subparsers)``, one-line help).
+# Subcommand -> (module exposing ``register(subparsers)``, its one help text). A module's
+# ``register`` makes its parser with ``add_command``, which takes the help text from here.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("rsis.data.demo.writer", "generate the demo dataset in the refer layout"),
     "prepare": ("rsis.data.cache", "cache one split's resized images and masks in HDF5"),
@@ -23,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "embed": ("rsis.text.embed", "pooled and mean embeddings of every expression"),
     "reduce": ("rsis.text.reduce", "native or PCA-reduced expression embeddings"),
     "train": ("rsis.train", "train one RRIS configuration"),
-    "evaluate": ("rsis.evaluate", "score a checkpoint on one split"),
+    "evaluate": ("rsis.evaluate", "score a checkpoint on one or more splits"),
     "tables": ("rsis.tables", "the paper's Table 1 and Table 2 beside our numbers"),
     "baselines": ("rsis.baselines", "picture-blind demo baselines"),
     "convergence": ("rsis.convergence", "best epoch and stopping reason of every run"),
@@ -37,6 +38,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def add_command(subparsers: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
+    """The parser of subcommand ``name``, with its help text from ``COMMANDS``."""
+    help_text = COMMANDS[name][1]
+    return subparsers.add_parser(name, help=help_text, description=help_text)
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """Parser with every subcommand listed; only ``command``'s module is imported.
 
@@ -46,11 +53,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rsis", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module, help_text) in COMMANDS.items():
+    for name, (module, _) in COMMANDS.items():
         if command is None or name == command:
             importlib.import_module(module).register(subparsers)
         else:
-            subparsers.add_parser(name, help=help_text)
+            add_command(subparsers, name)
     return parser
 
 

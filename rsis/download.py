@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from rsis.cli import add_command
 from rsis.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ def _download_command(args: argparse.Namespace) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``rsis download``."""
-    p = subparsers.add_parser("download", help="resumable, checksummed download (with mirrors)")
+    p = add_command(subparsers, "download")
     p.add_argument("--url", required=True, help="primary URL")
     p.add_argument("--mirror", action="append", default=[], help="fallback URL (repeatable)")
     p.add_argument("--out", required=True, help="destination file")

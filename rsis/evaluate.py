@@ -6,12 +6,13 @@ import argparse
 import logging
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 
 from rsis.checkpoint import load_checkpoint, require_compatible
+from rsis.cli import add_command
 from rsis.data.cache import EXPRESSIONS, SequenceDataset
+from rsis.data.cache_file import SplitCache
 from rsis.data.refer import add_refer_arguments, refer_from_args
 from rsis.errors import UserError
 from rsis.inference import make_loader, predict_batches, resolve_device
@@ -85,9 +86,10 @@ def evaluate(
         max_referents=payload["settings"]["max_referents"],
         seed=seed,
     )
-    with h5py.File(cache) as f:
-        ann_of_ref = dict(zip(f["ref_id"][:].tolist(), f["ann_id"][:].tolist(), strict=True))
-        split = str(f.attrs["split"])
+    ann_of_ref = dict(
+        zip(dataset.cache.ref_id.tolist(), dataset.cache.ann_id.tolist(), strict=True)
+    )
+    split = dataset.cache.split
     resolution = "original image size" if original_masks is not None else "network input"
     accumulator = MetricAccumulator(resolution=resolution)
     ref_ids: list[int] = []
@@ -122,8 +124,7 @@ def _original_masks(args: argparse.Namespace, cache: Path) -> dict[int, np.ndarr
     if not args.refs_root:
         raise UserError("--original-size needs --refs-root, --dataset and --split-by")
     refer = refer_from_args(args)
-    with h5py.File(cache) as f:
-        return {int(a): refer.decode_mask(int(a)) for a in f["ann_id"][:]}
+    return {int(a): refer.decode_mask(int(a)) for a in SplitCache(cache).ann_id}
 
 
 def output_stem(out_dir: Path, split: str, expression: str, order: str) -> Path:
@@ -136,8 +137,7 @@ def _evaluate_command(args: argparse.Namespace) -> None:
     model, payload = load_model(args.checkpoint, text)
     model.to(resolve_device(args.device))
     for cache in args.cache:
-        with h5py.File(cache) as f:
-            attrs = dict(f.attrs)
+        split_cache = SplitCache(cache)
         original = _original_masks(args, cache)
         for expression in args.expression:
             accumulator, payload, predictions = evaluate(
@@ -151,17 +151,17 @@ def _evaluate_command(args: argparse.Namespace) -> None:
                 batch_size=args.batch_size,
                 original_masks=original,
             )
-            stem = output_stem(args.out_dir, str(attrs["split"]), expression, args.order)
+            stem = output_stem(args.out_dir, split_cache.split, expression, args.order)
             record = write_metrics_json(
                 stem.with_suffix(".json"),
                 accumulator.summary(),
                 run=run_description(payload),
-                split=str(attrs["split"]),
+                split=split_cache.split,
                 expression=expression,
-                dataset=str(attrs["dataset"]),
+                dataset=split_cache.dataset,
                 text_model=payload["text"]["model"],
                 backbone=payload["model_config"]["backbone"],
-                image_size=(int(attrs["height"]), int(attrs["width"])),
+                image_size=split_cache.size,
             )
             with atomic_path(stem.with_suffix(".csv")) as tmp:
                 table = accumulator.per_referent().rename(columns={"id": "ref_id"})
@@ -170,8 +170,8 @@ def _evaluate_command(args: argparse.Namespace) -> None:
             metrics = record["metrics"]
             log.info(
                 "%s %s (%s expression): instance IoU %.4f, overall IoU %.4f over %d referents",
-                attrs["dataset"],
-                attrs["split"],
+                split_cache.dataset,
+                split_cache.split,
                 expression,
                 metrics["instance_iou"],
                 metrics["overall_iou"],
@@ -181,7 +181,7 @@ def _evaluate_command(args: argparse.Namespace) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``rsis evaluate``."""
-    p = subparsers.add_parser("evaluate", help="score a checkpoint on one or more splits")
+    p = add_command(subparsers, "evaluate")
     p.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint (.pt)")
     p.add_argument("--cache", type=Path, nargs="+", required=True, help="split caches (.h5)")
     p.add_argument("--text", type=Path, required=True, help="embeddings the model trained with")

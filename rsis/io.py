@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import h5py
@@ -39,10 +39,36 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def plain_attrs(attrs: h5py.AttributeManager) -> dict[str, object]:
+    """HDF5 attributes as plain Python values (numpy scalars unwrapped)."""
+    return {k: (v.item() if hasattr(v, "item") else v) for k, v in attrs.items()}
+
+
 def read_attrs(path: str | os.PathLike) -> dict[str, object]:
     """Return the root attributes of an HDF5 file as plain Python values."""
     with h5py.File(path, "r") as f:
-        return {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+        return plain_attrs(f.attrs)
+
+
+def describe_differences(
+    found: Mapping[str, object],
+    expected: Mapping[str, object],
+    *,
+    found_as: str = "checkpoint has",
+    expected_as: str = "this run has",
+    keys: Iterable[str] | None = None,
+) -> list[str]:
+    """``"key: <found_as> X, <expected_as> Y"`` for every key whose value differs.
+
+    Args:
+        keys: the keys to compare, in order (default: every key of either, sorted).
+    """
+    keys = sorted(set(found) | set(expected)) if keys is None else keys
+    return [
+        f"{key}: {found_as} {found.get(key)!r}, {expected_as} {expected.get(key)!r}"
+        for key in keys
+        if found.get(key) != expected.get(key)
+    ]
 
 
 def check_identity(path: str | os.PathLike, expected: Mapping[str, object]) -> None:
@@ -52,12 +78,9 @@ def check_identity(path: str | os.PathLike, expected: Mapping[str, object]) -> N
         path: an HDF5 file written by this package.
         expected: attribute names and the values the caller needs.
     """
-    found = read_attrs(path)
-    differences = [
-        f"{key}: file has {found.get(key)!r}, expected {value!r}"
-        for key, value in expected.items()
-        if found.get(key) != value
-    ]
+    differences = describe_differences(
+        read_attrs(path), expected, found_as="file has", expected_as="expected", keys=expected
+    )
     if differences:
         raise IdentityMismatchError(
             f"{path} was written by a different pipeline ({'; '.join(differences)}). "

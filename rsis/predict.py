@@ -22,6 +22,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from rsis.bundle import load_bundle
+from rsis.cli import add_command
 from rsis.data.cache import load_resized_image
 from rsis.errors import UserError
 from rsis.figures.palette import paint_referents
@@ -38,6 +39,7 @@ from rsis.text.models import (
     resolve_model,
     weights_hash,
 )
+from rsis.text.pca import PcaSolution
 from rsis.text.tokenize import encode
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,7 @@ class TextPipeline:
         self.limit = max_length(source, self.tokenizer)
         self.model = load_model(source).to(device)
         self.embedding = str(identity["embedding"])
-        self.pca = pca
+        self.pca = None if pca is None else PcaSolution(**{k: v.numpy() for k, v in pca.items()})
         self.device = device
 
     def __call__(self, expressions: list[str]) -> torch.Tensor:
@@ -68,10 +70,10 @@ class TextPipeline:
         pooled, mean = embed_sequences(
             self.model, ids, ptr, pad_id=self.tokenizer.pad_token_id, progress=False
         )
-        vectors = torch.from_numpy(pooled if self.embedding == "pooled" else mean)
+        vectors = pooled if self.embedding == "pooled" else mean
         if self.pca is not None:
-            vectors = (vectors - self.pca["mean"]) @ self.pca["components"].T
-        return vectors.float()
+            vectors = self.pca.project(vectors)
+        return torch.from_numpy(vectors).float()
 
 
 @dataclass
@@ -205,7 +207,7 @@ def _predict_command(args: argparse.Namespace) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``rsis predict``."""
-    p = subparsers.add_parser("predict", help="segment your own image from expressions")
+    p = add_command(subparsers, "predict")
     p.add_argument("--model", type=Path, required=True, help="model bundle (rsis export)")
     p.add_argument("--image", help="the photo")
     p.add_argument("--expr", action="append", help="a referring expression (repeat, in order)")

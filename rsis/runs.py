@@ -103,11 +103,12 @@ class RunSpec:
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> RunSpec:
         """Build from the coordinates in ``data`` (other keys, such as ``name``, are ignored)."""
-        names = [field.name for field in dataclasses.fields(cls)]
-        missing = [name for name in names if name not in data]
+        fields = dataclasses.fields(cls)
+        required = [f.name for f in fields if f.default is dataclasses.MISSING]
+        missing = [name for name in required if name not in data]
         if missing:
-            raise UserError(f"run description lacks {missing}: it needs {names}")
-        values = {name: data[name] for name in names}
+            raise UserError(f"run description lacks {missing}: it needs {required}")
+        values = {f.name: data[f.name] for f in fields if f.name in data}
         values["batch_size"] = int(values["batch_size"])
         if values["dim"] != NATIVE:
             values["dim"] = int(values["dim"])

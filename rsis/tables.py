@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from rsis.cli import add_command
 from rsis.errors import UserError
 from rsis.io import atomic_path
 from rsis.metrics import read_metrics_json
@@ -347,7 +348,7 @@ def _grid(text: str) -> dict:
     return grid
 
 
-def tables_command(args: argparse.Namespace) -> None:
+def _tables_command(args: argparse.Namespace) -> None:
     """``rsis tables``."""
     write_tables(args.metrics, Path(args.out_dir), args.dataset_label, _grid(args.grid))
     log.info("wrote tables to %s", args.out_dir)
@@ -355,9 +356,7 @@ def tables_command(args: argparse.Namespace) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``rsis tables``."""
-    parser = subparsers.add_parser(
-        "tables", help="paper Tables 1 and 2 (ours beside the paper's) from metrics files"
-    )
+    parser = add_command(subparsers, "tables")
     parser.add_argument(
         "--metrics", nargs="+", required=True, type=Path, help="metrics .json files"
     )
@@ -372,4 +371,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--dataset-label", required=True, help="dataset name for captions, e.g. 'RefCOCO (UNC)'"
     )
-    parser.set_defaults(func=tables_command)
+    parser.set_defaults(func=_tables_command)

@@ -19,28 +19,62 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from rsis.bundle import export_bundle
-from rsis.checkpoint import (
-    describe_differences,
-    load_checkpoint,
-    require_compatible,
-    save_checkpoint,
-)
+from rsis.checkpoint import load_checkpoint, require_compatible, save_checkpoint
+from rsis.cli import add_command
 from rsis.convergence import Convergence, patience_spent
 from rsis.data.cache import SequenceDataset
 from rsis.errors import UserError
 from rsis.inference import autocast, make_loader, predict_batches, resolve_device, to_device
-from rsis.io import atomic_path, read_attrs
+from rsis.io import atomic_path, describe_differences
 from rsis.metrics import MetricAccumulator
 from rsis.model import RRIS, ModelConfig, input_spec, soft_iou_loss
 from rsis.runs import RunSpec, TrainSettings
 from rsis.text import EmbeddingTable
-from rsis.text.identity import load_pca_solution, text_identity
+from rsis.text.identity import text_identity
+from rsis.text.pca import PcaSolution
 
 log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
+
+
+class NonFiniteLoss(ArithmeticError):
+    """A training step's loss is NaN or infinite (the weights were not updated)."""
+
+    def __init__(self, loss: float, ref_ids: list[int]) -> None:
+        super().__init__(f"loss is {loss} (ref_ids {ref_ids})")
+        self.loss, self.ref_ids = loss, ref_ids
+
+
+def train_step(
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: dict[str, torch.Tensor],
+    device: torch.device,
+    *,
+    mixed: bool = True,
+) -> float:
+    """One optimisation step on a collated batch: forward, soft IoU loss, backward, update.
+
+    Args:
+        mixed: on CUDA, bf16 autocast and channels_last images (the training precision);
+            False runs plain fp32 (``rsis bench train`` compares both).
+
+    Returns:
+        The batch's loss.
+    """
+    batch = to_device(batch, device, channels_last=mixed)
+    with autocast(device, enabled=mixed):
+        logits = net(batch["image"], batch["text"], batch["valid"])
+    loss = soft_iou_loss(logits.float(), batch["masks"], batch["valid"])
+    if not torch.isfinite(loss):
+        raise NonFiniteLoss(loss.item(), batch["ref_id"][batch["valid"]].tolist())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
 
 
 @dataclass
@@ -161,7 +195,7 @@ class Trainer:
             expression="first",
             max_referents=settings.max_referents,
         )
-        self.input_spec = input_spec(read_attrs(cfg.train_cache))
+        self.input_spec = input_spec(self.train_set.cache.attrs)
         torch.manual_seed(settings.seed)
         self.model_config = cfg.model_config(text.dim)
         self.model = RRIS.from_config(self.model_config, pca=self._pca_solution()).to(self.device)
@@ -183,14 +217,14 @@ class Trainer:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
 
-    def _pca_solution(self) -> tuple[Any, Any] | None:
+    def _pca_solution(self) -> PcaSolution | None:
         if self.cfg.run.transform != "linear_pca":
             return None
         if self.cfg.pca is None:
             raise UserError(
                 f"run {self.cfg.run.id} needs --pca (the reduce output {self.cfg.run.pca_file})"
             )
-        return load_pca_solution(self.cfg.pca)
+        return PcaSolution.load(self.cfg.pca)
 
     @property
     def last_path(self) -> Path:
@@ -289,20 +323,13 @@ class Trainer:
         )
         for step, batch in enumerate(bar):
             wait += time.perf_counter() - tick
-            batch = to_device(batch, self.device)
-            with autocast(self.device):
-                logits = self.net(batch["image"], batch["text"], batch["valid"])
-            loss = soft_iou_loss(logits.float(), batch["masks"], batch["valid"])
-            if not torch.isfinite(loss):
+            try:
+                losses.append(train_step(self.net, self.optimizer, batch, self.device))
+            except NonFiniteLoss as error:
                 raise TrainingDiverged(
-                    f"loss is {loss.item()} at epoch {epoch}, step {step} (ref_ids "
-                    f"{batch['ref_id'][batch['valid']].tolist()}); the last good checkpoint "
-                    f"is {self.last_path}"
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            losses.append(loss.item())
+                    f"loss is {error.loss} at epoch {epoch}, step {step} (ref_ids "
+                    f"{error.ref_ids}); the last good checkpoint is {self.last_path}"
+                ) from error
             images += len(batch["image"])
             referents += int(batch["valid"].sum())
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
@@ -351,7 +378,7 @@ class Trainer:
         return self.history
 
 
-def train_command(args: argparse.Namespace) -> None:
+def _train_command(args: argparse.Namespace) -> None:
     """``rsis train``: build the run from its id and settings, then train it."""
     cfg = TrainConfig(
         train_cache=args.train_cache,
@@ -369,7 +396,7 @@ def train_command(args: argparse.Namespace) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``rsis train``."""
-    p = subparsers.add_parser("train", help="train one RRIS configuration")
+    p = add_command(subparsers, "train")
     # Not --run: torchrun, which launches multi-GPU runs, would take it for its --run-path.
     p.add_argument(
         "--run-id",
@@ -385,4 +412,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     TrainSettings.add_arguments(p)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--resume", action="store_true", help="continue from <out-dir>/last.pt")
-    p.set_defaults(func=train_command)
+    p.set_defaults(func=_train_command)

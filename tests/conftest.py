@@ -1,4 +1,5 @@
-"""Shared fixtures: the real RefCOCO sample beside the checkout (../shared/data)."""
+"""Shared fixtures: the real RefCOCO sample beside the checkout (../shared/data), the tiny demo
+pipelines. Fixtures that train a model (``TRAINING_FIXTURES``) mark their tests ``slow``."""
 
 from __future__ import annotations
 
@@ -7,10 +8,16 @@ from pathlib import Path
 import pytest
 
 from rsis.bench.pipeline import build_demo_pipeline
+from tests.helpers import SAMPLE_ROOT
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-SAMPLE_ROOT = SHARED_DATA / "refcoco-sample"
-EXPRESSIONS_DIR = SHARED_DATA / "refcoco-expressions"
+# Fixtures that train a model: every test that uses one is marked slow.
+TRAINING_FIXTURES = frozenset({"trained", "run_dir", "tiny_workflow"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -38,40 +45,3 @@ def learnable_demo(tmp_path_factory) -> Path:
     rules = ("--max-objects=4", "--colour-reuse=0", "--templates", "attribute")
     counts = (150, 40, 1, 1)
     return build_demo_pipeline(root, seed=0, counts=counts, size=(48, 84), pca_dim=64, rules=rules)
-
-
-def make_train_config(root, out_dir, **overrides):
-    """A tiny CPU training run on ``demo_pipeline`` outputs (2 epochs, resnet18).
-
-    ``overrides`` name run coordinates (``transform``, ``dim``, ...), settings (``lr``, ...)
-    or ``TrainConfig`` fields; the text file is the run's reduce output unless given.
-    """
-    import dataclasses
-
-    from rsis.runs import RunSpec, TrainSettings
-    from rsis.train import TrainConfig
-
-    def take(cls, **defaults):
-        names = {field.name for field in dataclasses.fields(cls)}
-        return cls(**defaults | {k: overrides.pop(k) for k in list(overrides) if k in names})
-
-    run = take(RunSpec, embedding="mean", transform="pca", dim=8, order="random", batch_size=4)
-    settings = take(
-        TrainSettings,
-        backbone="resnet18",
-        weights="none",
-        hidden=16,
-        lr=1e-3,
-        encoder_lr=1e-3,
-        epochs=2,
-        patience=5,
-    )
-    paths = dict(
-        train_cache=root / "cache/train.h5",
-        val_cache=root / "cache/val.h5",
-        text=root / "text" / run.text_file,
-        out_dir=out_dir,
-        device="cpu",
-    )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return TrainConfig(run=run, settings=settings, **(paths | overrides))

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from rsis.cli import main
-from rsis.data.cache import SequenceDataset, collate_sequences, read_masks, write_cache
+from rsis.data.cache import SequenceDataset, collate_sequences, write_cache
+from rsis.data.cache_file import read_masks
 from rsis.errors import UserError
-from tests.conftest import SAMPLE_ROOT
+from tests.helpers import SAMPLE_ROOT
 
 HEIGHT, WIDTH = 60, 107
 

@@ -14,6 +14,7 @@ from sklearn.decomposition import PCA
 from rsis.errors import UserError
 from rsis.model import RRIS, ModelConfig, TextProjection, build_backbone, soft_iou, soft_iou_loss
 from rsis.model.convlstm import ConvLSTMCell, tiled_conv2d
+from rsis.text.pca import PcaSolution
 
 TEXT_DIM = 8
 TINY = {"backbone": "resnet18", "weights": "none", "hidden": 16, "text_dim": TEXT_DIM}
@@ -180,14 +181,14 @@ def test_linear_pca_starts_at_the_pca_projection() -> None:
     data = (rng.normal(size=(50, 12)) @ rng.normal(size=(12, 12)) + 3).astype(np.float32)
     pca = PCA(n_components=4).fit(data)
     projection = TextProjection("linear_pca", 12, 4)
-    projection.load_pca(pca.components_, pca.mean_)
+    projection.load_pca(PcaSolution(pca.components_, pca.mean_))
     with torch.no_grad():
         projected = projection(torch.from_numpy(data)).numpy()
     np.testing.assert_allclose(projected, pca.transform(data), atol=1e-4)
     with pytest.raises(UserError, match="do not fit"):
-        projection.load_pca(pca.components_[:3], pca.mean_)
+        projection.load_pca(PcaSolution(pca.components_[:3], pca.mean_))
     with pytest.raises(UserError, match="no linear layer"):
-        TextProjection("pca", 4).load_pca(pca.components_, pca.mean_)
+        TextProjection("pca", 4).load_pca(PcaSolution(pca.components_, pca.mean_))
 
 
 def test_text_transforms_and_their_sizes() -> None:
@@ -207,7 +208,7 @@ def test_model_with_linear_pca_projection() -> None:
     rng = np.random.default_rng(1)
     components, mean = rng.normal(size=(4, TEXT_DIM)), rng.normal(size=TEXT_DIM)
     settings = {**TINY, "text_transform": "linear_pca", "proj_dim": 4}
-    model = RRIS.from_config(settings, pca=(components, mean)).eval()
+    model = RRIS.from_config(settings, pca=PcaSolution(components, mean)).eval()
     np.testing.assert_allclose(model.text.linear.weight.detach().numpy(), components, rtol=1e-6)
     images, text = inputs(1, 2)
     with torch.no_grad():
@@ -223,15 +224,11 @@ def test_parameter_groups_split_the_model(model: RRIS) -> None:
     assert {id(p) for p in model.encoder.parameters()} == encoder
 
 
-def test_model_config_round_trip_and_diff() -> None:
+def test_model_config_round_trip() -> None:
     config = ModelConfig(
         backbone="resnet50", hidden=64, text_dim=384, text_transform="linear", proj_dim=128
     )
     assert ModelConfig.from_dict(config.to_dict()) == config
-    other = ModelConfig.from_dict({**config.to_dict(), "hidden": 32, "weights": "none"})
-    assert config.diff(other) == ["hidden: 64 != 32"]
-    assert config.diff(other, ignore=()) == ["weights: 'imagenet' != 'none'", "hidden: 64 != 32"]
-    assert config.diff(config) == []
     model = RRIS.from_config(TINY)
     assert model.config == ModelConfig.from_dict(TINY)
 

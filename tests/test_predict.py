@@ -21,7 +21,7 @@ from rsis.figures.text import LINE_PX
 from rsis.predict import Prediction, Predictor, write_outputs
 from rsis.text import EmbeddingTable
 from rsis.train import Trainer
-from tests.conftest import SAMPLE_ROOT, make_train_config
+from tests.helpers import SAMPLE_ROOT, make_train_config
 
 PHOTO = SAMPLE_ROOT / "images/mscoco/images/train2014/COCO_train2014_000000000154.jpg"
 

@@ -11,9 +11,9 @@ import struct
 import numpy as np
 import pytest
 
-from rsis.data.refer import choose_sentence, load_refer, load_refs_pickle
+from rsis.data.refer import load_refer, load_refs_pickle
 from rsis.errors import UserError
-from tests.conftest import SAMPLE_ROOT
+from tests.helpers import SAMPLE_ROOT
 
 
 def test_sample_counts(sample_refer):
@@ -37,7 +37,7 @@ def test_known_ref_sentences(sample_refer):
     ref = next(r for r in sample_refer.refs if r["ref_id"] == 5342)
     assert ref["image_id"] == 520199 and ref["split"] == "val"
     assert [s["sent"] for s in ref["sentences"]] == ["woman in redclick the", "pink shirt"]
-    assert choose_sentence(ref, "first")["sent_id"] == 15214
+    assert ref["sentences"][0]["sent_id"] == 15214
 
 
 def test_unknown_split_is_an_error(sample_refer):

@@ -14,7 +14,7 @@ from rsis.cli import main
 from rsis.text import EmbeddingTable
 from rsis.text.models import MINILM, load_model, load_tokenizer, resolve_model
 from rsis.text.tokenize import encode
-from tests.conftest import EXPRESSIONS_DIR, SAMPLE_ROOT
+from tests.helpers import EXPRESSIONS_DIR, SAMPLE_ROOT
 
 
 @pytest.fixture(scope="module")

@@ -11,16 +11,16 @@ from transformers import AutoTokenizer, BertConfig, BertModel
 from rsis.bench.embed import agreement, load_expressions
 from rsis.cli import main
 from rsis.errors import UserError
+from rsis.inference import resolve_device
 from rsis.text.embed import (
     embed_batch,
     embed_sequences,
     length_batches,
     masked_mean,
-    resolve_device,
 )
 from rsis.text.models import load_model, load_tokenizer, resolve_model, tokenizer_identity
 from rsis.text.tokenize import tokenize_sentences, write_tokens
-from tests.conftest import EXPRESSIONS_DIR
+from tests.helpers import EXPRESSIONS_DIR
 
 
 @pytest.fixture(scope="module")
@@ -176,5 +176,5 @@ def test_device_choice():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
-        with pytest.raises(UserError, match="no CUDA device"):
+        with pytest.raises(UserError, match="no CUDA GPU is visible"):
             resolve_device("cuda")

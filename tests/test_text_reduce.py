@@ -14,7 +14,7 @@ from rsis.text.embed import embed_sequences
 from rsis.text.models import load_model, load_tokenizer, resolve_model
 from rsis.text.reduce import parse_dim, reduce_embeddings
 from rsis.text.tokenize import encode
-from tests.conftest import EXPRESSIONS_DIR
+from tests.helpers import EXPRESSIONS_DIR
 
 
 @pytest.fixture(scope="module")

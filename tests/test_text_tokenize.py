@@ -12,7 +12,7 @@ from rsis.bench.embed import load_expressions
 from rsis.errors import UserError
 from rsis.text.models import load_tokenizer, max_length, resolve_model, tokenizer_identity
 from rsis.text.tokenize import read_tokens, tokenize_sentences, write_tokens
-from tests.conftest import EXPRESSIONS_DIR
+from tests.helpers import EXPRESSIONS_DIR
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from rsis.metrics import MetricAccumulator
 from rsis.model import RRIS, soft_iou_loss
 from rsis.text import EmbeddingTable
 from rsis.train import Trainer, TrainingDiverged
-from tests.conftest import make_train_config
+from tests.helpers import make_train_config
 
 
 @pytest.fixture(scope="module")

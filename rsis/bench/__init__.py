@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib
 
+from rsis.cli import add_command
+
 # Modules that expose ``register(bench_subparsers)``; each adds one ``rsis bench`` subcommand.
 BENCH_MODULES: tuple[str, ...] = (
     "rsis.bench.embed",
@@ -18,7 +20,7 @@ BENCH_MODULES: tuple[str, ...] = (
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``rsis bench`` and every benchmark of ``BENCH_MODULES`` under it."""
-    parser = subparsers.add_parser("bench", help="benchmarks (print measured figures)")
+    parser = add_command(subparsers, "bench")
     bench_subparsers = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     for name in BENCH_MODULES:
         importlib.import_module(name).register(bench_subparsers)

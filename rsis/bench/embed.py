@@ -124,7 +124,7 @@ def subset(ids: np.ndarray, ptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarr
     return np.concatenate(pieces), offsets
 
 
-def run(args: argparse.Namespace) -> None:
+def _bench_embed_command(args: argparse.Namespace) -> None:
     """Time batched and one-at-a-time embedding and print the figures."""
     if args.repeats < 1:
         raise UserError(f"--repeats must be at least 1, got {args.repeats}")
@@ -211,4 +211,4 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
         default=list(PRECISIONS),
         help="precisions to time (default: fp32 and bf16)",
     )
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=_bench_embed_command)

@@ -85,7 +85,7 @@ def images_per_second(dataset: Dataset, batch_size: int, workers: int, min_image
     return images / (time.perf_counter() - start)
 
 
-def run(args: argparse.Namespace) -> None:
+def _bench_loader_command(args: argparse.Namespace) -> None:
     """Build the cache of one split in a temporary folder and time both loaders."""
     refer = refer_from_args(args)
     with tempfile.TemporaryDirectory() as tmp:
@@ -136,4 +136,4 @@ def register(bench: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--images-cached", type=int, default=4000, help="images timed, cached path")
     p.add_argument("--images-direct", type=int, default=400, help="images timed, direct path")
-    p.set_defaults(func=run)
+    p.set_defaults(func=_bench_loader_command)

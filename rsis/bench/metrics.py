@@ -12,7 +12,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from rsis.errors import UserError
+from rsis.inference import resolve_device
 from rsis.metrics import MetricAccumulator
 
 
@@ -29,8 +29,7 @@ def referents_per_second(
         device: ``cpu`` or ``cuda``.
         seed: seed of the random masks.
     """
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is visible here; use --device cpu")
+    resolve_device(device)  # refuses cuda without a GPU
     generator = torch.Generator(device=device).manual_seed(seed)
     accumulator = MetricAccumulator(resolution=f"{height}x{width} (random masks)")
     elapsed = 0.0
@@ -53,7 +52,7 @@ def referents_per_second(
     return referents / elapsed, summary
 
 
-def run(args: argparse.Namespace) -> None:
+def _bench_metrics_command(args: argparse.Namespace) -> None:
     """Print referents/s and the (sanity) metrics of the random masks."""
     rate, summary = referents_per_second(
         args.referents, args.height, args.width, args.chunk, args.device, args.seed
@@ -79,4 +78,4 @@ def register(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk", type=int, default=500, help="referents per update call")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to score")
     p.add_argument("--seed", type=int, default=0, help="seed of the random masks")
-    p.set_defaults(func=run)
+    p.set_defaults(func=_bench_metrics_command)

@@ -113,7 +113,7 @@ def measure(
     }
 
 
-def run(args: argparse.Namespace) -> None:
+def _bench_train_command(args: argparse.Namespace) -> None:
     """Print the throughput of each precision the device supports."""
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
@@ -155,4 +155,4 @@ def register(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=d.steps, help="timed steps")
     p.add_argument("--warmup", type=int, default=d.warmup, help="untimed steps first")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.set_defaults(func=run)
+    p.set_defaults(func=_bench_train_command)

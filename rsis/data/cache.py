@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -19,6 +18,13 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from rsis.cli import add_command
+from rsis.data.cache_file import (
+    CACHE_FORMAT,
+    ImageReferents,
+    SplitCache,
+    read_masks,  # noqa: F401  (figures.py reads it from here)
+)
 from rsis.data.refer import Refer, add_refer_arguments, refer_from_args
 from rsis.errors import UserError
 from rsis.io import atomic_path
@@ -27,7 +33,6 @@ from rsis.runs import TRAIN_ORDERS
 log = logging.getLogger(__name__)
 
 ORDERS = (*TRAIN_ORDERS, "reverse")  # reverse: evaluation only (the paper's Fig. 4)
-CACHE_FORMAT = 2  # 2: masks bit-packed along the width
 EXPRESSIONS = ("first", "random")
 
 
@@ -39,21 +44,6 @@ def load_resized_image(path: Path, height: int, width: int) -> np.ndarray:
     except (OSError, UnidentifiedImageError) as error:
         raise UserError(f"cannot decode image {path}: {error}. Replace or remove it.") from error
     return np.array(rgb, dtype=np.uint8)
-
-
-def check_cache_format(path: Path, f: h5py.File) -> None:
-    """Refuse a cache written by another version of ``write_cache``."""
-    found = f.attrs.get("format_version")
-    if found != CACHE_FORMAT:
-        raise UserError(
-            f"{path} is a cache of format {found}, this rsis reads format {CACHE_FORMAT}: "
-            "delete it and rerun `rsis prepare` (or snakemake)"
-        )
-
-
-def read_masks(f: h5py.File, rows: slice | np.ndarray) -> np.ndarray:
-    """Unpack cached masks (rows of ``f["masks"]``) to (N, H, W) uint8 0/1."""
-    return np.unpackbits(f["masks"][rows], axis=-1, count=int(f.attrs["width"]))
 
 
 def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -76,9 +66,7 @@ def write_cache(refer: Refer, split: str, out: Path, height: int, width: int) ->
         height: cached image height.
         width: cached image width.
     """
-    per_image: dict[int, list[dict]] = {}
-    for ref in refer.refs_in_split(split):
-        per_image.setdefault(ref["image_id"], []).append(ref)
+    per_image = refer.refs_by_image(split)
     index: dict[str, list] = {k: [] for k in ("ref_id", "ann_id", "category_id", "image_index")}
     areas: list[float] = []
     sent_ids: list[int] = []
@@ -155,13 +143,6 @@ class TextLookup(Protocol):
     def lookup(self, sent_ids: np.ndarray) -> np.ndarray: ...
 
 
-@dataclass(frozen=True)
-class _ImageReferents:
-    image_row: int
-    start: int
-    stop: int
-
-
 class SequenceDataset(torch.utils.data.Dataset):
     """Sequences of up to ``max_referents`` referents of one image, read from a split cache.
 
@@ -189,29 +170,17 @@ class SequenceDataset(torch.utils.data.Dataset):
             raise UserError(f"referent order must be one of {ORDERS}, got {order!r}")
         if expression not in EXPRESSIONS:
             raise UserError(f"expression must be one of {EXPRESSIONS}, got {expression!r}")
-        self.cache_path = Path(cache_path)
+        self.cache = SplitCache(cache_path)
         self.embeddings = embeddings
         self.order = order
         self.expression = expression
         self.max_referents = max_referents
         self.seed = seed
         self.epoch = 0
-        self._file: h5py.File | None = None
-        with h5py.File(self.cache_path, "r") as f:
-            check_cache_format(self.cache_path, f)
-            self.image_index = f["image_index"][:]
-            self.area = f["area"][:]
-            self.ref_id = f["ref_id"][:]
-            self.sent_ids = f["sent_ids"][:]
-            self.sent_ptr = f["sent_ptr"][:]
-            self.width = int(f.attrs["width"])
-        bounds = np.flatnonzero(np.diff(self.image_index)) + 1
-        starts = np.concatenate([[0], bounds])
-        stops = np.concatenate([bounds, [len(self.image_index)]])
-        self._items: list[tuple[_ImageReferents, int]] = [
-            (_ImageReferents(int(self.image_index[a]), int(a), int(b)), chunk)
-            for a, b in zip(starts, stops, strict=True)
-            for chunk in range(-(-(b - a) // max_referents))
+        self._items: list[tuple[ImageReferents, int]] = [
+            (group, chunk)
+            for group in self.cache.referents_by_image()
+            for chunk in range(-(-(group.stop - group.start) // max_referents))
         ]
 
     def set_epoch(self, epoch: int) -> None:
@@ -221,17 +190,10 @@ class SequenceDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self._items)
 
-    def _arrays(self) -> tuple[h5py.Dataset, h5py.Dataset]:
-        """The images and masks datasets, opened lazily so each DataLoader worker has its own."""
-        if self._file is None:
-            self._file = h5py.File(self.cache_path, "r")
-            self._images, self._masks = self._file["images"], self._file["masks"]
-        return self._images, self._masks
-
-    def _referent_order(self, group: _ImageReferents, rng: np.random.Generator) -> np.ndarray:
+    def _referent_order(self, group: ImageReferents, rng: np.random.Generator) -> np.ndarray:
         refs = np.arange(group.start, group.stop)
         if self.order == "area":
-            return refs[np.argsort(-self.area[refs], kind="stable")]
+            return refs[np.argsort(-self.cache.area[refs], kind="stable")]
         if self.order == "random":
             return rng.permutation(refs)
         if self.order == "reverse":
@@ -239,9 +201,9 @@ class SequenceDataset(torch.utils.data.Dataset):
         return refs
 
     def _sentence(self, ref: int, rng: np.random.Generator) -> int:
-        first, stop = self.sent_ptr[ref], self.sent_ptr[ref + 1]
-        pick = first if self.expression == "first" else rng.integers(first, stop)
-        return int(self.sent_ids[pick])
+        sentences = self.cache.sentences(ref)
+        pick = 0 if self.expression == "first" else rng.integers(len(sentences))
+        return int(sentences[pick])
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         group, chunk = self._items[index]
@@ -250,18 +212,13 @@ class SequenceDataset(torch.utils.data.Dataset):
         ordered = self._referent_order(group, rng)
         refs = ordered[chunk * self.max_referents : (chunk + 1) * self.max_referents]
         sent_ids = np.asarray([self._sentence(int(r), rng) for r in refs], np.int64)
-        images, masks = self._arrays()
-        # Each image is one uncompressed chunk: reading the chunk's bytes directly skips
-        # h5py's selection machinery (several times faster per call).
-        _, raw = images.id.read_direct_chunk((group.image_row, 0, 0, 0))
-        image = np.frombuffer(raw, np.uint8).reshape(images.shape[1:])
-        packed = masks[group.start : group.stop][refs - group.start]
-        masks = np.unpackbits(packed, axis=-1, count=self.width)
+        image = self.cache.image(group.image_row)
+        masks = self.cache.masks(slice(group.start, group.stop), refs - group.start)
         return {
             "image": torch.from_numpy(image.copy()).permute(2, 0, 1),
             "masks": torch.from_numpy(masks),
             "text": torch.from_numpy(self.embeddings.lookup(sent_ids)),
-            "ref_id": torch.from_numpy(self.ref_id[refs]),
+            "ref_id": torch.from_numpy(self.cache.ref_id[refs]),
             "sent_id": torch.from_numpy(sent_ids),
             "image_row": torch.tensor(group.image_row),
         }
@@ -303,9 +260,7 @@ def _prepare_command(args: argparse.Namespace) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``rsis prepare``."""
-    parser = subparsers.add_parser(
-        "prepare", help="cache one split's resized images and masks in HDF5"
-    )
+    parser = add_command(subparsers, "prepare")
     add_refer_arguments(parser)
     parser.add_argument("--split", required=True, help="split name, exactly as in the refs file")
     parser.add_argument("--height", type=int, default=240, help="cached image height")

@@ -11,7 +11,6 @@ import io
 import json
 import logging
 import pickle
-import random
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,29 +131,23 @@ class Refer:
                 rle["counts"] = rle["counts"].encode("ascii")
         return (mask_utils.decode(rle) > 0).astype(np.uint8)
 
+    def refs_by_image(self, split: str) -> dict[int, list[dict]]:
+        """Refs of a split grouped per image id: images in the order their first ref appears,
+        each image's refs in dataset order."""
+        per_image: dict[int, list[dict]] = {}
+        for ref in self.refs_in_split(split):
+            per_image.setdefault(ref["image_id"], []).append(ref)
+        return per_image
+
     def sequences(self, split: str, max_referents: int = 6) -> list[list[dict]]:
         """Refs of a split grouped per image (dataset order), chunked to ``max_referents``."""
         if max_referents < 1:
             raise UserError(f"max_referents must be at least 1, got {max_referents}")
-        per_image: OrderedDict[int, list[dict]] = OrderedDict()
-        for ref in self.refs_in_split(split):
-            per_image.setdefault(ref["image_id"], []).append(ref)
         return [
             refs[i : i + max_referents]
-            for refs in per_image.values()
+            for refs in self.refs_by_image(split).values()
             for i in range(0, len(refs), max_referents)
         ]
-
-
-def choose_sentence(ref: dict, policy: str, rng: random.Random | None = None) -> dict:
-    """Pick a ref's expression: ``first`` (the paper's evaluation) or ``random`` (seeded rng)."""
-    if policy == "first":
-        return ref["sentences"][0]
-    if policy == "random":
-        if rng is None:
-            raise ValueError("policy 'random' needs an rng")
-        return rng.choice(ref["sentences"])
-    raise UserError(f"expression policy must be 'first' or 'random', got {policy!r}")
 
 
 def _require(path: Path, what: str, key: str) -> Path:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,6 +16,7 @@ from rsis.errors import UserError
 from rsis.model.backbone import BACKBONES, build_backbone
 from rsis.model.decoder import RecurrentMaskDecoder, decoder_channels
 from rsis.model.text import TextProjection, projected_dim
+from rsis.text.pca import PcaSolution
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -46,7 +46,7 @@ class ModelConfig:
     Attributes:
         backbone: ResNet depth, one of ``BACKBONES``.
         weights: where the encoder starts: ``imagenet``, ``none`` or a state_dict file.
-            Not part of the architecture: ``diff`` ignores it by default.
+            Not part of the architecture.
         hidden: H; skip projections have H, H, H/2, H/4, H/8 channels (coarse to fine).
         text_dim: size of the embeddings given to the model.
         text_transform: ``none``, ``pca``, ``linear`` or ``linear_pca``.
@@ -85,20 +85,6 @@ class ModelConfig:
             raise UserError(f"unknown model setting(s) {unknown}: known are {sorted(known)}")
         return cls(**data)
 
-    def diff(self, other: ModelConfig, ignore: Sequence[str] = ("weights",)) -> list[str]:
-        """Describe each setting that differs, as ``"name: mine != other's"``.
-
-        Args:
-            other: the configuration to compare with (e.g. a checkpoint's).
-            ignore: settings to leave out; by default ``weights``, which only says where the
-                encoder started and does not change the architecture.
-        """
-        return [
-            f"{field.name}: {getattr(self, field.name)!r} != {getattr(other, field.name)!r}"
-            for field in dataclasses.fields(self)
-            if field.name not in ignore and getattr(self, field.name) != getattr(other, field.name)
-        ]
-
 
 class RRIS(nn.Module):
     """Recurrent referring instance segmentation: one mask per expression, in order.
@@ -110,7 +96,7 @@ class RRIS(nn.Module):
         text_dim: size of the embeddings passed to ``forward``.
         text_transform: ``none``, ``pca``, ``linear`` or ``linear_pca``.
         proj_dim: output size of a learned text projection.
-        pca: ``(components, mean)`` to start a ``linear_pca`` projection from; leave it
+        pca: the PCA solution a ``linear_pca`` projection starts from; leave it
             unset only when a state dict is loaded next.
     """
 
@@ -123,7 +109,7 @@ class RRIS(nn.Module):
         text_dim: int = ModelConfig.text_dim,
         text_transform: str = ModelConfig.text_transform,
         proj_dim: int | None = ModelConfig.proj_dim,
-        pca: tuple[np.ndarray, np.ndarray] | None = None,
+        pca: PcaSolution | None = None,
     ) -> None:
         super().__init__()
         self.config = ModelConfig(
@@ -137,7 +123,7 @@ class RRIS(nn.Module):
         self.encoder = build_backbone(backbone, str(weights))
         self.text = TextProjection(text_transform, text_dim, proj_dim)
         if pca is not None:
-            self.text.load_pca(*pca)
+            self.text.load_pca(pca)
         self.decoder = RecurrentMaskDecoder(self.encoder.channels, self.text.out_dim, hidden)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), False)
@@ -148,14 +134,14 @@ class RRIS(nn.Module):
         cfg: Mapping[str, object] | ModelConfig,
         *,
         weights: str | Path | None = None,
-        pca: tuple[np.ndarray, np.ndarray] | None = None,
+        pca: PcaSolution | None = None,
     ) -> RRIS:
         """Build from a config dict (or ``ModelConfig``).
 
         Args:
             cfg: model settings, see ``ModelConfig``.
             weights: overrides ``cfg["weights"]``, e.g. ``none`` before loading a checkpoint.
-            pca: ``(components, mean)`` for a fresh ``linear_pca`` model.
+            pca: the PCA solution a fresh ``linear_pca`` model starts from.
         """
         config = cfg if isinstance(cfg, ModelConfig) else ModelConfig.from_dict(cfg)
         settings = config.to_dict()

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
 from rsis.errors import UserError
 from rsis.runs import LEARNED_TRANSFORMS, TEXT_TRANSFORMS
+from rsis.text.pca import PcaSolution
 
 
 def projected_dim(mode: str, in_dim: int, out_dim: int | None) -> int:
@@ -58,24 +58,17 @@ class TextProjection(nn.Module):
         return text if self.linear is None else self.linear(text)
 
     @torch.no_grad()
-    def load_pca(self, components: np.ndarray, mean: np.ndarray) -> None:
-        """Start the linear layer at a PCA solution: ``W = components``, ``b = -W @ mean``.
-
-        The layer then maps ``x`` to ``(x - mean) @ components.T``, the PCA projection.
-
-        Args:
-            components: (out_dim, in_dim) principal axes (``components`` in a reduced file).
-            mean: (in_dim,) mean the PCA was centred on.
-        """
+    def load_pca(self, pca: PcaSolution) -> None:
+        """Start the linear layer at a PCA solution: it then computes the PCA projection."""
         if self.linear is None:
             raise UserError(f"text_transform {self.mode!r} has no linear layer to start from PCA")
-        weight = torch.as_tensor(np.asarray(components), dtype=torch.float32)
-        centre = torch.as_tensor(np.asarray(mean), dtype=torch.float32)
-        if weight.shape != self.linear.weight.shape or centre.shape != (weight.shape[1],):
+        shapes = (tuple(pca.components.shape), tuple(pca.mean.shape))
+        if shapes != (tuple(self.linear.weight.shape), (self.linear.in_features,)):
             raise UserError(
-                f"PCA components {tuple(weight.shape)} and mean {tuple(centre.shape)} do not fit "
-                f"the text projection {tuple(self.linear.weight.shape)} (out_dim, in_dim): use a "
+                f"PCA components {shapes[0]} and mean {shapes[1]} do not fit the text "
+                f"projection {tuple(self.linear.weight.shape)} (out_dim, in_dim): use a "
                 "reduced file made from the same embeddings, with proj_dim components"
             )
-        self.linear.weight.copy_(weight)
-        self.linear.bias.copy_(-weight @ centre)
+        weight, bias = pca.affine()
+        self.linear.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+        self.linear.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))

@@ -13,7 +13,9 @@ from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
+from rsis.cli import add_command
 from rsis.errors import UserError
+from rsis.inference import resolve_device
 from rsis.io import atomic_path, check_identity
 from rsis.text.models import (
     load_model,
@@ -31,15 +33,6 @@ DEFAULT_BATCH_SIZE = 128
 # about twice as fast on CPUs with AVX512-BF16 or AMX and on GPUs; the embeddings stay within
 # cosine 0.9999 of fp32 (BENCHMARKS.md) and are stored as float32 either way.
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present, else CPU; an explicit ``cuda`` must be available."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but torch sees no CUDA device; use auto")
-    return torch.device(name)
 
 
 def cpu_has_bf16() -> bool:
@@ -131,7 +124,7 @@ def embed_sequences(
     return pooled, mean
 
 
-def run(args: argparse.Namespace) -> None:
+def _embed_command(args: argparse.Namespace) -> None:
     """Embed every expression of a tokens file with the model that tokenized it."""
     source = resolve_model(args.model)
     tokenizer = load_tokenizer(source)
@@ -184,7 +177,7 @@ def run(args: argparse.Namespace) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``rsis embed``."""
-    parser = subparsers.add_parser("embed", help="pooled + mean embeddings of every expression")
+    parser = add_command(subparsers, "embed")
     parser.add_argument("--tokens", type=Path, required=True, help="tokens.h5 from rsis tokenize")
     parser.add_argument("--model", required=True, help="minilm, a model directory, or a hub id")
     parser.add_argument("--out", type=Path, required=True, help="embeddings.h5 to write")
@@ -197,4 +190,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="fp32",
         help="fp32 (exact, default) or bf16 (about 2x faster where the hardware has it)",
     )
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=_embed_command)

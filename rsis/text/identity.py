@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-import h5py
-import numpy as np
-
 from rsis.errors import UserError
 from rsis.text.table import EmbeddingTable
 
@@ -25,13 +19,3 @@ def text_identity(table: EmbeddingTable) -> dict[str, object]:
     identity = {key: table.attrs[key] for key in IDENTITY_KEYS}
     identity["dim"] = int(identity["dim"])
     return {key: str(v) if isinstance(v, bytes) else v for key, v in identity.items()}
-
-
-def load_pca_solution(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """``(components (d, D), mean (D,))`` of a PCA reduce output, to start a linear layer."""
-    with h5py.File(Path(path), "r") as f:
-        if "components" not in f or "mean" not in f:
-            raise UserError(
-                f"{path} holds no PCA solution: give a `rsis reduce --transform pca` file"
-            )
-        return f["components"][:], f["mean"][:]

@@ -11,9 +11,11 @@ import h5py
 import numpy as np
 from sklearn.decomposition import PCA
 
+from rsis.cli import add_command
 from rsis.errors import UserError
 from rsis.io import atomic_path, check_identity, read_attrs
 from rsis.runs import EMBEDDINGS, NATIVE
+from rsis.text.pca import PcaSolution
 from rsis.text.tokenize import read_tokens
 
 log = logging.getLogger(__name__)
@@ -79,10 +81,11 @@ def reduce_embeddings(
         dim,
         100 * pca.explained_variance_ratio_.sum(),
     )
-    return Reduction(pca.transform(vectors).astype(np.float32), pca)
+    solution = PcaSolution(pca.components_, pca.mean_)
+    return Reduction(solution.project(vectors).astype(np.float32), pca)
 
 
-def run(args: argparse.Namespace) -> None:
+def _reduce_command(args: argparse.Namespace) -> None:
     """Reduce one embedding of an embeddings file and write ``<embedding>~<transform>~<dim>``."""
     dim = parse_dim(args.transform, args.dim)
     table = read_tokens(args.tokens)
@@ -118,7 +121,7 @@ def run(args: argparse.Namespace) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``rsis reduce``."""
-    parser = subparsers.add_parser("reduce", help="native or PCA-reduced expression embeddings")
+    parser = add_command(subparsers, "reduce")
     parser.add_argument("--embeddings", type=Path, required=True, help="from rsis embed")
     parser.add_argument("--tokens", type=Path, required=True, help="from rsis tokenize (splits)")
     parser.add_argument("--embedding", choices=EMBEDDINGS, required=True)
@@ -126,4 +129,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dim", required=True, help=f"'{NATIVE}' for none, an integer for pca")
     parser.add_argument("--fit-split", default="train", help="split the PCA is fitted on")
     parser.add_argument("--out", type=Path, required=True, help="<embedding>~<transform>~<dim>.h5")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=_reduce_command)

@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 
 from rsis.errors import UserError
+from rsis.io import plain_attrs
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class EmbeddingTable:
                 )
             sent_id = f["sent_id"][:].astype(np.int64)
             vectors = f["embedding"][:].astype(np.float32)
-            attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+            attrs = plain_attrs(f.attrs)
         order = np.argsort(sent_id, kind="stable")
         return cls(sent_id[order], vectors[order], attrs, path)
 

@@ -14,9 +14,10 @@ import h5py
 import numpy as np
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from rsis.data.refer import load_refer
+from rsis.cli import add_command
+from rsis.data.refer import add_refer_arguments, refer_from_args
 from rsis.errors import UserError
-from rsis.io import atomic_path
+from rsis.io import atomic_path, plain_attrs
 from rsis.text.models import load_tokenizer, max_length, resolve_model, tokenizer_identity
 
 log = logging.getLogger(__name__)
@@ -193,13 +194,13 @@ def read_tokens(path: Path) -> TokenTable:
             text=f["text"].asstr()[:],
             ids=f["input_ids/ids"][:],
             ptr=f["input_ids/ptr"][:],
-            attrs={k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()},
+            attrs=plain_attrs(f.attrs),
         )
 
 
-def run(args: argparse.Namespace) -> None:
+def _tokenize_command(args: argparse.Namespace) -> None:
     """Tokenize every expression of every split of one dataset."""
-    refer = load_refer(args.refs_root, args.dataset, args.split_by, args.images)
+    refer = refer_from_args(args)
     source = resolve_model(args.model)
     tokenizer = load_tokenizer(source)
     table = tokenize_sentences(
@@ -215,13 +216,8 @@ def run(args: argparse.Namespace) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``rsis tokenize``."""
-    parser = subparsers.add_parser("tokenize", help="WordPiece ids of every expression (HDF5)")
-    parser.add_argument("--refs-root", type=Path, required=True, help="root of the refer layout")
-    parser.add_argument("--dataset", required=True, help="refcoco, refcoco+, refcocog or demo")
-    parser.add_argument("--split-by", required=True, help="unc, umd or google")
-    parser.add_argument(
-        "--images", type=Path, help="image folder (default: the refer layout's train2014)"
-    )
+    parser = add_command(subparsers, "tokenize")
+    add_refer_arguments(parser)
     parser.add_argument("--model", required=True, help="minilm, a model directory, or a hub id")
     parser.add_argument("--out", type=Path, required=True, help="tokens.h5 to write")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=_tokenize_command)
