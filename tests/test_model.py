@@ -12,8 +12,18 @@ import torchvision
 from sklearn.decomposition import PCA
 
 from rsis.errors import UserError
-from rsis.model import RRIS, ModelConfig, TextProjection, build_backbone, soft_iou, soft_iou_loss
+from rsis.model import (
+    BACKBONES,
+    RRIS,
+    TEXT_TRANSFORMS,
+    ModelConfig,
+    TextProjection,
+    build_backbone,
+    soft_iou,
+    soft_iou_loss,
+)
 from rsis.model.convlstm import ConvLSTMCell, tiled_conv2d
+from rsis.runs import LEARNED_TRANSFORMS
 from rsis.text.pca import PcaSolution
 
 TEXT_DIM = 8
@@ -325,3 +335,20 @@ def test_model_overfits_coloured_squares() -> None:
             break
     assert losses[0] > 0.6
     assert losses[-1] < 0.2, f"soft IoU loss still {losses[-1]:.3f} after {len(losses)} steps"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("transform", TEXT_TRANSFORMS)
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_every_backbone_and_text_transform_trains(backbone: str, transform: str) -> None:
+    """One forward and backward pass of every variant: finite logits, a gradient everywhere."""
+    proj_dim = 8 if transform in LEARNED_TRANSFORMS else None
+    config = {**TINY, "backbone": backbone, "text_transform": transform, "proj_dim": proj_dim}
+    torch.manual_seed(0)
+    model = RRIS.from_config(config)
+    images, text = inputs(1, 2)
+    logits = model(images[..., :32, :32], text)
+    assert logits.shape == (1, 2, 32, 32) and torch.isfinite(logits).all()
+    soft_iou_loss(logits, (images[:, :2, :32, :32] > 127).float()).backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None]
+    assert missing == []
