@@ -159,7 +159,7 @@ def test_encoder_lr_zero_freezes_the_resnet(demo_pipeline, tmp_path):
 def test_steps_per_epoch_bounds_each_epoch(demo_pipeline, tmp_path):
     cfg = make_train_config(demo_pipeline, tmp_path, encoder_lr=0.0, steps_per_epoch=1)
     trainer = Trainer(cfg)
-    assert len(trainer.train_set) > cfg.batch_size  # a whole epoch would take 2 steps or more
+    assert len(trainer.train_set) > cfg.run.batch_size  # a whole epoch would take 2 steps or more
     steps = []
     step = trainer.optimizer.step
     trainer.optimizer.step = lambda *args, **kwargs: steps.append(step(*args, **kwargs))

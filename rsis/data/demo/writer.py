@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from rsis.cli import add_command
 from rsis.data import demo
 from rsis.data.demo import scenes
 from rsis.data.demo.grammar import TEMPLATES, Expression, Thing
@@ -237,7 +238,7 @@ def generate_demo(
     return {split: len(plan.images[split]) for split in SPLITS}
 
 
-def run(args: argparse.Namespace) -> None:
+def _demo_command(args: argparse.Namespace) -> None:
     """``rsis demo``: build the plan of the chosen scale and write it."""
     if args.scale == "refcoco":
         plan = refcoco_plan(args.fraction)
@@ -258,11 +259,8 @@ def run(args: argparse.Namespace) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``rsis demo``: generate the demo dataset in the refer layout."""
-    parser = subparsers.add_parser(
-        "demo",
-        help="generate the demo dataset (coloured shapes, refer layout)",
-        description=demo.__doc__.split("\n\n")[0],
-    )
+    parser = add_command(subparsers, "demo")
+    parser.description = demo.__doc__.split("\n\n")[0]
     parser.add_argument("--out", type=Path, default=Path("resources/demo"), help="dataset root")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(
@@ -310,4 +308,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=1,
         help="processes drawing images; the files do not depend on it (default 1)",
     )
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=_demo_command)
