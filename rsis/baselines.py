@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from rsis.cli import add_command
 from rsis.data.cache import resize_mask
 from rsis.data.demo.grammar import RELATIONS
 from rsis.data.demo.scenes import COLOURS, SHAPES
@@ -179,7 +180,7 @@ def _baselines_command(args: argparse.Namespace) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``rsis baselines``."""
-    parser = subparsers.add_parser("baselines", help="picture-blind demo baselines")
+    parser = add_command(subparsers, "baselines")
     add_refer_arguments(parser)
     parser.add_argument("--split", nargs="+", required=True, help="splits to score")
     parser.add_argument("--height", type=int, required=True, help="scoring height (network input)")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from rsis.cli import add_command
 from rsis.errors import UserError
 from rsis.io import atomic_path
 
@@ -139,7 +140,7 @@ def _convergence_command(args: argparse.Namespace) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``rsis convergence``."""
-    parser = subparsers.add_parser("convergence", help="best epoch and stopping reason per run")
+    parser = add_command(subparsers, "convergence")
     parser.add_argument(
         "--records", nargs="+", required=True, type=Path, help="convergence.json of each run"
     )

@@ -16,6 +16,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
+from rsis.cli import add_command
 from rsis.errors import UserError
 from rsis.io import atomic_path
 
@@ -107,7 +108,7 @@ def _summary_command(args: argparse.Namespace) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``rsis summary``."""
-    parser = subparsers.add_parser("summary", help="results block for README from the pipeline")
+    parser = add_command(subparsers, "summary")
     parser.add_argument(
         "--parts", nargs="+", required=True, type=Path, help="Markdown files, in order"
     )

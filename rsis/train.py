@@ -247,7 +247,7 @@ class Trainer:
     def convergence(self) -> Convergence:
         """Best epoch and stopping reason, read from the validation history."""
         return Convergence.of_history(
-            run=self.cfg.out_dir.name,
+            run=self.cfg.run.id,
             seed=self.cfg.settings.seed,
             val_ious=[row["val_instance_iou"] for row in self.history],
             epoch_cap=self.cfg.settings.epochs,
