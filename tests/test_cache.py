@@ -11,7 +11,7 @@ import torch
 
 from rsis.cli import main
 from rsis.data.cache import SequenceDataset, collate_sequences, write_cache
-from rsis.data.cache_file import read_masks
+from rsis.data.cache_file import SplitCache
 from rsis.errors import UserError
 from tests.helpers import SAMPLE_ROOT
 
@@ -38,7 +38,7 @@ def test_cache_round_trips_direct_decoding(sample_refer, val_cache):
 
     with h5py.File(val_cache) as f:
         assert f["images"].shape == (4, HEIGHT, WIDTH, 3)
-        masks = read_masks(f, slice(None))
+        masks = SplitCache(val_cache).masks(slice(None))
         assert masks.shape == (13, HEIGHT, WIDTH)
         image_ids = f["image_id"][:]
         for row, ann_id in enumerate(f["ann_id"][:]):

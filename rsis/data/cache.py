@@ -23,7 +23,6 @@ from rsis.data.cache_file import (
     CACHE_FORMAT,
     ImageReferents,
     SplitCache,
-    read_masks,  # noqa: F401  (figures.py reads it from here)
 )
 from rsis.data.refer import Refer, add_refer_arguments, refer_from_args
 from rsis.errors import UserError

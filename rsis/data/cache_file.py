@@ -31,11 +31,6 @@ class ImageReferents:
     stop: int
 
 
-def read_masks(f: h5py.File, rows: slice | np.ndarray) -> np.ndarray:
-    """Unpack cached masks (rows of ``f["masks"]``) to (N, H, W) uint8 0/1."""
-    return np.unpackbits(f["masks"][rows], axis=-1, count=int(f.attrs["width"]))
-
-
 class SplitCache:
     """One split cache, read-only.
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rsis.cli import add_command
 from rsis.data.cache import load_resized_image, resize_mask
 from rsis.data.refer import Refer, add_refer_arguments, refer_from_args
 from rsis.errors import UserError
@@ -142,9 +143,7 @@ def _figures_command(args: argparse.Namespace) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``rsis figures``."""
-    parser = subparsers.add_parser(
-        "figures", help="qualitative figures (paper Fig. 2/3 and Fig. 4) from predictions"
-    )
+    parser = add_command(subparsers, "figures")
     parser.add_argument("--predictions", required=True, help="predictions .h5 (evaluation)")
     add_refer_arguments(parser)
     parser.add_argument("--out", required=True, help="Fig. 2/3 style .png")

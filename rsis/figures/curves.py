@@ -21,6 +21,7 @@ import matplotlib
 import pandas as pd
 from matplotlib.figure import Figure
 
+from rsis.cli import add_command
 from rsis.errors import UserError
 from rsis.io import atomic_path
 
@@ -124,9 +125,7 @@ def _curves_command(args: argparse.Namespace) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``rsis curves``."""
-    parser = subparsers.add_parser(
-        "curves", help="training curves (validation IoU, loss per epoch) of one table's runs"
-    )
+    parser = add_command(subparsers, "curves")
     parser.add_argument(
         "--run",
         nargs=2,
