@@ -23,19 +23,17 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA (the training and evaluation precision there); no-op on CPU."""
-    if device.type == "cuda" and enabled:
+    if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
-def to_device(
-    batch: dict[str, torch.Tensor], device: torch.device, channels_last: bool = True
-) -> dict[str, torch.Tensor]:
-    """Move a collated batch; images go channels_last on CUDA (unless told not to)."""
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """Move a collated batch; images go channels_last on CUDA."""
     moved = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    if device.type == "cuda" and channels_last:
+    if device.type == "cuda":
         moved["image"] = moved["image"].contiguous(memory_format=torch.channels_last)
     return moved
 

@@ -53,20 +53,11 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     batch: dict[str, torch.Tensor],
     device: torch.device,
-    *,
-    mixed: bool = True,
 ) -> float:
-    """One optimisation step on a collated batch: forward, soft IoU loss, backward, update.
-
-    Args:
-        mixed: on CUDA, bf16 autocast and channels_last images (the training precision);
-            False runs plain fp32 (``rsis bench train`` compares both).
-
-    Returns:
-        The batch's loss.
-    """
-    batch = to_device(batch, device, channels_last=mixed)
-    with autocast(device, enabled=mixed):
+    """One optimisation step on a collated batch: forward (bf16 autocast and channels_last
+    images on CUDA), soft IoU loss, backward, update. Returns the batch's loss."""
+    batch = to_device(batch, device)
+    with autocast(device):
         logits = net(batch["image"], batch["text"], batch["valid"])
     loss = soft_iou_loss(logits.float(), batch["masks"], batch["valid"])
     if not torch.isfinite(loss):
