@@ -28,6 +28,8 @@ localrules:
     tables,
     baselines,
     convergence,
+    findings,
+    summary,
     figures,
     curves,
 

@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tables": ("rsis.tables", "the paper's Table 1 and Table 2 beside our numbers"),
     "baselines": ("rsis.baselines", "picture-blind demo baselines"),
     "convergence": ("rsis.convergence", "best epoch and stopping reason of every run"),
+    "findings": ("rsis.findings", "the paper's claims checked on our runs over seeds"),
     "summary": ("rsis.summary", "results block for README from the pipeline's output"),
     "figures": ("rsis.figures.command", "qualitative figures (paper Fig. 2/3 and Fig. 4)"),
     "curves": ("rsis.figures.curves", "training curves (validation IoU, loss) of a table's runs"),

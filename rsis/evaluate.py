@@ -38,9 +38,14 @@ def load_model(checkpoint: Path, text: EmbeddingTable) -> tuple[RRIS, dict]:
 
 
 def run_description(payload: dict) -> dict[str, object]:
-    """The run's grid coordinates, its id as ``name``, and the text model's own size."""
+    """The run's grid coordinates, its id as ``name``, its seed and the text model's own size."""
     run = RunSpec.from_dict(payload["run"])
-    return run.to_dict() | {"name": run.id, "text_dim": payload["text"]["dim"]}
+    extra = {
+        "name": run.id,
+        "seed": payload["settings"]["seed"],
+        "text_dim": payload["text"]["dim"],
+    }
+    return run.to_dict() | extra
 
 
 def evaluate(

@@ -22,13 +22,21 @@ paper's data.
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+from rsis.cli import add_command
+from rsis.io import atomic_path
+from rsis.metrics import read_metrics_json
+from rsis.runs import grid_tables
+from rsis.tables import metrics_frame, parse_grid
 
 ALPHA = 0.05
 AGREES, DISAGREES, UNRESOLVED = "agrees", "disagrees", "not resolved"
@@ -242,7 +250,9 @@ def smallest_batch_best(rows: pd.DataFrame, metric: str) -> Finding:
 def expression_choice(frame: pd.DataFrame) -> Finding:
     """ "First vs random expression changes overall IoU by less than 1 point"."""
     claim = "The first vs a random expression changes overall IoU by less than 1"
-    test = f"one-sided one-sample t-test of mean |random - first| against {EXPRESSION_MARGIN}"
+    test = (
+        f"one-sided one-sample t-test of the mean abs(random - first) against {EXPRESSION_MARGIN}"
+    )
     keys = ["seed", *COORDINATES, "split"]
     first = _select(frame, {"expression": "first"}).set_index(keys)["overall_iou"]
     random = _select(frame, {"expression": "random"}).set_index(keys)["overall_iou"]
@@ -251,7 +261,7 @@ def expression_choice(frame: pd.DataFrame) -> Finding:
     if both.empty:
         return _missing(claim, comparison, test, "no run was scored with a random expression")
     gaps = (random[both] - first[both]).abs().groupby(level="seed").mean()
-    difference = f"mean |difference| {_spread(gaps)} points"
+    difference = f"mean abs(random - first) {_spread(gaps)} points"
     if len(gaps) < 2 or gaps.std(ddof=1) == 0:
         return Finding(claim, comparison, difference, test, None, f"{UNRESOLVED} (< 2 seeds)")
     below = float(stats.ttest_1samp(gaps, EXPRESSION_MARGIN, alternative="less").pvalue)
@@ -315,3 +325,29 @@ def findings_markdown(findings: Sequence[Finding], frame: pd.DataFrame) -> str:
         "seeds). Method: rsis/findings.py.\n\n"
         f"{table}\n"
     )
+
+
+def write_findings(paths: Sequence[Path], grid: Mapping, out: Path) -> list[Finding]:
+    """Check every claim on the metrics files ``paths`` and write ``findings.md``."""
+    records = [(Path(path), read_metrics_json(path)) for path in paths]
+    frame = metrics_frame(records)
+    table1, table2 = grid_tables(grid)
+    findings = check_claims(frame, table1.fixed, table2.fixed)
+    with atomic_path(out) as tmp:
+        tmp.write_text(findings_markdown(findings, frame))
+    return findings
+
+
+def _findings_command(args: argparse.Namespace) -> None:
+    write_findings(args.metrics, parse_grid(args.grid), args.out)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``rsis findings``."""
+    parser = add_command(subparsers, "findings")
+    parser.add_argument(
+        "--metrics", nargs="+", required=True, type=Path, help="metrics .json files"
+    )
+    parser.add_argument("--grid", required=True, help="config.yaml's `grid`, as JSON")
+    parser.add_argument("--out", required=True, type=Path, help="findings.md to write")
+    parser.set_defaults(func=_findings_command)

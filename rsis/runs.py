@@ -182,7 +182,7 @@ class TrainSettings:
 
     @classmethod
     def from_setting(cls, setting: Mapping[str, object], seed: int) -> TrainSettings:
-        """Pick this class's keys from a config setting block; ``seed`` is config's ``seed``."""
+        """Pick this class's keys from a config setting block; ``seed``: one of ``seeds``."""
         names = {field.name for field in dataclasses.fields(cls)} - {"seed"}
         return cls(seed=seed, **{key: value for key, value in setting.items() if key in names})
 

@@ -3,9 +3,10 @@
 Input: metrics files written by evaluation (``rsis.metrics.write_metrics_json``, one per run,
 split and expression). Output: ``table1`` and ``table2`` as Markdown, CSV, LaTeX and HTML,
 ``expression_check.md`` (first vs random expression) and ``summary.html`` (each table's best
-row beside the paper's best). Markdown, LaTeX and HTML cells read ``ours (paper)`` in
-percent; the CSV has separate numeric ``..._ours`` and ``..._paper`` columns. A missing value
-is "—" (empty in the CSV), never zero.
+row beside the paper's best). Markdown, LaTeX and HTML cells read ``mean ± sd (paper)`` in
+percent, over the seeds each run was trained with; the CSV has separate numeric
+``..._mean``, ``..._sd``, ``..._n`` (seeds) and ``..._paper`` columns. A missing value is "—"
+(empty in the CSV), never zero.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from html import escape
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -90,31 +92,43 @@ def _paper_values(table: GridTable, paper: dict) -> dict[tuple, float | None]:
     return values
 
 
+def run_seed(record: dict, path: Path) -> int:
+    """The seed a metrics file's run was trained with."""
+    seed = record["run"].get("seed")
+    if not isinstance(seed, int):
+        raise UserError(f"{path}: run.seed is missing; rerun rsis evaluate with this version")
+    return seed
+
+
 def _our_values(
     table: GridTable, records: Sequence[tuple[Path, dict]]
-) -> dict[tuple, tuple[float, Path]]:
-    """Map (row key, metric, split) to (our value in percent, source file), first expression."""
-    values: dict[tuple, tuple[float, Path]] = {}
+) -> dict[tuple, dict[int, tuple[float, Path]]]:
+    """Map (row key, metric, split) to {seed: (our value in percent, source file)}, first
+    expression."""
+    values: dict[tuple, dict[int, tuple[float, Path]]] = {}
     for path, record in records:
         key = table.row_key(RunSpec.from_dict(record["run"]))
         if key is None or record["expression"] != "first" or record["split"] not in SPLITS:
             continue
+        seed = run_seed(record, path)
         for metric in METRICS:
-            cell = (key, metric, record["split"])
-            if cell in values:
+            cell = values.setdefault((key, metric, record["split"]), {})
+            if seed in cell:
                 raise UserError(
-                    f"{values[cell][1]} and {path} both hold {table.name} row {key}, split "
-                    f"{record['split']}: pass only one metrics file per run and split"
+                    f"{cell[seed][1]} and {path} both hold {table.name} row {key}, split "
+                    f"{record['split']}, seed {seed}: pass one metrics file per run, seed "
+                    "and split"
                 )
-            values[cell] = (100.0 * record["metrics"][metric], path)
+            cell[seed] = (100.0 * record["metrics"][metric], path)
     return values
 
 
 def numeric_table(
     table: GridTable, records: Sequence[tuple[Path, dict]], paper: dict
 ) -> pd.DataFrame:
-    """One row per grid run: label columns, then ``<metric>_<split>_ours`` and ``..._paper``
-    (NaN = missing)."""
+    """One row per grid run: label columns, then per metric and split our ``_mean``, ``_sd``
+    (sample standard deviation over seeds; NaN below two seeds) and ``_n`` (seeds), and the
+    ``_paper`` value (NaN = missing)."""
     ours = _our_values(table, records)
     theirs = _paper_values(table, paper)
     rows = []
@@ -123,19 +137,29 @@ def numeric_table(
         row: dict[str, object] = dict(zip(table.fields, key, strict=True))
         for metric in METRICS:
             for split in SPLITS:
-                value = ours.get((key, metric, split))
-                row[f"{metric}_{split}_ours"] = value[0] if value else None
+                seeds = [value for value, _ in ours.get((key, metric, split), {}).values()]
+                row[f"{metric}_{split}_mean"] = float(np.mean(seeds)) if seeds else None
+                row[f"{metric}_{split}_sd"] = (
+                    float(np.std(seeds, ddof=1)) if len(seeds) > 1 else None
+                )
+                row[f"{metric}_{split}_n"] = len(seeds)
                 row[f"{metric}_{split}_paper"] = theirs.get((key, metric, split))
         rows.append(row)
-    return pd.DataFrame(rows).astype({c: float for c in rows[0] if c.endswith(("_ours", "_paper"))})
+    numbers = ("_mean", "_sd", "_paper")
+    return pd.DataFrame(rows).astype({c: float for c in rows[0] if c.endswith(numbers)})
 
 
 def _number(value: float) -> str:
     return MISSING if pd.isna(value) else f"{value:.2f}"
 
 
+def _ours(mean: float, sd: float) -> str:
+    """``mean ± sd`` over seeds (just the mean for one seed)."""
+    return _number(mean) if pd.isna(sd) else f"{mean:.2f} ± {sd:.2f}"
+
+
 def display_table(numbers: pd.DataFrame, table: GridTable) -> pd.DataFrame:
-    """Readable labels and ``ours (paper)`` cells."""
+    """Readable labels and ``mean ± sd (paper)`` cells."""
     shown = pd.DataFrame(
         {
             COLUMN_TITLES[field]: [LABELS.get(field, {}).get(v, str(v)) for v in numbers[field]]
@@ -144,7 +168,8 @@ def display_table(numbers: pd.DataFrame, table: GridTable) -> pd.DataFrame:
     )
     for metric, title in METRICS.items():
         for split in SPLITS:
-            ours = numbers[f"{metric}_{split}_ours"].map(_number)
+            means, sds = numbers[f"{metric}_{split}_mean"], numbers[f"{metric}_{split}_sd"]
+            ours = pd.Series([_ours(m, s) for m, s in zip(means, sds, strict=True)])
             paper = numbers[f"{metric}_{split}_paper"].map(_number)
             shown[f"{title} {split}"] = ours + " (" + paper + ")"
     return shown
@@ -171,7 +196,8 @@ def caption(table: GridTable, records: Sequence[tuple[Path, dict]], dataset_labe
     return (
         f"{TITLES[table.name]} on {dataset_label} ({setting_text(table.fixed)}; first "
         "expression per referent). "
-        "Each cell: ours (paper), IoU in percent; — = not available. "
+        f"Each cell: ours as mean ± sd over seeds {_distinct(used, lambda r: r['run']['seed'])} "
+        "(the mean alone for one seed), then (paper); IoU in percent; — = not available. "
         "Instance IoU = mean over referents of intersection/union (mIoU); "
         "Overall IoU = sum of intersections / sum of unions over all referents (oIoU). "
         f"Ours: text model {_distinct(used, lambda r: r['text_model'])}, "
@@ -212,7 +238,7 @@ def headline_row(table: GridTable, numbers: pd.DataFrame) -> dict[str, str]:
     """A table's best row on val by our instance IoU, beside the paper's best row."""
     labels = display_table(numbers, table)[[COLUMN_TITLES[f] for f in table.fields]]
     labels = labels.astype(str).agg(", ".join, axis=1)
-    ours, paper = numbers["instance_iou_val_ours"], numbers["instance_iou_val_paper"]
+    ours, paper = numbers["instance_iou_val_mean"], numbers["instance_iou_val_paper"]
     row = {"Table": TITLES[table.name].split(":")[0]}
     for who, values in (("Our", ours), ("The paper's", paper)):
         best = values.idxmax() if values.notna().any() else None
@@ -253,8 +279,8 @@ def write_table(
     return headline_row(table, numbers)
 
 
-def _run_label(run: dict) -> str:
-    return RunSpec.from_dict(run).id
+def _run_label(record: dict, path: Path) -> str:
+    return f"{RunSpec.from_dict(record['run']).id} seed {run_seed(record, path)}"
 
 
 def _split_rank(split: str) -> tuple[int, str]:
@@ -267,9 +293,9 @@ def expression_check(records: Sequence[tuple[Path, dict]]) -> str:
     by_expression: dict[str, dict[tuple[str, str], tuple[dict, Path]]] = {"first": {}, "random": {}}
     for path, record in records:
         found = by_expression.get(record["expression"])
-        key = (_run_label(record["run"]), record["split"])
         if found is None:
             continue
+        key = (_run_label(record, path), record["split"])
         if key in found:
             raise UserError(
                 f"{found[key][1]} and {path} both hold run {key[0]}, split {key[1]}, "
@@ -300,8 +326,20 @@ def expression_check(records: Sequence[tuple[Path, dict]]) -> str:
     return (
         f"{header}\n\n{table.to_markdown(index=False, disable_numparse=True)}\n\n"
         f"Mean absolute overall IoU difference: {mean_abs:.2f} points over {len(pairs)} "
-        "(run, split) pairs.\n"
+        "(run and seed, split) pairs.\n"
     )
+
+
+def metrics_frame(records: Sequence[tuple[Path, dict]]) -> pd.DataFrame:
+    """One row per metrics file: the run's coordinates and seed, split, expression, and the
+    metrics of ``METRICS`` in percent (the findings check reads this)."""
+    rows = []
+    for path, record in records:
+        run = RunSpec.from_dict(record["run"]).to_dict()
+        row = run | {"seed": run_seed(record, path), "split": record["split"]}
+        row |= {"expression": record["expression"]}
+        rows.append(row | {metric: 100.0 * record["metrics"][metric] for metric in METRICS})
+    return pd.DataFrame(rows)
 
 
 def write_tables(paths: Iterable[Path], out_dir: Path, dataset_label: str, grid: Mapping) -> None:
@@ -337,7 +375,7 @@ def write_tables(paths: Iterable[Path], out_dir: Path, dataset_label: str, grid:
         tmp.write_text(expression_check(records))
 
 
-def _grid(text: str) -> dict:
+def parse_grid(text: str) -> dict:
     """``--grid``: the grid as JSON (or YAML) text."""
     try:
         grid = yaml.safe_load(text)
@@ -350,7 +388,7 @@ def _grid(text: str) -> dict:
 
 def _tables_command(args: argparse.Namespace) -> None:
     """``rsis tables``."""
-    write_tables(args.metrics, Path(args.out_dir), args.dataset_label, _grid(args.grid))
+    write_tables(args.metrics, Path(args.out_dir), args.dataset_label, parse_grid(args.grid))
     log.info("wrote tables to %s", args.out_dir)
 
 

@@ -75,7 +75,7 @@ def test_every_claim_gets_its_known_verdict():
     assert findings[2].p_value == 1.0  # identical per-seed values: no difference at all
     assert findings[6].difference.startswith("-3.00 points per doubling")
     assert "batch 32 (best other)" in findings[7].comparison
-    assert findings[8].difference.startswith("mean |difference| 0.27 ± 0.06 (n=3)")
+    assert findings[8].difference.startswith("mean abs(random - first) 0.27 ± 0.06 (n=3)")
 
 
 def test_one_seed_resolves_nothing_and_the_file_lists_every_claim():
@@ -88,6 +88,8 @@ def test_one_seed_resolves_nothing_and_the_file_lists_every_claim():
     for finding in findings:
         assert finding.claim in text and finding.verdict in text
     assert "Seeds: 0." in text
+    rows = [line for line in text.splitlines() if line.startswith("|")]
+    assert len(rows) == 2 + 9 and len({row.count("|") for row in rows}) == 1  # no stray pipe
 
 
 def test_claims_without_runs_say_so():

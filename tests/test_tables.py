@@ -19,6 +19,7 @@ from rsis.tables import load_paper_results, register, write_tables
 GRID = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())["grid"]
 
 BEST = {"embedding": "mean", "transform": "pca", "dim": 64, "order": "random", "batch_size": 32}
+BEST["seed"] = 0
 FIXTURE = [  # (run, split, expression, instance IoU, overall IoU)
     (BEST, "val", "first", 0.41234, 0.38512),
     (BEST, "testA", "first", 0.47, 0.42),
@@ -60,8 +61,8 @@ def write_fixture(folder, entries=FIXTURE):
 TABLE2_MD = """\
 Table 2: results for different referent orders and batch sizes on RefCOCO sample (encoded \
 layers (mean of the last hidden layer) reduced with PCA to 64; first expression per referent). \
-Each cell: ours (paper), IoU in percent; — = not available. Instance IoU = mean over referents \
-of intersection/union (mIoU); Overall IoU = sum of intersections / sum of unions over all \
+Each cell: ours as mean ± sd over seeds 0 (the mean alone for one seed), then (paper); IoU in \
+percent; — = not available. Instance IoU = mean over referents of intersection/union (mIoU); Overall IoU = sum of intersections / sum of unions over all \
 referents (oIoU). Ours: text model all-MiniLM-L6-v2, backbone resnet101, image size 240x427, \
 scored at 240x427. Paper: RefCOCO (UNC), bert-base-cased (native dim 768), ResNet-101, 240x427.
 
@@ -87,11 +88,11 @@ EXPRESSION_CHECK_MD = """\
 Expression check: first vs random expression per referent, IoU in percent; the paper reports \
 a variation below 1 (overall IoU, on average).
 
-| Run                     | Split   | Instance IoU first   | Instance IoU random   | Instance IoU diff   | Overall IoU first   | Overall IoU random   | Overall IoU diff   |
-|:------------------------|:--------|:---------------------|:----------------------|:--------------------|:--------------------|:---------------------|:-------------------|
-| mean-pca-64-random-bs32 | val     | 41.23                | 41.01                 | -0.22               | 38.51               | 37.90                | -0.61              |
+| Run                            | Split   | Instance IoU first   | Instance IoU random   | Instance IoU diff   | Overall IoU first   | Overall IoU random   | Overall IoU diff   |
+|:-------------------------------|:--------|:---------------------|:----------------------|:--------------------|:--------------------|:---------------------|:-------------------|
+| mean-pca-64-random-bs32 seed 0 | val     | 41.23                | 41.01                 | -0.22               | 38.51               | 37.90                | -0.61              |
 
-Mean absolute overall IoU difference: 0.61 points over 1 (run, split) pairs.
+Mean absolute overall IoU difference: 0.61 points over 1 (run and seed, split) pairs.
 """  # noqa: E501
 
 
@@ -132,9 +133,9 @@ def test_csv_keeps_numbers_and_leaves_missing_empty(tables):
     best = table[
         (table["embedding"] == "mean") & (table["transform"] == "pca") & (table["dim"] == "64")
     ]
-    assert best["instance_iou_val_ours"].tolist() == [41.23]
+    assert best["instance_iou_val_mean"].tolist() == [41.23]
     assert best["instance_iou_val_paper"].tolist() == [39.79]
-    assert best["instance_iou_testB_ours"].isna().all()
+    assert best["instance_iou_testB_mean"].isna().all()
     missing_in_paper = table[(table["embedding"] == "mean") & (table["transform"] == "none")]
     assert missing_in_paper["overall_iou_testB_paper"].isna().all()
     assert missing_in_paper["overall_iou_testA_paper"].tolist() == [27.85]
@@ -190,13 +191,13 @@ def test_a_grid_change_shows_in_the_tables(tmp_path):
     grid = {**GRID, "table1": {**GRID["table1"], "dims": [32, 16]}}
     runs = expand_grid(grid)
     fixture = [
-        (run.to_dict() | {"name": run_id}, "val", "first", 0.25, 0.2)
+        (run.to_dict() | {"name": run_id, "seed": 0}, "val", "first", 0.25, 0.2)
         for run_id, run in runs.items()
     ]
     out = run_tables(write_fixture(tmp_path, fixture), tmp_path / "tables", grid)
     table = pd.read_csv(out / "table1.csv", dtype={"dim": str})
     assert list(table["dim"]) == ["native", "32", "16", "32", "16"] * 2 + ["64"]
-    assert (table["instance_iou_val_ours"] == 25.0).all()
+    assert (table["instance_iou_val_mean"] == 25.0).all()
     learned = table[table["dim"].isin(["32", "16"])]
     assert learned["instance_iou_val_paper"].isna().all() and len(learned) == 8
     native = table[table["dim"] == "native"]
@@ -204,3 +205,21 @@ def test_a_grid_change_shows_in_the_tables(tmp_path):
     text = (out / "table1.md").read_text()
     assert "| Encoded layers   | PCA               | 32     | 25.00 (—)          |" in text
     assert "| 128 " not in text and "| 64     |" not in text.replace("Linear (PCA init) | 64", "")
+
+
+def test_cells_over_seeds_show_mean_and_sd(tmp_path):
+    """Two seeds of one run: the cell reads mean ± sd (sample sd), the CSV has mean, sd, n."""
+    seeds = [
+        ({**BEST, "seed": seed}, "val", "first", iou, iou) for seed, iou in ((0, 0.40), (1, 0.44))
+    ]
+    out = run_tables(write_fixture(tmp_path, seeds), tmp_path / "tables")
+    table = pd.read_csv(out / "table2.csv")
+    row = table[(table["order"] == "random") & (table["batch_size"] == 32)]
+    assert row["instance_iou_val_mean"].tolist() == [42.0]
+    assert row["instance_iou_val_sd"].tolist() == [2.83]  # sqrt(2 * 2^2 / 1) = 2.83
+    assert row["instance_iou_val_n"].tolist() == [2]
+    assert (
+        "| Random           | 32           | 42.00 ± 2.83 (39.79)"
+        in (out / "table2.md").read_text()
+    )
+    assert "mean ± sd over seeds 0, 1" in (out / "table2.md").read_text()

@@ -9,9 +9,12 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from PIL import Image
+
+from rsis.findings import AGREES, DISAGREES, UNRESOLVED
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,7 +44,8 @@ TINY = {
         },
         "extra": [],
     },
-    "figures": {"run": "mean-pca-8-random-bs4", "splits": ["testA"], "num_images": 1},
+    "figures": {"run": "mean-pca-8-random-bs4", "seed": 1, "splits": ["testA"], "num_images": 1},
+    "seeds": [0, 1],
     "evaluation": {"expressions": ["first"]},
 }
 
@@ -71,14 +75,15 @@ def job_counts(output: str) -> dict[str, int]:
 def test_dag_trains_every_configuration_once():
     # --forceall: count the whole DAG even where a developer's results/ already exist
     counts = job_counts(_snakemake(REPO, "-n", "--forceall"))
-    assert counts["train"] == 17  # 16 runs of Tables 1 and 2, shared ones once, + linear_pca
-    assert counts["evaluate"] == 17
+    # 16 runs of Tables 1 and 2, shared ones once, + linear_pca; each once per seed (3)
+    assert counts["train"] == 17 * 3
+    assert counts["evaluate"] == 17 * 3
     assert counts["tables"] == 1
 
 
 def test_slurm_profile_dry_run():
     output = _snakemake(REPO, "--profile", "profiles/slurm", "-n", "--forceall")
-    assert job_counts(output)["train"] == 17
+    assert job_counts(output)["train"] == 17 * 3
 
 
 @pytest.fixture(scope="module")
@@ -114,11 +119,25 @@ def test_tiny_run_produces_tables_and_figures(tiny_workflow):
         with Image.open(figures / f"{name}.png") as png:
             assert png.height >= 240
     convergence = (tables / "convergence.md").read_text()
-    assert "2 of 2 runs hit the epoch cap" in convergence  # 1 epoch, patience 1: capped
-    assert convergence.count("| 1 of 1       | 1          |") == 2
+    assert "4 of 4 runs hit the epoch cap" in convergence  # 1 epoch, patience 1: capped
+    assert convergence.count("| 1 of 1       | 1          |") == 4
     baselines = (tables / "baselines.md").read_text()
     for name in ("every object", "named colour", "named colour and shape"):
         assert f"| {name} " in baselines
+    for run in ("mean-pca-8-random-bs4", "mean-pca-8-area-bs4"):  # two seeds: two runs each
+        for seed in (0, 1):
+            assert (tiny_workflow / f"results/demo/train/{run}/seed{seed}/best.pt").exists()
+    table = pd.read_csv(tables / "table2.csv")
+    assert (table["instance_iou_val_n"] == 2).all()
+    assert (table["instance_iou_val_sd"] > 0).all()  # the seeds differ: the cells have a spread
+    assert " ± " in (tables / "table2.md").read_text()
+    findings = (tiny_workflow / "results/demo/findings.md").read_text()
+    rows = [line for line in findings.splitlines() if line.startswith("| ") and "Claim" not in line]
+    assert len(rows) == 9  # every claim, each with a verdict
+    assert all(any(v in row for v in (AGREES, DISAGREES, UNRESOLVED)) for row in rows)
+    assert "Seeds: 0, 1." in findings
+    summary = (tiny_workflow / "results/demo/summary.md").read_text()
+    assert "#### The paper's claims, checked on our runs" in summary and "Table 1" in summary
     assert job_counts(_snakemake(tiny_workflow, "-n")) == {}
 
 
@@ -129,11 +148,13 @@ def test_changing_a_training_value_reruns_training_and_what_follows(tiny_workflo
     counts = job_counts(_snakemake(tiny_workflow, "-n"))
     (tiny_workflow / "config.yaml").write_text(original)
     assert counts == {
-        "train": 2,
-        "evaluate": 2,
+        "train": 4,
+        "evaluate": 4,
         "evaluate_inverse_order": 1,
         "tables": 1,
         "convergence": 1,
+        "findings": 1,
+        "summary": 1,
         "figures": 1,
         "curves": 2,
         "all": 1,
@@ -147,10 +168,12 @@ def test_changing_one_run_reruns_only_that_run(tiny_workflow):
     counts = job_counts(_snakemake(tiny_workflow, "-n"))
     (tiny_workflow / "config.yaml").write_text(original)
     assert counts == {
-        "train": 1,
-        "evaluate": 1,
+        "train": 2,
+        "evaluate": 2,
         "tables": 1,
         "convergence": 1,
+        "findings": 1,
+        "summary": 1,
         "curves": 1,
         "all": 1,
     }
@@ -168,7 +191,7 @@ def test_changing_the_pca_dim_reruns_reduce_and_what_follows(tiny_workflow):
     _edit_config(tiny_workflow, edit)
     counts = job_counts(_snakemake(tiny_workflow, "-n"))
     (tiny_workflow / "config.yaml").write_text(original)
-    assert counts["reduce"] == 1 and counts["train"] == 2
+    assert counts["reduce"] == 1 and counts["train"] == 4
     assert "tokenize" not in counts and "embed" not in counts and "prepare" not in counts
 
 

@@ -93,8 +93,15 @@ def dataset_inputs(wildcards=None):
 
 
 RUNS = expand_grid(config["grid"])
-TRAIN_SETTINGS = TrainSettings.from_setting(SETTING, seed=config["seed"])
+SEEDS = config["seeds"]
+TRAIN_SETTINGS = TrainSettings.from_setting(SETTING, seed=SEEDS[0])
 TABLES = {table.name: table for table in grid_tables(config["grid"])}
+RUN_DIR = "{run}/seed{seed}"  # one folder per run and seed, under train/ and eval/
+
+
+def train_settings_flags(wildcards):
+    """The ``rsis train`` settings flags of one seed of a run."""
+    return TrainSettings.from_setting(SETTING, seed=int(wildcards.seed)).flags()
 
 
 def text_file(run):
@@ -132,6 +139,7 @@ wildcard_constraints:
     table="table1|table2",
     expression="first|random",
     run="|".join(re.escape(run) for run in RUNS),
+    seed=r"\d+",
 
 
 EVAL_SPLITS = [split for split in DS["splits"] if split != "train"]
@@ -142,6 +150,11 @@ if FIGURE_RUN not in RUNS:
         f"config.yaml: figures.run {FIGURE_RUN!r} is not a configuration of the grid; "
         f"choose one of {', '.join(RUNS)}"
     )
+if config["figures"]["seed"] not in SEEDS:
+    raise ValueError(
+        f"config.yaml: figures.seed {config['figures']['seed']} is not one of seeds {SEEDS}"
+    )
+FIGURE_DIR = RUN_DIR.format(run=FIGURE_RUN, seed=config["figures"]["seed"])
 DATASET_LABEL = DS.get("label", DATASET)
 
 
@@ -156,9 +169,13 @@ def original_size_flags():
 
 
 def curve_runs(wildcards):
-    """``rsis curves`` arguments of one table: ``--run <run id> <metrics.csv>`` per run."""
+    """``rsis curves`` arguments of one table: ``--run <run id> <metrics.csv>`` per run and
+    seed (a repeated id is drawn as the mean over its seeds with a band)."""
     ids = [run.id for run in TABLES[wildcards.table].runs]
-    return " ".join(f"--run {i} {result(f'train/{i}/metrics.csv')}" for i in ids)
+    paths = [
+        (i, result(f"train/{i}/seed{seed}/metrics.csv")) for i in ids for seed in SEEDS
+    ]
+    return " ".join(f"--run {i} {path}" for i, path in paths)
 
 
 def all_outputs():
@@ -167,6 +184,8 @@ def all_outputs():
         result("tables/table1.md"),
         result("tables/table2.md"),
         result("tables/convergence.md"),
+        result("findings.md"),
+        result("summary.md"),
         *([result("tables/baselines.md")] if IS_DEMO else []),
         *expand(result("figures/curves_{table}.png"), table=["table1", "table2"]),
         *expand(

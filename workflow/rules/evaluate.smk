@@ -4,20 +4,20 @@
 
 rule evaluate:
     input:
-        checkpoint=result("train/{run}/best.pt"),
+        checkpoint=result(f"train/{RUN_DIR}/best.pt"),
         caches=expand(result("cache/{split}.h5"), split=EVAL_SPLITS),
         text=lambda wildcards: text_file(RUNS[wildcards.run]),
     output:
         expand(
-            result("eval/{{run}}/{split}~{expression}.{kind}"),
+            result("eval/{{run}}/seed{{seed}}/{split}~{expression}.{kind}"),
             split=EVAL_SPLITS,
             expression=config["evaluation"]["expressions"],
             kind=["json", "csv", "predictions.h5"],
         ),
     log:
-        log_path("evaluate/{run}"),
+        log_path(f"evaluate/{RUN_DIR}"),
     benchmark:
-        benchmark_path("evaluate/{run}")
+        benchmark_path(f"evaluate/{RUN_DIR}")
     conda:
         ENV
     resources:
@@ -37,18 +37,18 @@ rule evaluate:
 
 rule evaluate_inverse_order:
     input:
-        checkpoint=result("train/{run}/best.pt"),
+        checkpoint=result(f"train/{RUN_DIR}/best.pt"),
         cache=result("cache/{split}.h5"),
         text=lambda wildcards: text_file(RUNS[wildcards.run]),
     output:
         expand(
-            result("eval/{{run}}/{{split}}~first~reverse.{kind}"),
+            result("eval/{{run}}/seed{{seed}}/{{split}}~first~reverse.{kind}"),
             kind=["json", "csv", "predictions.h5"],
         ),
     log:
-        log_path("evaluate/{run}/{split}~reverse"),
+        log_path(f"evaluate/{RUN_DIR}/{{split}}~reverse"),
     benchmark:
-        benchmark_path("evaluate/{run}/{split}~reverse")
+        benchmark_path(f"evaluate/{RUN_DIR}/{{split}}~reverse")
     conda:
         ENV
     params:

@@ -4,8 +4,9 @@
 rule tables:
     input:
         expand(
-            result("eval/{run}/{split}~{expression}.json"),
+            result("eval/{run}/seed{seed}/{split}~{expression}.json"),
             run=RUNS,
+            seed=SEEDS,
             split=EVAL_SPLITS,
             expression=config["evaluation"]["expressions"],
         ),
@@ -53,7 +54,7 @@ rule tables:
 
 rule convergence:
     input:
-        expand(result("train/{run}/convergence.json"), run=RUNS),
+        expand(result("train/{run}/seed{seed}/convergence.json"), run=RUNS, seed=SEEDS),
     output:
         report(
             result("tables/convergence.md"),
@@ -72,8 +73,8 @@ rule convergence:
 
 rule figures:
     input:
-        predictions=result(f"eval/{FIGURE_RUN}/{{split}}~first.predictions.h5"),
-        inverse=result(f"eval/{FIGURE_RUN}/{{split}}~first~reverse.predictions.h5"),
+        predictions=result(f"eval/{FIGURE_DIR}/{{split}}~first.predictions.h5"),
+        inverse=result(f"eval/{FIGURE_DIR}/{{split}}~first~reverse.predictions.h5"),
         data=dataset_inputs(),
     output:
         qualitative=report(
@@ -109,8 +110,9 @@ rule figures:
 rule curves:
     input:
         lambda wildcards: [
-            result(f"train/{run.id}/metrics.csv")
+            result(f"train/{run.id}/seed{seed}/metrics.csv")
             for run in TABLES[wildcards.table].runs
+            for seed in SEEDS
         ],
     output:
         report(
@@ -129,3 +131,47 @@ rule curves:
         title=lambda wildcards: wildcards.table.replace("table", "Table "),
     shell:
         "rsis curves {params.runs} --title {params.title:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule findings:
+    input:
+        expand(
+            result("eval/{run}/seed{seed}/{split}~{expression}.json"),
+            run=RUNS,
+            seed=SEEDS,
+            split=EVAL_SPLITS,
+            expression=config["evaluation"]["expressions"],
+        ),
+    output:
+        report(
+            result("findings.md"), caption="../report/findings.rst", category="Tables"
+        ),
+    log:
+        log_path("findings"),
+    benchmark:
+        benchmark_path("findings")
+    conda:
+        ENV
+    params:
+        grid=json.dumps(config["grid"]),
+    shell:
+        "rsis findings --metrics {input:q} --grid {params.grid:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule summary:
+    input:
+        result("tables/table1.md"),
+        result("tables/table2.md"),
+        *([result("tables/baselines.md")] if IS_DEMO else []),
+        result("tables/convergence.md"),
+        result("findings.md"),
+    output:
+        result("summary.md"),
+    log:
+        log_path("summary"),
+    benchmark:
+        benchmark_path("summary")
+    conda:
+        ENV
+    shell:
+        "rsis summary --parts {input:q} --out {output:q} > {log:q} 2>&1"

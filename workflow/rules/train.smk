@@ -5,15 +5,15 @@ rule train:
     input:
         unpack(train_inputs),
     output:
-        best=result("train/{run}/best.pt"),
-        last=result("train/{run}/last.pt"),
-        metrics=result("train/{run}/metrics.csv"),
-        convergence=result("train/{run}/convergence.json"),
-        bundle=result("train/{run}/bundle.pt"),
+        best=result(f"train/{RUN_DIR}/best.pt"),
+        last=result(f"train/{RUN_DIR}/last.pt"),
+        metrics=result(f"train/{RUN_DIR}/metrics.csv"),
+        convergence=result(f"train/{RUN_DIR}/convergence.json"),
+        bundle=result(f"train/{RUN_DIR}/bundle.pt"),
     log:
-        log_path("train/{run}"),
+        log_path(f"train/{RUN_DIR}"),
     benchmark:
-        benchmark_path("train/{run}")
+        benchmark_path(f"train/{RUN_DIR}")
     conda:
         ENV
     threads: max(1, TRAIN_SETTINGS.workers)
@@ -24,7 +24,7 @@ rule train:
     params:
         out_dir=output_dir,
         pca=pca_flag,
-        settings=TRAIN_SETTINGS.flags(),
+        settings=train_settings_flags,
         launcher=train_launcher,
     shell:
         "{params.launcher} train --run-id {wildcards.run} --train-cache {input.train:q}"
