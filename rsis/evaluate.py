@@ -15,7 +15,13 @@ from rsis.data.cache import EXPRESSIONS, SequenceDataset
 from rsis.data.cache_file import SplitCache
 from rsis.data.refer import add_refer_arguments, refer_from_args
 from rsis.errors import UserError
-from rsis.inference import make_loader, predict_batches, resolve_device
+from rsis.inference import (
+    add_threads_argument,
+    make_loader,
+    predict_batches,
+    resolve_device,
+    use_threads,
+)
 from rsis.io import atomic_path
 from rsis.metrics import MetricAccumulator, resize_scores, write_metrics_json
 from rsis.model import RRIS, ModelConfig
@@ -138,6 +144,7 @@ def output_stem(out_dir: Path, split: str, expression: str, order: str) -> Path:
 
 
 def _evaluate_command(args: argparse.Namespace) -> None:
+    use_threads(args.threads)
     text = EmbeddingTable.load(args.text)
     model, payload = load_model(args.checkpoint, text)
     model.to(resolve_device(args.device))
@@ -206,6 +213,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="writes <split>~<expression>.json (metrics), .csv (per referent), .predictions.h5",
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_threads_argument(p)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--original-size", action="store_true", help="score at the original image size")
     add_refer_arguments(p, required=False)  # with --original-size: where the masks come from

@@ -23,6 +23,21 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def add_threads_argument(parser) -> None:
+    """``--threads``: the CPU cores a command computes on (a cluster job passes its CPUs)."""
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
+    )
+
+
+def use_threads(threads: int) -> None:
+    """Compute on ``threads`` CPU threads (0 keeps torch's default, one per core)."""
+    if threads < 0:
+        raise UserError(f"--threads {threads}: give 0 (torch's default) or a positive count")
+    if threads:
+        torch.set_num_threads(threads)
+
+
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA (the training and evaluation precision there); no-op on CPU."""
     if device.type == "cuda":

@@ -24,7 +24,14 @@ from rsis.cli import add_command
 from rsis.convergence import Convergence, patience_spent
 from rsis.data.cache import SequenceDataset
 from rsis.errors import UserError
-from rsis.inference import autocast, make_loader, predict_batches, resolve_device, to_device
+from rsis.inference import (
+    autocast,
+    make_loader,
+    predict_batches,
+    resolve_device,
+    to_device,
+    use_threads,
+)
 from rsis.io import atomic_path, describe_differences
 from rsis.metrics import MetricAccumulator
 from rsis.model import RRIS, ModelConfig, input_spec, soft_iou_loss
@@ -369,6 +376,11 @@ class Trainer:
         return self.history
 
 
+def compute_threads(cpus: int, processes: int, workers: int) -> int:
+    """Torch threads of one process: its share of ``cpus``, less its DataLoader workers."""
+    return max(1, cpus // processes - workers)
+
+
 def _train_command(args: argparse.Namespace) -> None:
     """``rsis train``: build the run from its id and settings, then train it."""
     cfg = TrainConfig(
@@ -382,6 +394,9 @@ def _train_command(args: argparse.Namespace) -> None:
         device=args.device,
     )
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    if args.cpus:
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        use_threads(compute_threads(args.cpus, processes, cfg.settings.workers))
     Trainer(cfg, resume=args.resume).run()
 
 
@@ -402,5 +417,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out-dir", type=Path, required=True, help="run folder (checkpoints, csv)")
     TrainSettings.add_arguments(p)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument(
+        "--cpus",
+        type=int,
+        default=0,
+        help="CPU cores of the whole job (every torchrun process and its DataLoader workers); "
+        "each process computes with its share less its workers (0: torch's default threads)",
+    )
     p.add_argument("--resume", action="store_true", help="continue from <out-dir>/last.pt")
     p.set_defaults(func=_train_command)

@@ -17,7 +17,7 @@ from rsis.inference import make_loader
 from rsis.metrics import MetricAccumulator
 from rsis.model import RRIS, soft_iou_loss
 from rsis.text import EmbeddingTable
-from rsis.train import Trainer, TrainingDiverged
+from rsis.train import Trainer, TrainingDiverged, compute_threads
 from tests.helpers import make_train_config
 
 
@@ -266,3 +266,10 @@ def test_trained_model_uses_the_language_on_validation_data(learnable_demo, tmp_
     rotated = _instance_iou(batches, _model_masks(model, rotate=True))
     assert trained > everything + 0.1, (trained, everything)
     assert rotated < trained - 0.2, (trained, rotated)
+
+
+def test_each_process_computes_with_its_share_of_the_job_cpus_less_its_workers():
+    assert compute_threads(12, processes=1, workers=8) == 4  # the paper's setting
+    assert compute_threads(16, processes=2, workers=0) == 8  # torchrun, 2 GPUs
+    assert compute_threads(2, processes=2, workers=0) == 1  # .ci/slurm's CPU torchrun
+    assert compute_threads(2, processes=1, workers=8) == 1  # never below one thread

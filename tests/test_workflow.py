@@ -13,41 +13,13 @@ import pandas as pd
 import pytest
 import yaml
 from PIL import Image
+from snakemake.utils import update_config
 
 from rsis.findings import AGREES, DISAGREES, UNRESOLVED
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY = {
-    "demo": {
-        "seed": 1,
-        "train_images": 8,
-        "val_images": 4,
-        "testA_images": 4,
-        "testB_images": 4,
-        "height": 64,
-        "width": 112,
-    },
-    "grid": {
-        "table1": {
-            "embeddings": ["mean"],
-            "transforms": ["pca"],
-            "dims": [8],
-            "order": "random",
-            "batch_size": 4,
-        },
-        "table2": {
-            "embedding": "mean",
-            "transform": "pca",
-            "dim": 8,
-            "runs": [{"order": "random", "batch_size": 4}, {"order": "area", "batch_size": 4}],
-        },
-        "extra": [],
-    },
-    "figures": {"run": "mean-pca-8-random-bs4", "seed": 1, "splits": ["testA"], "num_images": 1},
-    "seeds": [0, 1],
-    "evaluation": {"expressions": ["first"]},
-}
+TINY = REPO / "tests/tiny_workflow.yaml"  # also used by .ci/slurm
 
 
 def _snakemake(workdir: Path, *args: str) -> str:
@@ -82,8 +54,32 @@ def test_dag_trains_every_configuration_once():
 
 
 def test_slurm_profile_dry_run():
-    output = _snakemake(REPO, "--profile", "profiles/slurm", "-n", "--forceall")
+    output = _snakemake(REPO, "--workflow-profile", "profiles/slurm", "-n", "--forceall")
     assert job_counts(output)["train"] == 17 * 3
+
+
+def _dry_run_with_resources(tmp_path: Path, resources: dict) -> subprocess.CompletedProcess:
+    """``snakemake -n`` of the whole grid with ``resources`` laid over config.yaml."""
+    overlay = tmp_path / "resources.yaml"
+    overlay.write_text(yaml.safe_dump({"resources": resources}))
+    command = ["snakemake", "--cores", "2", "-n", "--forceall", "-p"]
+    command += ["--configfile", "config.yaml", str(overlay)]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def test_train_asks_its_processes_cpus_and_each_computes_with_its_share(tmp_path):
+    result = _dry_run_with_resources(tmp_path, {"train": {"processes": 2, "cpus": 1}})
+    assert result.returncode == 0, result.stderr[-3000:]
+    train = result.stdout.split("rule train:")[1].split("rule ")[0]
+    assert "threads: 2" in train  # 2 processes x 1 CPU: what a cluster job asks for
+    assert "torchrun --standalone --nproc-per-node=2 -m rsis.cli train" in train
+    assert "--cpus 2" in train
+
+
+def test_train_processes_other_than_one_per_gpu_are_refused(tmp_path):
+    result = _dry_run_with_resources(tmp_path, {"train": {"gpu": 1, "processes": 2}})
+    assert result.returncode != 0
+    assert "resources.train.processes 2 with gpu 1" in result.stdout + result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +91,7 @@ def tiny_workflow(tmp_path_factory):
         copy = shutil.copytree if source.is_dir() else shutil.copy
         copy(source, workdir / name)
     config = yaml.safe_load((REPO / "config.yaml").read_text())
-    config.update(TINY)
-    setting = config["settings"]["demo"]
-    setting.update(image_size=[48, 80], hidden=16, epochs=1, patience=1)
+    update_config(config, yaml.safe_load(TINY.read_text()))  # how --configfile merges
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     _snakemake(workdir)
     return workdir

@@ -15,7 +15,7 @@ from transformers import PreTrainedModel
 
 from rsis.cli import add_command
 from rsis.errors import UserError
-from rsis.inference import resolve_device
+from rsis.inference import add_threads_argument, resolve_device, use_threads
 from rsis.io import atomic_path, check_identity
 from rsis.text.models import (
     load_model,
@@ -139,8 +139,7 @@ def _embed_command(args: argparse.Namespace) -> None:
             f"{args.model!r} accepts at most {limit}; rerun `rsis tokenize` with this model"
         )
     device = resolve_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     if args.precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
         log.warning("this CPU has no native bfloat16 support: --precision bf16 will be slow")
     log.info(
@@ -183,7 +182,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, help="embeddings.h5 to write")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    add_threads_argument(parser)
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,

@@ -127,11 +127,56 @@ def pca_flag(wildcards, input):
     return f"--pca {shlex.quote(input.pca)}" if "pca" in input.keys() else ""
 
 
-def train_launcher(wildcards, resources):
-    """``rsis`` on one device; ``torchrun`` with one process per GPU when gpu > 1."""
-    if resources.gpu > 1:
-        return f"torchrun --standalone --nproc-per-node={resources.gpu} -m rsis.cli"
+RESOURCES = config["resources"]
+for rule_name in ("evaluate", "embed"):
+    if "processes" in RESOURCES[rule_name]:
+        raise ValueError(
+            f"config.yaml: resources.{rule_name}.processes: only `train` runs several processes"
+        )
+
+
+def train_processes():
+    """Training processes: ``resources.train.processes``, else one per GPU (1 without)."""
+    gpus = RESOURCES["train"]["gpu"]
+    processes = RESOURCES["train"].get("processes", max(1, gpus))
+    if gpus and processes != gpus:
+        raise ValueError(
+            f"config.yaml: resources.train.processes {processes} with gpu {gpus}: training "
+            "runs one process per GPU; remove `processes` or make it equal to `gpu`"
+        )
+    return processes
+
+
+TRAIN_PROCESSES = train_processes()
+
+
+def train_launcher(wildcards):
+    """``rsis`` in one process; ``torchrun`` with one process per GPU (or per
+    ``resources.train.processes`` on CPUs) when there are several."""
+    if TRAIN_PROCESSES > 1:
+        return f"torchrun --standalone --nproc-per-node={TRAIN_PROCESSES} -m rsis.cli"
     return "rsis"
+
+
+def check_cluster_cores():
+    """Snakemake caps every job's threads at --cores, cluster jobs too: a cluster run under
+    profiles/default's `cores: all` would ask the cluster for the submitting node's cores."""
+    cores = workflow.global_resources.get("_cores")
+    wanted = max(
+        RESOURCES["train"]["cpus"] * TRAIN_PROCESSES,
+        RESOURCES["evaluate"]["cpus"],
+        RESOURCES["embed"]["cpus"],
+    )
+    cluster_run = workflow.is_main_process and workflow.non_local_exec and not workflow.dryrun
+    if cluster_run and cores is not None and cores < wanted:
+        raise ValueError(
+            f"--cores {cores} would shrink cluster jobs that config.yaml's `resources` give "
+            f"{wanted} CPUs: run with `--workflow-profile profiles/slurm` (not `--profile`, "
+            "which keeps profiles/default's `cores: all`), or pass a larger --cores"
+        )
+
+
+check_cluster_cores()
 
 
 wildcard_constraints:

@@ -20,10 +20,11 @@ rule evaluate:
         benchmark_path(f"evaluate/{RUN_DIR}")
     conda:
         ENV
+    threads: RESOURCES["evaluate"]["cpus"]
     resources:
-        gpu=config["resources"]["evaluate"]["gpu"],
-        mem_mb=config["resources"]["evaluate"]["mem_mb"],
-        runtime=config["resources"]["evaluate"]["runtime"],
+        gpu=RESOURCES["evaluate"]["gpu"],
+        mem_mb=RESOURCES["evaluate"]["mem_mb"],
+        runtime=RESOURCES["evaluate"]["runtime"],
     params:
         out_dir=output_dir,
         expressions=config["evaluation"]["expressions"],
@@ -32,7 +33,8 @@ rule evaluate:
     shell:
         "rsis evaluate --checkpoint {input.checkpoint:q} --cache {input.caches:q}"
         " --text {input.text:q} --expression {params.expressions} --seed {params.seed}"
-        " --out-dir {params.out_dir:q} {params.original_size} > {log:q} 2>&1"
+        " --out-dir {params.out_dir:q} {params.original_size} --threads {threads}"
+        " > {log:q} 2>&1"
 
 
 rule evaluate_inverse_order:
@@ -51,12 +53,17 @@ rule evaluate_inverse_order:
         benchmark_path(f"evaluate/{RUN_DIR}/{{split}}~reverse")
     conda:
         ENV
+    threads: RESOURCES["evaluate"]["cpus"]
+    resources:
+        gpu=RESOURCES["evaluate"]["gpu"],
+        mem_mb=RESOURCES["evaluate"]["mem_mb"],
+        runtime=RESOURCES["evaluate"]["runtime"],
     params:
         out_dir=output_dir,
     shell:
         "rsis evaluate --checkpoint {input.checkpoint:q} --cache {input.cache:q}"
         " --text {input.text:q} --expression first --order reverse"
-        " --out-dir {params.out_dir:q} > {log:q} 2>&1"
+        " --out-dir {params.out_dir:q} --threads {threads} > {log:q} 2>&1"
 
 
 if IS_DEMO:

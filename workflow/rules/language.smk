@@ -41,7 +41,11 @@ rule embed:
         benchmark_path("text/embed")
     conda:
         ENV
-    threads: workflow.cores
+    threads: RESOURCES["embed"]["cpus"]
+    resources:
+        gpu=RESOURCES["embed"]["gpu"],
+        mem_mb=RESOURCES["embed"]["mem_mb"],
+        runtime=RESOURCES["embed"]["runtime"],
     params:
         model=LANG["model"],
         batch_size=LANG["batch_size"],

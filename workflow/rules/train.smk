@@ -16,11 +16,11 @@ rule train:
         benchmark_path(f"train/{RUN_DIR}")
     conda:
         ENV
-    threads: max(1, TRAIN_SETTINGS.workers)
+    threads: RESOURCES["train"]["cpus"] * TRAIN_PROCESSES
     resources:
-        gpu=config["resources"]["train"]["gpu"],
-        mem_mb=config["resources"]["train"]["mem_mb"],
-        runtime=config["resources"]["train"]["runtime"],
+        gpu=RESOURCES["train"]["gpu"],
+        mem_mb=RESOURCES["train"]["mem_mb"],
+        runtime=RESOURCES["train"]["runtime"],
     params:
         out_dir=output_dir,
         pca=pca_flag,
@@ -29,4 +29,4 @@ rule train:
     shell:
         "{params.launcher} train --run-id {wildcards.run} --train-cache {input.train:q}"
         " --val-cache {input.val:q} --text {input.text:q} {params.pca}"
-        " --out-dir {params.out_dir:q} {params.settings} > {log:q} 2>&1"
+        " --out-dir {params.out_dir:q} {params.settings} --cpus {threads} > {log:q} 2>&1"
