@@ -11,7 +11,7 @@ What must match, and how:
   training history, whose speed columns are timings);
 - train/*/metrics.csv: every column but the timings (images_per_s, referents_per_s,
   data_wait_share) equal;
-- tensorboard event files: skipped (wall times).
+- tensorboard event files: skipped (wall times, and named by time and PID).
 """
 
 from __future__ import annotations
@@ -65,18 +65,21 @@ def same_training_curve(a: Path, b: Path) -> bool:
     return da.equals(db)
 
 
+def _files(root: Path) -> set[Path]:
+    """Files under ``root``, less tensorboard event files (wall times, named by time and PID)."""
+    files = {p.relative_to(root) for p in root.rglob("*") if p.is_file()}
+    return {p for p in files if "tensorboard" not in p.parts}
+
+
 def compare(a_root: Path, b_root: Path) -> list[str]:
     """Differences between the two folders (empty: they agree); prints what was compared."""
-    files_a = {p.relative_to(a_root) for p in a_root.rglob("*") if p.is_file()}
-    files_b = {p.relative_to(b_root) for p in b_root.rglob("*") if p.is_file()}
+    files_a, files_b = _files(a_root), _files(b_root)
     problems = [f"only in {a_root}: {p}" for p in sorted(files_a - files_b)]
     problems += [f"only in {b_root}: {p}" for p in sorted(files_b - files_a)]
     counts: dict[str, int] = {}
     for rel in sorted(files_a & files_b):
         a, b = a_root / rel, b_root / rel
-        if "tensorboard" in rel.parts:
-            how, same = "skipped (tensorboard, wall times)", True
-        elif rel.suffix == ".h5":
+        if rel.suffix == ".h5":
             how, same = "HDF5 content", same_hdf5(a, b)
         elif rel.suffix == ".pt":
             how, same = "model tensors", same_weights(a, b)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 from collections.abc import Iterator
 
@@ -23,7 +24,7 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def add_threads_argument(parser) -> None:
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     """``--threads``: the CPU cores a command computes on (a cluster job passes its CPUs)."""
     parser.add_argument(
         "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
