@@ -158,25 +158,26 @@ def train_launcher(wildcards):
     return "rsis"
 
 
-def check_cluster_cores():
-    """Snakemake caps every job's threads at --cores, cluster jobs too: a cluster run under
-    profiles/default's `cores: all` would ask the cluster for the submitting node's cores."""
-    cores = workflow.global_resources.get("_cores")
-    wanted = max(
-        RESOURCES["train"]["cpus"] * TRAIN_PROCESSES,
-        RESOURCES["evaluate"]["cpus"],
-        RESOURCES["embed"]["cpus"],
-    )
-    cluster_run = workflow.is_main_process and workflow.non_local_exec and not workflow.dryrun
-    if cluster_run and cores is not None and cores < wanted:
-        raise ValueError(
-            f"--cores {cores} would shrink cluster jobs that config.yaml's `resources` give "
-            f"{wanted} CPUs: run with `--workflow-profile profiles/slurm` (not `--profile`, "
-            "which keeps profiles/default's `cores: all`), or pass a larger --cores"
-        )
+def job_cpus(cpus):
+    """A rule's ``threads``: ``cpus``, once checked that --cores does not cap it on a cluster.
 
+    Snakemake caps every job's threads at --cores, cluster jobs too: a cluster run under
+    profiles/default's `cores: all` would ask for the submitting node's cores instead. The
+    check runs when the DAG is built, the first time the executor is known.
+    """
 
-check_cluster_cores()
+    def threads(wildcards):
+        cores = workflow.global_resources.get("_cores")
+        cluster_run = workflow.is_main_process and workflow.non_local_exec
+        if cluster_run and cores is not None and cores.value < cpus:
+            raise ValueError(
+                f"--cores {cores.value} would shrink cluster jobs that config.yaml's "
+                f"`resources` give {cpus} CPUs: run with `--workflow-profile profiles/slurm` "
+                "(`--profile` keeps profiles/default and its `cores: all`), or a larger --cores"
+            )
+        return cpus
+
+    return threads
 
 
 wildcard_constraints:

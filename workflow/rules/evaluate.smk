@@ -20,7 +20,7 @@ rule evaluate:
         benchmark_path(f"evaluate/{RUN_DIR}")
     conda:
         ENV
-    threads: RESOURCES["evaluate"]["cpus"]
+    threads: job_cpus(RESOURCES["evaluate"]["cpus"])
     resources:
         gpu=RESOURCES["evaluate"]["gpu"],
         mem_mb=RESOURCES["evaluate"]["mem_mb"],
@@ -53,7 +53,7 @@ rule evaluate_inverse_order:
         benchmark_path(f"evaluate/{RUN_DIR}/{{split}}~reverse")
     conda:
         ENV
-    threads: RESOURCES["evaluate"]["cpus"]
+    threads: job_cpus(RESOURCES["evaluate"]["cpus"])
     resources:
         gpu=RESOURCES["evaluate"]["gpu"],
         mem_mb=RESOURCES["evaluate"]["mem_mb"],

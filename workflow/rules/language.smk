@@ -41,7 +41,7 @@ rule embed:
         benchmark_path("text/embed")
     conda:
         ENV
-    threads: RESOURCES["embed"]["cpus"]
+    threads: job_cpus(RESOURCES["embed"]["cpus"])
     resources:
         gpu=RESOURCES["embed"]["gpu"],
         mem_mb=RESOURCES["embed"]["mem_mb"],

@@ -16,7 +16,7 @@ rule train:
         benchmark_path(f"train/{RUN_DIR}")
     conda:
         ENV
-    threads: RESOURCES["train"]["cpus"] * TRAIN_PROCESSES
+    threads: job_cpus(RESOURCES["train"]["cpus"] * TRAIN_PROCESSES)
     resources:
         gpu=RESOURCES["train"]["gpu"],
         mem_mb=RESOURCES["train"]["mem_mb"],
