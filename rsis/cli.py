@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reduce": ("rsis.text.reduce", "native or PCA-reduced expression embeddings"),
     "train": ("rsis.train", "train one RRIS configuration"),
     "evaluate": ("rsis.evaluate", "score a checkpoint on one or more splits"),
+    "score": ("rsis.score", "score any model's predicted masks under a peer's protocol"),
     "tables": ("rsis.tables", "the paper's Table 1 and Table 2 beside our numbers"),
     "baselines": ("rsis.baselines", "picture-blind demo baselines"),
     "convergence": ("rsis.convergence", "best epoch and stopping reason of every run"),

@@ -1,12 +1,15 @@
-"""Referring segmentation metrics: overall IoU, instance IoU and prec@X, streamed per referent.
+"""Referring segmentation metrics: overall IoU, instance IoU and prec@X, streamed per sample.
 
-Conventions (also written into every summary, see ``CONVENTIONS``):
+A sample is a referent scored with one sentence (or, under ``sentences: all``, one of its
+sentences: every sentence of a referent is then its own sample). The rules that differ between
+peers (empty union, prec@X comparison, who counts in prec@X) come from a
+``rsis.protocols.Protocol``; the default is rsis's own:
 
-- overall IoU (oIoU, micro-average) = sum of intersections / sum of unions over all referents;
-- instance IoU (mIoU, macro-average) = mean over referents of intersection / union;
-- a referent whose union is empty (empty prediction *and* empty ground truth) scores IoU 1;
+- overall IoU (oIoU, micro-average) = sum of intersections / sum of unions over all samples;
+- instance IoU (mIoU, macro-average) = mean over samples of intersection / union;
+- a sample whose union is empty (empty prediction *and* empty ground truth) scores IoU 1;
   an empty ground truth with a non-empty prediction has I = 0 < U and scores 0;
-- prec@X = share of referents with IoU >= X, for X in 0.5, 0.6, 0.7, 0.8, 0.9;
+- prec@X = share of samples with IoU >= X, for X in 0.5, 0.6, 0.7, 0.8, 0.9;
 - masks are binarised with logits > 0, i.e. sigmoid probability > 0.5 (``binarize``).
 
 Values are fractions in [0, 1]; tables print them in percent.
@@ -26,16 +29,10 @@ import torch.nn.functional as F
 
 from rsis.errors import UserError
 from rsis.io import atomic_path
+from rsis.protocols import PRECISION_THRESHOLDS, PROTOCOLS, Protocol
 
-PRECISION_THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
 THRESHOLD_CONVENTION = "foreground where logit > 0, i.e. sigmoid probability > 0.5"
-CONVENTIONS: dict[str, str] = {
-    "overall_iou": "oIoU: sum of intersections / sum of unions over all referents (cumulative)",
-    "instance_iou": "mIoU: mean over referents of intersection / union",
-    "empty_union": "a referent with an empty union (empty prediction and ground truth) scores 1",
-    "precision": "prec@X: share of referents with IoU >= X",
-    "units": "fractions in [0, 1]",
-}
+CONVENTIONS: dict[str, str] = PROTOCOLS["rsis"].conventions()
 RUN_FIELDS: tuple[str, ...] = ("embedding", "transform", "dim", "order", "batch_size")
 RECORD_FIELDS: tuple[str, ...] = (
     "run",
@@ -45,6 +42,7 @@ RECORD_FIELDS: tuple[str, ...] = (
     "text_model",
     "backbone",
     "image_size",
+    "protocol",
     "metrics",
     "conventions",
 )
@@ -53,6 +51,7 @@ METRIC_FIELDS: tuple[str, ...] = (
     "instance_iou",
     *(f"prec@{x}" for x in PRECISION_THRESHOLDS),
     "n_referents",
+    "n_samples",
 )
 
 
@@ -103,19 +102,54 @@ def _counts_torch(pred: torch.Tensor, gt: torch.Tensor) -> np.ndarray:
     return torch.stack([(p & g).sum(1), p.sum(1), g.sum(1)], dim=1).cpu().numpy()
 
 
+def score_samples(table: pd.DataFrame, protocol: Protocol) -> dict[str, float | int]:
+    """Overall IoU, instance IoU, prec@X and counts of a ``per_referent`` table, by ``protocol``.
+
+    A total union of 0 (every sample empty) gives an overall IoU of
+    ``protocol.empty_union_iou``. Under ``precision_needs_target`` (ReLA's Pr@), prec@X is a
+    share of the samples with a non-empty ground truth; with none, that is an error.
+    """
+    if table.empty:
+        raise ValueError("no samples were scored")
+    union = int(table["union"].sum())
+    counted = table[table["gt_area"] > 0] if protocol.precision_needs_target else table
+    if counted.empty:
+        raise UserError(f"protocol {protocol.name}: no sample has a target, prec@X is undefined")
+    ious = counted["iou"].to_numpy(np.float64)
+    hits = [ious > t if protocol.strict_precision else ious >= t for t in protocol.thresholds()]
+    metrics: dict[str, float | int] = {
+        "overall_iou": table["intersection"].sum() / union if union else protocol.empty_union_iou,
+        "instance_iou": table["iou"].mean(),
+        **{f"prec@{x}": hit.mean() for x, hit in zip(PRECISION_THRESHOLDS, hits, strict=True)},
+    }
+    metrics = {key: float(value) for key, value in metrics.items()}
+    metrics["n_referents"] = int(table["ref_id"].nunique())
+    metrics["n_samples"] = len(table)
+    return metrics
+
+
 class MetricAccumulator:
-    """Accumulates per-referent intersections and unions; never keeps masks.
+    """Accumulates per-sample intersections and unions; never keeps masks.
 
     Args:
         resolution: where masks are scored, e.g. ``"240x427 (network input)"`` or
             ``"original image size"``; written into the summary's conventions.
         threshold: how predictions were binarised; written into the summary's conventions.
+        protocol: the rules for empty unions and prec@X (default: rsis's).
     """
 
-    def __init__(self, *, resolution: str, threshold: str = THRESHOLD_CONVENTION) -> None:
+    def __init__(
+        self,
+        *,
+        resolution: str,
+        threshold: str = THRESHOLD_CONVENTION,
+        protocol: Protocol = PROTOCOLS["rsis"],
+    ) -> None:
         self.resolution = resolution
         self.threshold = threshold
+        self.protocol = protocol
         self._ids: list[np.ndarray] = []
+        self._ref_ids: list[np.ndarray] = []
         self._counts: list[np.ndarray] = []
         self._seen = 0
 
@@ -124,13 +158,16 @@ class MetricAccumulator:
         pred: torch.Tensor,
         gt: torch.Tensor,
         ids: Sequence[int] | np.ndarray | torch.Tensor | None = None,
+        ref_ids: Sequence[int] | np.ndarray | torch.Tensor | None = None,
     ) -> None:
-        """Add N referents.
+        """Add N samples.
 
         Args:
             pred: (N, H, W) bool (or 0/1 integer) predicted masks, on any device.
             gt: (N, H, W) ground-truth masks of the same shape.
-            ids: N referent ids (e.g. ``ref_id``); default: running index 0, 1, ...
+            ids: N sample ids (``ref_id``, or ``sent_id`` when every sentence is scored);
+                default: running index 0, 1, ...
+            ref_ids: the N samples' referents (default: ``ids``).
         """
         if pred.shape != gt.shape or pred.ndim != 3:
             raise ValueError(
@@ -139,51 +176,71 @@ class MetricAccumulator:
         n = pred.shape[0]
         if ids is None:
             ids = np.arange(self._seen, self._seen + n)
-        ids = np.asarray(ids.cpu() if isinstance(ids, torch.Tensor) else ids, dtype=np.int64)
-        if ids.shape != (n,):
-            raise ValueError(f"ids must have shape ({n},), got {ids.shape}")
+        ids = _id_array(ids, n, "ids")
         pred, gt = _as_bool(pred, "pred"), _as_bool(gt, "gt")
         counts = _counts_numpy if pred.device.type == "cpu" else _counts_torch
         self._ids.append(ids)
+        self._ref_ids.append(ids if ref_ids is None else _id_array(ref_ids, n, "ref_ids"))
         self._counts.append(counts(pred, gt))
         self._seen += n
 
     def per_referent(self) -> pd.DataFrame:
-        """One row per referent: id, intersection, union, pred_area, gt_area, iou."""
+        """One row per sample: id, ref_id, intersection, union, pred_area, gt_area, iou."""
         ids = np.concatenate(self._ids) if self._ids else np.zeros(0, np.int64)
+        ref_ids = np.concatenate(self._ref_ids) if self._ref_ids else np.zeros(0, np.int64)
         counts = np.concatenate(self._counts) if self._counts else np.zeros((0, 3), np.int64)
         inter, pred_area, gt_area = counts.T
         union = pred_area + gt_area - inter
+        empty = np.full(len(ids), self.protocol.empty_union_iou)
         table = pd.DataFrame(
             {
                 "id": ids,
+                "ref_id": ref_ids,
                 "intersection": inter,
                 "union": union,
                 "pred_area": pred_area,
                 "gt_area": gt_area,
-                "iou": np.divide(inter, union, out=np.ones(len(ids)), where=union > 0),
+                "iou": np.divide(inter, union, out=empty, where=union > 0),
             }
         )
         duplicated = table["id"][table["id"].duplicated()].unique()
         if len(duplicated):
-            raise ValueError(f"referent ids scored more than once: {duplicated[:10].tolist()}")
+            raise ValueError(f"sample ids scored more than once: {duplicated[:10].tolist()}")
         return table
 
-    def summary(self) -> dict[str, dict]:
-        """``{"metrics": {...}, "conventions": {...}}`` over every referent seen so far."""
+    def summary(self, groups: Mapping[str, Mapping[int, str]] | None = None) -> dict[str, dict]:
+        """``{"metrics", "conventions", "breakdowns"}`` over every sample seen so far.
+
+        Args:
+            groups: breakdown name -> (sample id -> label), e.g. ``{"category": {...}}``;
+                ``breakdowns[name][label]`` holds the metrics of that label's samples.
+        """
         table = self.per_referent()
-        if table.empty:
-            raise ValueError("no referents were scored")
-        union = int(table["union"].sum())
-        metrics: dict[str, float | int] = {
-            "overall_iou": table["intersection"].sum() / union if union else 1.0,
-            "instance_iou": table["iou"].mean(),
-            **{f"prec@{x}": (table["iou"] >= x).mean() for x in PRECISION_THRESHOLDS},
+        conventions = {
+            **self.protocol.conventions(),
+            "threshold": self.threshold,
+            "resolution": self.resolution,
         }
-        metrics = {key: float(value) for key, value in metrics.items()}
-        metrics["n_referents"] = len(table)
-        conventions = {**CONVENTIONS, "threshold": self.threshold, "resolution": self.resolution}
-        return {"metrics": metrics, "conventions": conventions}
+        breakdowns = {
+            name: {
+                str(label): score_samples(part, self.protocol)
+                for label, part in table.groupby(table["id"].map(labels), sort=True)
+            }
+            for name, labels in (groups or {}).items()
+        }
+        return {
+            "protocol": self.protocol.name,
+            "metrics": score_samples(table, self.protocol),
+            "conventions": conventions,
+            "breakdowns": breakdowns,
+        }
+
+
+def _id_array(ids: Sequence[int] | np.ndarray | torch.Tensor, n: int, name: str) -> np.ndarray:
+    ids = np.asarray(ids.cpu() if isinstance(ids, torch.Tensor) else ids, dtype=np.int64)
+    if ids.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {ids.shape}")
+    return ids
 
 
 def write_metrics_json(
@@ -202,11 +259,12 @@ def write_metrics_json(
 
     Args:
         path: destination ``.json``.
-        summary: ``MetricAccumulator.summary()``.
+        summary: ``MetricAccumulator.summary()`` (protocol, metrics, conventions and
+            optional breakdowns).
         run: the run's configuration; needs embedding, transform, dim, order, batch_size
             (more keys, such as a name or seed, are kept).
         split: evaluated split, e.g. ``val``.
-        expression: ``first`` or ``random``.
+        expression: ``first``, ``random`` or ``all`` (every sentence).
         dataset: dataset name, e.g. ``refcoco``.
         text_model: text encoder name.
         backbone: image encoder name.
@@ -220,8 +278,10 @@ def write_metrics_json(
         "text_model": text_model,
         "backbone": backbone,
         "image_size": [int(v) for v in image_size],
+        "protocol": summary["protocol"],
         "metrics": dict(summary["metrics"]),
         "conventions": dict(summary["conventions"]),
+        "breakdowns": dict(summary.get("breakdowns", {})),
     }
     _validate(record, Path(path))
     with atomic_path(path) as tmp:

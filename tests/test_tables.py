@@ -41,12 +41,13 @@ def write_fixture(folder, entries=FIXTURE):
     paths = []
     for i, (run, split, expression, instance, overall) in enumerate(entries):
         metrics = {"overall_iou": overall, "instance_iou": instance, "n_referents": 10}
+        metrics["n_samples"] = 10
         metrics |= {f"prec@{x}": 0.5 for x in (0.5, 0.6, 0.7, 0.8, 0.9)}
         conventions = {**CONVENTIONS, "resolution": "240x427", "threshold": "logit > 0"}
         paths.append(folder / f"{i}_{split}~{expression}.json")
         write_metrics_json(
             paths[-1],
-            {"metrics": metrics, "conventions": conventions},
+            {"protocol": "rsis", "metrics": metrics, "conventions": conventions},
             run=run,
             split=split,
             expression=expression,

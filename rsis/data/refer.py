@@ -118,18 +118,7 @@ class Refer:
         """
         ann = self.annotations[ann_id]
         image = self.images[ann["image_id"]]
-        height, width = image["height"], image["width"]
-        segmentation = ann["segmentation"]
-        if isinstance(segmentation, list):
-            rles = mask_utils.frPyObjects(segmentation, height, width)
-            rle = mask_utils.merge(rles)
-        elif isinstance(segmentation.get("counts"), list):
-            rle = mask_utils.frPyObjects(segmentation, height, width)
-        else:
-            rle = dict(segmentation)
-            if isinstance(rle["counts"], str):
-                rle["counts"] = rle["counts"].encode("ascii")
-        return (mask_utils.decode(rle) > 0).astype(np.uint8)
+        return decode_segmentation(ann["segmentation"], image["height"], image["width"])
 
     def refs_by_image(self, split: str) -> dict[int, list[dict]]:
         """Refs of a split grouped per image id: images in the order their first ref appears,
@@ -148,6 +137,23 @@ class Refer:
             for refs in self.refs_by_image(split).values()
             for i in range(0, len(refs), max_referents)
         ]
+
+
+def decode_segmentation(segmentation: list | dict, height: int, width: int) -> np.ndarray:
+    """Decode COCO polygons, uncompressed or compressed RLE to an (H, W) uint8 0/1 mask.
+
+    Polygons and uncompressed RLE are read at (height, width), the image size.
+    """
+    if isinstance(segmentation, list):
+        rles = mask_utils.frPyObjects(segmentation, height, width)
+        rle = mask_utils.merge(rles)
+    elif isinstance(segmentation.get("counts"), list):
+        rle = mask_utils.frPyObjects(segmentation, height, width)
+    else:
+        rle = dict(segmentation)
+        if isinstance(rle["counts"], str):
+            rle["counts"] = rle["counts"].encode("ascii")
+    return (mask_utils.decode(rle) > 0).astype(np.uint8)
 
 
 def _require(path: Path, what: str, key: str) -> Path:
