@@ -18,6 +18,7 @@ from rsis import __version__
 from rsis.checkpoint import load_checkpoint, save_checkpoint
 from rsis.cli import add_command
 from rsis.errors import UserError
+from rsis.io import describe_differences
 from rsis.model import RRIS, ModelConfig
 from rsis.text import EmbeddingTable
 from rsis.text.identity import text_identity
@@ -39,8 +40,12 @@ def export_bundle(checkpoint: Path, text: Path, out: Path) -> None:
     payload = load_checkpoint(checkpoint)
     table = EmbeddingTable.load(text)
     identity = text_identity(table)
-    if identity != payload["text"]:
-        raise UserError(f"{text} is not the text pipeline {checkpoint} was trained with")
+    differences = describe_differences(payload["text"], identity)
+    if differences:
+        raise UserError(
+            f"{text} is not the text pipeline {checkpoint} was trained with "
+            f"({'; '.join(differences)}): give the reduce output the run trained on"
+        )
     pca = None
     if identity["transform"] == "pca":
         pca = {k: torch.from_numpy(v) for k, v in PcaSolution.load(text).to_dict().items()}

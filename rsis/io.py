@@ -3,16 +3,61 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
+import logging
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import h5py
 
+from rsis.errors import UserError
+
+log = logging.getLogger(__name__)
+
 
 class IdentityMismatchError(RuntimeError):
     """An existing artifact was written by another model, tokenizer or configuration."""
+
+
+def _temporary_pattern(final: Path) -> re.Pattern[str]:
+    """Names ``tempfile.mkstemp`` gives the temporary files of ``final``: ``.NAME.XXXXXXXX.tmp``."""
+    return re.compile(rf"\.{re.escape(final.name)}\.[a-z0-9_]{{8}}\.tmp")
+
+
+def remove_stale_temporaries(final: Path) -> None:
+    """Delete the temporary files a killed writer of ``final`` left behind.
+
+    Only one writer of a file runs at a time (Snakemake locks its outputs; the trainer writes
+    from rank 0 only), so a temporary of ``final`` that exists when a new write starts belongs
+    to a writer that died before it could clean up.
+    """
+    pattern = _temporary_pattern(final)
+    for leftover in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
+        if pattern.fullmatch(leftover.name):
+            log.info("removing %s, left by an interrupted write of %s", leftover, final)
+            leftover.unlink(missing_ok=True)
+
+
+def is_disk_full(error: BaseException, folder: Path) -> bool:
+    """True when ``error`` comes from a full disk.
+
+    h5py reports errno 28; torch.save only says "unexpected pos", so a write that failed
+    while ``folder``'s filesystem has under 1 MiB free counts as disk full too.
+    """
+    if shutil.disk_usage(folder).free < 2**20:
+        return True
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(error) or "Disk quota exceeded" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 @contextlib.contextmanager
@@ -20,10 +65,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
 
     Nothing half-written is ever left under the final name: on an exception the temporary
-    file is removed and the exception propagates.
+    file is removed and the exception propagates; a full disk becomes a ``UserError`` saying
+    so. Temporaries of ``path`` left by a killed writer are removed first.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(final)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -34,6 +81,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         if tmp.exists():
             tmp.chmod(0o666 & ~umask)
         os.replace(tmp, final)
+    except Exception as error:
+        if is_disk_full(error, final.parent):
+            raise UserError(
+                f"disk full while writing {final}: free space on {final.parent} "
+                "(or point the output elsewhere) and rerun; nothing was left at that name"
+            ) from error
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -44,9 +98,26 @@ def plain_attrs(attrs: h5py.AttributeManager) -> dict[str, object]:
     return {k: (v.item() if hasattr(v, "item") else v) for k, v in attrs.items()}
 
 
+def open_hdf5(path: str | os.PathLike, *, writer: str) -> h5py.File:
+    """Open an HDF5 file for reading; a missing or unreadable file names the step that writes it.
+
+    Args:
+        writer: the command that writes such files, e.g. ``rsis prepare``.
+    """
+    if not Path(path).is_file():
+        raise UserError(f"{path} not found: run `{writer}` (or snakemake) to write it")
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        raise UserError(
+            f"{path} is not a readable HDF5 file ({error}); "
+            f"rerun `{writer}` (or snakemake) to write it again"
+        ) from error
+
+
 def read_attrs(path: str | os.PathLike) -> dict[str, object]:
     """Return the root attributes of an HDF5 file as plain Python values."""
-    with h5py.File(path, "r") as f:
+    with open_hdf5(path, writer="the rsis step that writes it") as f:
         return plain_attrs(f.attrs)
 
 

@@ -29,7 +29,7 @@ class HashEmbeddings:
 def val_cache(sample_refer, tmp_path_factory):
     path = tmp_path_factory.mktemp("cache") / "val.h5"
     counts = write_cache(sample_refer, "val", path, HEIGHT, WIDTH)
-    assert counts == {"images": 4, "referents": 13, "skipped_empty": 0}
+    assert counts == {"images": 4, "referents": 13, "skipped_empty": 0, "skipped_degenerate": 0}
     return path
 
 

@@ -35,12 +35,27 @@ ORDERS = (*TRAIN_ORDERS, "reverse")  # reverse: evaluation only (the paper's Fig
 EXPRESSIONS = ("first", "random")
 
 
-def load_resized_image(path: Path, height: int, width: int) -> np.ndarray:
-    """Read an image as RGB and resize it to (height, width, 3) uint8."""
+def load_resized_image(
+    path: Path, height: int, width: int, expected_hw: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Read an image as RGB and resize it to (height, width, 3) uint8.
+
+    Args:
+        expected_hw: the (height, width) instances.json gives the image; a decoded image of
+            another size (a rotated or replaced file) is refused, since its masks would no
+            longer line up with it.
+    """
     try:
         with Image.open(path) as image:
+            found = (image.height, image.width)
+            if expected_hw is not None and found != tuple(expected_hw):
+                raise UserError(
+                    f"image {path} decodes to {found[0]}x{found[1]} but instances.json gives "
+                    f"{expected_hw[0]}x{expected_hw[1]}: its masks would not line up. Replace "
+                    "it with the original file (a rotated or re-encoded copy?)"
+                )
             rgb = image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
-    except (OSError, UnidentifiedImageError) as error:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
         raise UserError(f"cannot decode image {path}: {error}. Replace or remove it.") from error
     return np.array(rgb, dtype=np.uint8)
 
@@ -71,7 +86,7 @@ def write_cache(refer: Refer, split: str, out: Path, height: int, width: int) ->
     sent_ids: list[int] = []
     sent_ptr = [0]
     image_ids: list[int] = []
-    skipped_empty = 0
+    skipped_empty = skipped_degenerate = 0
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
         images = f.create_dataset(
             "images",
@@ -89,7 +104,9 @@ def write_cache(refer: Refer, split: str, out: Path, height: int, width: int) ->
             maxshape=(None, height, packed_width),
         )
         for image_id, refs in tqdm(per_image.items(), desc=f"cache {split}", unit="img"):
-            decoded = [(ref, refer.decode_mask(ref["ann_id"])) for ref in refs]
+            decodable = [ref for ref in refs if not _degenerate(refer, ref)]
+            skipped_degenerate += len(refs) - len(decodable)
+            decoded = [(ref, refer.decode_mask(ref["ann_id"])) for ref in decodable]
             kept = [(ref, mask) for ref, mask in decoded if mask.any()]
             skipped_empty += len(decoded) - len(kept)
             if not kept:
@@ -97,7 +114,9 @@ def write_cache(refer: Refer, split: str, out: Path, height: int, width: int) ->
             row = len(image_ids)
             image_ids.append(image_id)
             images.resize(row + 1, axis=0)
-            images[row] = load_resized_image(refer.image_path(image_id), height, width)
+            original_hw = (refer.images[image_id]["height"], refer.images[image_id]["width"])
+            path = refer.image_path(image_id)
+            images[row] = load_resized_image(path, height, width, original_hw)
             first = masks.shape[0]
             masks.resize(first + len(kept), axis=0)
             resized = np.stack([resize_mask(mask, height, width) for _, mask in kept])
@@ -133,7 +152,24 @@ def write_cache(refer: Refer, split: str, out: Path, height: int, width: int) ->
         )
     if skipped_empty:
         log.warning("%s %s: skipped %d empty masks", refer.dataset, split, skipped_empty)
-    return {"images": len(image_ids), "referents": len(areas), "skipped_empty": skipped_empty}
+    if skipped_degenerate:
+        log.warning(
+            "%s %s: skipped %d degenerate segmentations", refer.dataset, split, skipped_degenerate
+        )
+    return {
+        "images": len(image_ids),
+        "referents": len(areas),
+        "skipped_empty": skipped_empty,
+        "skipped_degenerate": skipped_degenerate,
+    }
+
+
+def _degenerate(refer: Refer, ref: dict) -> bool:
+    """True (and a log line naming the ann_id) when a ref's segmentation cannot be decoded."""
+    problem = refer.segmentation_problem(ref["ann_id"])
+    if problem:
+        log.warning("skipping ann_id %d (ref_id %d): %s", ref["ann_id"], ref["ref_id"], problem)
+    return problem is not None
 
 
 class TextLookup(Protocol):

@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 
 from rsis.errors import UserError
-from rsis.io import plain_attrs
+from rsis.io import open_hdf5, plain_attrs
 
 CACHE_FORMAT = 2  # 2: masks bit-packed along the width
 
@@ -48,8 +48,14 @@ class SplitCache:
         self.path = Path(path)
         if not self.path.is_file():
             raise UserError(f"split cache not found: {self.path}; run `rsis prepare` first")
-        with h5py.File(self.path, "r") as f:
+        with open_hdf5(self.path, writer="rsis prepare") as f:
             self.attrs = plain_attrs(f.attrs)
+            if "format_version" not in self.attrs or "masks" not in f:
+                raise UserError(
+                    f"{self.path} is not a split cache (it holds "
+                    f"{', '.join(sorted(f)) or 'nothing'}): give the file `rsis prepare` "
+                    "writes, results/<dataset>/cache/<split>.h5"
+                )
             if self.attrs.get("format_version") != CACHE_FORMAT:
                 raise UserError(
                     f"{self.path} is a cache of format {self.attrs.get('format_version')}, this "

@@ -43,18 +43,51 @@ class _BuiltinsOnlyUnpickler(pickle.Unpickler):
         )
 
 
-def _decode_bytes(value: object) -> object:
-    """Turn Python 2 byte strings (official refs files) into str: UTF-8, else Latin-1."""
+def _decode_text(value: bytes) -> str:
+    """A Python 2 byte string as str: UTF-8, else Latin-1."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
+
+
+def _decode_leaf(value: object) -> object:
+    """A byte string as str; a tuple with its byte strings decoded; anything else as is."""
     if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            return value.decode("latin-1")
-    if isinstance(value, dict):
-        return {_decode_bytes(k): _decode_bytes(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_decode_bytes(v) for v in value)
+        return _decode_text(value)
+    if isinstance(value, tuple):
+        return tuple(_decode_text(v) if isinstance(v, bytes) else v for v in value)
     return value
+
+
+def _decode_bytes(root: object) -> object:
+    """Turn the Python 2 byte strings of a refs pickle (official files) into str, in place.
+
+    The walk is iterative (a deeply nested file cannot exhaust the stack) and visits every
+    list and dict once: a pickle whose lists share references (``[n, n]`` nested 40 deep, a
+    few KB) stays a small graph instead of being copied into 2**40 nodes. Lists and dicts
+    are updated where they are; tuples (immutable) are rebuilt one level deep.
+    """
+    root = _decode_leaf(root)
+    seen: set[int] = set()
+    stack: list[object] = [root]
+    while stack:
+        container = stack.pop()
+        if id(container) in seen:
+            continue
+        seen.add(id(container))
+        if isinstance(container, list):
+            container[:] = [_decode_leaf(v) for v in container]
+            children = container
+        elif isinstance(container, dict):
+            items = [(_decode_leaf(k), _decode_leaf(v)) for k, v in container.items()]
+            container.clear()
+            container.update(items)
+            children = container.values()
+        else:
+            children = container if isinstance(container, tuple) else ()
+        stack.extend(v for v in children if isinstance(v, list | dict | tuple))
+    return root
 
 
 def load_refs_pickle(path: Path) -> list[dict]:
@@ -64,13 +97,26 @@ def load_refs_pickle(path: Path) -> list[dict]:
         path: the ``refs(<splitBy>).p`` file.
     """
     data = path.read_bytes()
+    if not data:
+        raise UserError(f"{path} is empty: download the refs file again (README, step 1)")
     try:
         refs = _BuiltinsOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()
     except pickle.UnpicklingError as error:
         raise UserError(f"{path}: not a plain refs pickle ({error})") from error
+    except Exception as error:  # truncated or not a pickle: EOFError, ValueError, ...
+        raise UserError(
+            f"{path} is not a readable pickle ({type(error).__name__}: {error}); "
+            "download the refs file again (README, step 1)"
+        ) from error
     refs = _decode_bytes(refs)
-    if not isinstance(refs, list) or not all(isinstance(r, dict) for r in refs):
-        raise UserError(f"{path}: expected a list of ref dicts, got {type(refs).__name__}")
+    if not isinstance(refs, list):
+        raise UserError(f"{path}: expected a list of ref dicts, got a {type(refs).__name__}")
+    odd = next((r for r in refs if not isinstance(r, dict)), None)
+    if odd is not None:
+        raise UserError(
+            f"{path}: expected a list of ref dicts, found a {type(odd).__name__} in the list; "
+            "download the refs file again (README, step 1)"
+        )
     return refs
 
 
@@ -110,12 +156,45 @@ class Refer:
         _require(self.image_dir, "image folder", "images")
         return self.image_dir / self.images[image_id]["file_name"]
 
+    def segmentation_problem(self, ann_id: int) -> str | None:
+        """Why an annotation's segmentation cannot be decoded, or None when it can.
+
+        Degenerate segmentations (an empty polygon list, a polygon of fewer than 3 points or
+        an odd number of coordinates, an RLE whose size is not the image's) are skipped by
+        ``prepare`` and counted, like zero-area masks.
+        """
+        ann = self.annotations[ann_id]
+        image = self.images.get(ann.get("image_id"))
+        if image is None:
+            return f"image_id {ann.get('image_id')!r} is not in instances.json"
+        segmentation = ann.get("segmentation")
+        if isinstance(segmentation, list):
+            if not segmentation:
+                return "empty segmentation list"
+            for polygon in segmentation:
+                if not isinstance(polygon, list) or len(polygon) < 6 or len(polygon) % 2:
+                    size = len(polygon) if isinstance(polygon, list) else 0
+                    return f"polygon of {size} coordinates (needs an even number, at least 6)"
+            return None
+        if isinstance(segmentation, dict) and "counts" in segmentation:
+            size = list(segmentation.get("size", []))
+            if size != [image["height"], image["width"]]:
+                return (
+                    f"RLE of size {size}, but its image is {image['height']}x{image['width']} "
+                    "in instances.json"
+                )
+            return None
+        return f"segmentation of type {type(segmentation).__name__}, expected polygons or RLE"
+
     def decode_mask(self, ann_id: int) -> np.ndarray:
         """Decode an annotation to an (H, W) uint8 0/1 mask at the image's original size.
 
         Polygons, uncompressed and compressed RLE are all handled by pycocotools; the parts of
         a multi-polygon object are united with ``> 0`` (overlapping parts stay foreground).
         """
+        problem = self.segmentation_problem(ann_id)
+        if problem:
+            raise UserError(f"ann_id {ann_id}: {problem}; it cannot be decoded to a mask")
         ann = self.annotations[ann_id]
         image = self.images[ann["image_id"]]
         return decode_segmentation(ann["segmentation"], image["height"], image["width"])
@@ -162,6 +241,39 @@ def _require(path: Path, what: str, key: str) -> Path:
     return path
 
 
+REF_FIELDS = {
+    "ref_id": int,
+    "ann_id": int,
+    "image_id": int,
+    "category_id": int,
+    "split": str,
+    "sentences": list,
+}
+SENTENCE_FIELDS = {"sent_id": int, "sent": str}
+
+
+def _check_ref(ref: dict, number: int, source: Path) -> None:
+    """Refuse a ref that lacks a field or holds a value of the wrong type, naming both."""
+    where = f"{source}, ref {ref.get('ref_id', f'#{number}')!r}"
+    for key, kind in REF_FIELDS.items():
+        if not isinstance(ref.get(key), kind):
+            found = "missing" if key not in ref else f"a {type(ref[key]).__name__}"
+            raise UserError(
+                f"{where}: field {key!r} is {found}, expected a {kind.__name__}; "
+                "the refs file is damaged or not in the refer format: download it again"
+            )
+    for sentence in ref["sentences"]:
+        for key, kind in SENTENCE_FIELDS.items():
+            value = sentence.get(key) if isinstance(sentence, dict) else None
+            if not isinstance(value, kind):
+                present = isinstance(sentence, dict) and key in sentence
+                found = f"{type(value).__name__} {value!r:.40}" if present else "missing"
+                raise UserError(
+                    f"{where}: sentence field {key!r} is {found}, expected a "
+                    f"{kind.__name__}; the refs file is damaged: download it again"
+                )
+
+
 def _clean_refs(
     refs: list[dict], annotations: dict[int, dict], source: Path
 ) -> tuple[list[dict], dict[str, int]]:
@@ -172,7 +284,8 @@ def _clean_refs(
     """
     skipped = {"unknown_ann_id": 0, "empty_sentence": 0, "no_sentence": 0}
     kept = []
-    for ref in refs:
+    for number, ref in enumerate(refs):
+        _check_ref(ref, number, source)
         if ref["ann_id"] not in annotations:
             skipped["unknown_ann_id"] += 1
             continue
@@ -206,7 +319,14 @@ def load_refer(
     instances_path = _require(folder / "instances.json", "instances file", "root")
     image_dir = Path(image_dir) if image_dir else root / "images/mscoco/images/train2014"
 
-    instances = json.loads(instances_path.read_text())
+    try:
+        instances = json.loads(instances_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(
+            f"{instances_path} is not valid JSON ({error}); download it again (README, step 1)"
+        ) from error
+    if not isinstance(instances, dict):
+        raise UserError(f"{instances_path}: expected a COCO object, got a JSON array or value")
     for key in ("images", "annotations", "categories"):
         if key not in instances:
             raise UserError(f"{instances_path}: missing the COCO field {key!r}")

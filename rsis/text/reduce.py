@@ -64,14 +64,15 @@ def reduce_embeddings(
     n_fit = int(fit_rows.sum())
     if n_fit == 0:
         raise UserError(
-            f"--fit-split {fit_split!r} has no expressions; splits present: "
-            f"{', '.join(sorted(set(split.tolist())))}"
+            f"--fit-split {fit_split!r} (language.fit_split in config.yaml) has no "
+            f"expressions; splits present: {', '.join(sorted(set(split.tolist())))}"
         )
     if dim > min(n_fit, vectors.shape[1]):
         raise UserError(
             f"PCA to {dim} dims needs at least {dim} expressions in the fit split and an "
             f"embedding of at least {dim} dims; split {fit_split!r} has {n_fit} expressions "
-            f"and the embedding has {vectors.shape[1]} dims: lower --dim"
+            f"and the embedding has {vectors.shape[1]} dims: lower --dim (in config.yaml: "
+            "grid.table1.dims, grid.table2.dim or the dim of a grid.extra run)"
         )
     pca = PCA(n_components=dim, svd_solver="full").fit(vectors[fit_rows])
     log.info(

@@ -7,11 +7,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from rsis.errors import UserError
-from rsis.io import plain_attrs
+from rsis.io import open_hdf5, plain_attrs
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,7 @@ class EmbeddingTable:
     def load(cls, path: str | os.PathLike) -> EmbeddingTable:
         """Read a ``<embedding>~<transform>~<dim>.h5`` file written by ``rsis reduce``."""
         path = Path(path)
-        with h5py.File(path, "r") as f:
+        with open_hdf5(path, writer="rsis reduce") as f:
             if "embedding" not in f or "sent_id" not in f or not len(f["sent_id"]):
                 raise UserError(
                     f"{path} has no 'embedding'/'sent_id' rows: give a file written by "
@@ -43,6 +42,12 @@ class EmbeddingTable:
             sent_id = f["sent_id"][:].astype(np.int64)
             vectors = f["embedding"][:].astype(np.float32)
             attrs = plain_attrs(f.attrs)
+        broken = ~np.isfinite(vectors).all(axis=1)
+        if broken.any():
+            raise UserError(
+                f"{path}: {int(broken.sum())} embeddings hold NaN or infinite values (sent_id "
+                f"{sent_id[broken][:5].tolist()}); rerun `rsis embed` and `rsis reduce`"
+            )
         order = np.argsort(sent_id, kind="stable")
         return cls(sent_id[order], vectors[order], attrs, path)
 

@@ -92,6 +92,17 @@ def dataset_inputs(wildcards=None):
     return [str(f) for f in files]
 
 
+def pca_fit_split(wildcards):
+    """``language.fit_split``, checked here so a bad value names the config key, not a flag."""
+    split = LANG["fit_split"]
+    if wildcards.transform == "pca" and split not in DS["splits"]:
+        raise ValueError(
+            f"config.yaml: language.fit_split {split!r} is not a split of "
+            f"datasets.{DATASET}.splits ({', '.join(DS['splits'])}); the PCA is fitted on it"
+        )
+    return split
+
+
 RUNS = expand_grid(config["grid"])
 SEEDS = config["seeds"]
 TRAIN_SETTINGS = TrainSettings.from_setting(SETTING, seed=SEEDS[0])

@@ -70,7 +70,7 @@ rule reduce:
     conda:
         ENV
     params:
-        fit_split=LANG["fit_split"],
+        fit_split=pca_fit_split,
     shell:
         "rsis reduce --embeddings {input.embeddings:q} --tokens {input.tokens:q}"
         " --embedding {wildcards.embedding} --transform {wildcards.transform}"
