@@ -60,6 +60,22 @@ def is_disk_full(error: BaseException, folder: Path) -> bool:
     return False
 
 
+def require_free_space(path: Path, needed: int) -> None:
+    """Refuse to start writing ``path`` when its filesystem has less than ``needed`` bytes free.
+
+    HDF5 can crash the process (segmentation fault) when the disk fills in the middle of a
+    write, so writers that know their size check first.
+    """
+    folder = Path(path).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise UserError(
+            f"disk full: {path} needs about {needed / 2**20:.1f} MiB but {folder} has "
+            f"{free / 2**20:.1f} MiB free; free space (or point the output elsewhere) and rerun"
+        )
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.

@@ -103,9 +103,11 @@ def tiny_filesystem(tmp_path):
 
 
 def test_prepare_on_a_really_full_disk(tiny_filesystem, capsys):
+    """Checked before writing: HDF5 can crash the process when the disk fills mid-write."""
     out = tiny_filesystem / "val.h5"
     args = _prepare_args(out)
     args[args.index("--height") + 1 : args.index("--width") + 2] = ["240", "--width", "427"]
     assert main(args) == 2
-    assert "disk full while writing" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert f"disk full: {out} needs about 1.4 MiB but {tiny_filesystem} has 0.2 MiB free" in error
     assert list(tiny_filesystem.iterdir()) == []

@@ -26,7 +26,7 @@ from rsis.data.cache_file import (
 )
 from rsis.data.refer import Refer, add_refer_arguments, refer_from_args
 from rsis.errors import UserError
-from rsis.io import atomic_path
+from rsis.io import atomic_path, require_free_space
 from rsis.runs import TRAIN_ORDERS
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,9 @@ def write_cache(refer: Refer, split: str, out: Path, height: int, width: int) ->
     sent_ptr = [0]
     image_ids: list[int] = []
     skipped_empty = skipped_degenerate = 0
+    referents = sum(len(refs) for refs in per_image.values())
+    pixels = height * width * 3 * len(per_image) + height * -(-width // 8) * referents
+    require_free_space(out, int(pixels * 1.05) + 2**20)  # data, plus index and HDF5 overhead
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
         images = f.create_dataset(
             "images",
