@@ -64,8 +64,8 @@ def reduce_embeddings(
     n_fit = int(fit_rows.sum())
     if n_fit == 0:
         raise UserError(
-            f"--fit-split {fit_split!r} (language.fit_split in config.yaml) has no "
-            f"expressions; splits present: {', '.join(sorted(set(split.tolist())))}"
+            f"--fit-split {fit_split!r} has no expressions (language.fit_split in "
+            f"config.yaml); splits present: {', '.join(sorted(set(split.tolist())))}"
         )
     if dim > min(n_fit, vectors.shape[1]):
         raise UserError(
