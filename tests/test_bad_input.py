@@ -166,25 +166,6 @@ def test_degenerate_segmentations_are_skipped_counted_and_logged(sample_copy, tm
     assert "RLE of size [3, 4]" in caplog.text and "polygon of 2 coordinates" in caplog.text
 
 
-def test_split_cache_must_be_an_hdf5_split_cache(demo_pipeline, tmp_path, capsys):
-    """Random bytes and a tokens file given as the train cache: neither message says to delete
-    the file the user gave (it may be another step's output)."""
-    train = ["train", "--val-cache", str(demo_pipeline / "cache/val.h5"), "--epochs", "1",
-             "--text", str(demo_pipeline / "text/mean~pca~8.h5"), "--weights", "none",
-             "--backbone", "resnet18", "--device", "cpu",
-             "--out-dir", str(tmp_path / "run")]  # fmt: skip
-    junk = tmp_path / "junk.h5"
-    junk.write_bytes(np.random.default_rng(0).bytes(4096))
-    assert main([*train, "--train-cache", str(junk)]) == 2
-    error = _error(capsys)
-    assert f"{junk} is not a readable HDF5 file" in error and "rsis prepare" in error
-    tokens = demo_pipeline / "text/tokens.h5"
-    assert main([*train, "--train-cache", str(tokens)]) == 2
-    error = _error(capsys)
-    assert f"{tokens} is not a split cache" in error and "delete" not in error
-    assert not (tmp_path / "run/last.pt").exists()
-
-
 def test_nan_embeddings_are_refused_naming_the_file(demo_pipeline, tmp_path, capsys):
     from rsis.text import EmbeddingTable
 
