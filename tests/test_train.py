@@ -135,7 +135,7 @@ def test_two_process_ddp_training_writes_one_checkpoint(demo_pipeline, tmp_path)
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 0
     assert len(pd.read_csv(tmp_path / "metrics.csv")) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "best.pt", "bundle.pt", "last.pt", "metrics.csv", "tensorboard",
+        "best.pt", "bundle.pt", "convergence.json", "last.pt", "metrics.csv", "tensorboard",
     ]  # fmt: skip
 
 

@@ -134,8 +134,9 @@ def torchrun_training(root: Path, device: torch.device, work: Workload) -> tuple
         "-m", "rsis.cli", "train", "--train-cache", str(root / "cache/train.h5"),
         "--val-cache", str(root / "cache/val.h5"),
         "--text", str(root / f"text/mean~pca~{work.pca_dim}.h5"), "--out-dir", str(out),
+        "--run-id", f"mean-pca-{work.pca_dim}-random-bs{work.steps.batch_size}",
         "--backbone", work.steps.backbone, "--weights", "none",
-        "--hidden", str(work.steps.hidden), "--batch-size", str(work.steps.batch_size),
+        "--hidden", str(work.steps.hidden),
         "--epochs", "1", "--steps-per-epoch", str(work.torchrun_steps),
         "--device", device.type,
     ]  # fmt: skip

@@ -10,7 +10,7 @@ rule demo_dataset:
         "benchmarks/demo_dataset.tsv"
     conda:
         ENV
-    threads: workflow.cores
+    threads: config["demo"]["workers"]
     params:
         seed=config["demo"]["seed"],
         scale=config["demo"]["scale"],
