@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rsis.breakdowns import sample_labels
 from rsis.checkpoint import load_checkpoint, require_compatible
 from rsis.cli import add_command
-from rsis.data.cache import EXPRESSIONS, SequenceDataset
+from rsis.data.cache import EXPRESSIONS, SequenceDataset, resize_mask
 from rsis.data.cache_file import SplitCache
-from rsis.data.refer import add_refer_arguments, refer_from_args
+from rsis.data.refer import Refer, add_refer_arguments, refer_from_args
 from rsis.errors import UserError
 from rsis.inference import (
     add_threads_argument,
@@ -26,7 +27,9 @@ from rsis.io import atomic_path
 from rsis.metrics import MetricAccumulator, resize_scores, write_metrics_json
 from rsis.model import RRIS, ModelConfig
 from rsis.predictions import Predictions, encode_masks, save_predictions
+from rsis.protocols import PROTOCOLS, Protocol, get_protocol
 from rsis.runs import RunSpec
+from rsis.score import encode_rle, write_predictions_json
 from rsis.text import EmbeddingTable
 from rsis.text.identity import text_identity
 
@@ -54,6 +57,14 @@ def run_description(payload: dict) -> dict[str, object]:
     return run.to_dict() | extra
 
 
+def _ground_truth(refer: Refer | None, cache: SplitCache) -> dict[int, np.ndarray]:
+    """ref_id -> ground-truth mask at the original image size (decoded from the dataset)."""
+    if refer is None:
+        raise UserError("scoring at the original size or 480x480 needs --refs-root and --dataset")
+    pairs = zip(cache.ref_id.tolist(), cache.ann_id.tolist(), strict=True)
+    return {ref_id: refer.decode_mask(ann_id) for ref_id, ann_id in pairs}
+
+
 def evaluate(
     model: RRIS,
     payload: dict,
@@ -64,30 +75,38 @@ def evaluate(
     order: str = "dataset",
     seed: int = 0,
     batch_size: int = 8,
-    original_masks: dict[int, np.ndarray] | None = None,
-) -> tuple[MetricAccumulator, dict, Predictions]:
-    """Predict every referent of a split and score it.
+    protocol: Protocol = PROTOCOLS["rsis"],
+    refer: Refer | None = None,
+) -> tuple[MetricAccumulator, dict, Predictions, list[tuple[int, int, dict]]]:
+    """Predict every referent of a split and score it under ``protocol``.
+
+    Under ``expression="all"`` the split is fed ``max sentences per referent`` times: pass k
+    gives every referent its k-th sentence (wrapping around for referents with fewer, so every
+    sequence keeps its referents), and scores sentence k only where the referent has one.
+    Every sentence is then scored exactly once.
 
     Args:
         model: the trained model (``load_model``), on its device.
         payload: its checkpoint.
         cache: the split's cache file.
         text: the embeddings the model was trained with.
-        expression: ``first`` (the paper's protocol) or ``random`` (seeded).
+        expression: ``first`` (the paper's protocol), ``random`` (seeded) or ``all``.
         order: referents fed in ``dataset`` order, or ``reverse`` (the paper's Fig. 4).
         seed: seed of the random expression choice.
         batch_size: sequences per forward pass.
-        original_masks: ann_id -> mask at the original image size; when given, predictions
-            are upsampled to that size before scoring.
+        protocol: resolution, binarisation and scoring rules; its sentences are ``expression``.
+        refer: the dataset; needed where the protocol scores at the original size or 480x480.
 
     Returns:
-        The accumulator, the checkpoint payload, and the predicted masks at the network's
-        resolution, in the order the referents were fed.
+        The accumulator (samples keyed by sent_id), the checkpoint payload, the scored masks
+        at the network's resolution in the order they were fed, and (sent_id, ref_id, RLE at
+        the original image size) of every scored sample (``rsis score``'s input).
     """
     if expression not in EXPRESSIONS:
         raise UserError(f"--expression must be one of {EXPRESSIONS}, got {expression!r}")
     if order not in ("dataset", "reverse"):
         raise UserError(f"--order must be dataset or reverse, got {order!r}")
+    protocol = protocol.with_overrides(sentences=expression)
     target = next(model.parameters()).device
     dataset = SequenceDataset(
         cache,
@@ -97,45 +116,55 @@ def evaluate(
         max_referents=payload["settings"]["max_referents"],
         seed=seed,
     )
-    ann_of_ref = dict(
-        zip(dataset.cache.ref_id.tolist(), dataset.cache.ann_id.tolist(), strict=True)
+    split_cache = dataset.cache
+    split, network_hw = split_cache.split, split_cache.size
+    image_hw = [tuple(hw) for hw in split_cache.image_hw.tolist()]
+    counts = np.diff(split_cache.sent_ptr).tolist()
+    sentences = dict(zip(split_cache.ref_id.tolist(), counts, strict=True))
+    full_size = None if protocol.resolution == "network" else _ground_truth(refer, split_cache)
+    threshold = protocol.logit_threshold
+    conventions = protocol.conventions(network_hw)
+    accumulator = MetricAccumulator(
+        resolution=conventions["resolution"], threshold=conventions["threshold"], protocol=protocol
     )
-    split = dataset.cache.split
-    resolution = "original image size" if original_masks is not None else "network input"
-    accumulator = MetricAccumulator(resolution=resolution)
-    ref_ids: list[int] = []
-    sent_ids: list[int] = []
-    rles: list[dict] = []
-    loader = make_loader(dataset, batch_size)
-    for batch, logits in predict_batches(model, loader, target, desc=f"evaluate {cache.stem}"):
-        valid = batch["valid"]
-        scores, refs = logits[valid], batch["ref_id"][valid]
-        if original_masks is None:
-            accumulator.update(scores > 0, batch["masks"][valid], ids=refs)
-        else:
-            for ref_id, score in zip(refs.tolist(), scores, strict=True):
-                gt = torch.from_numpy(original_masks[ann_of_ref[ref_id]]).to(score.device)
-                full = resize_scores(score[None], tuple(gt.shape))
-                accumulator.update(full > 0, gt[None], ids=[ref_id])
-        ref_ids += refs.tolist()
-        sent_ids += batch["sent_id"][valid].tolist()
-        rles += encode_masks(scores > 0)
+    fed: dict[str, list] = {"ref_id": [], "sent_id": [], "rle": []}
+    original: list[tuple[int, int, dict]] = []
+    passes = dataset.passes() if expression == "all" else 1
+    for sentence_pass in range(passes):
+        dataset.set_pass(sentence_pass)
+        desc = f"evaluate {cache.stem}" + (f" pass {sentence_pass + 1}/{passes}" * (passes > 1))
+        loader = make_loader(dataset, batch_size)
+        for batch, logits in predict_batches(model, loader, target, desc=desc):
+            valid = batch["valid"]
+            refs = batch["ref_id"][valid]
+            keep = torch.tensor([sentence_pass < sentences[r] for r in refs.tolist()])
+            scores, refs = logits[valid][keep], refs[keep]
+            sent_ids = batch["sent_id"][valid][keep]
+            rows = batch["image_row"][:, None].expand_as(valid)[valid][keep]
+            for score, ref_id, sent_id, row in zip(scores, refs, sent_ids, rows, strict=True):
+                hw = image_hw[int(row)]
+                mask = resize_scores(score[None], hw)[0] > threshold
+                original.append((int(sent_id), int(ref_id), encode_rle(mask.cpu().numpy())))
+                if full_size is not None:
+                    size = protocol.size(network_hw, hw)
+                    pred = mask if size == hw else resize_scores(score[None], size)[0] > threshold
+                    truth = full_size[int(ref_id)]
+                    truth = truth if size == hw else resize_mask(truth, *size)
+                    gt = torch.from_numpy(truth).to(pred.device)
+                    accumulator.update(pred[None], gt[None], ids=[sent_id], ref_ids=[ref_id])
+            if full_size is None:
+                gt = batch["masks"][valid][keep]
+                accumulator.update(scores > threshold, gt, ids=sent_ids, ref_ids=refs)
+            fed["ref_id"] += refs.tolist()
+            fed["sent_id"] += sent_ids.tolist()
+            fed["rle"] += encode_masks(scores > threshold)
     predictions = Predictions(
-        ref_id=np.asarray(ref_ids, np.int64),
-        sent_id=np.asarray(sent_ids, np.int64),
-        rles=rles,
+        ref_id=np.asarray(fed["ref_id"], np.int64),
+        sent_id=np.asarray(fed["sent_id"], np.int64),
+        rles=fed["rle"],
         attrs={"split": split, "order": order, "expression": expression},
     )
-    return accumulator, payload, predictions
-
-
-def _original_masks(args: argparse.Namespace, cache: Path) -> dict[int, np.ndarray] | None:
-    if not args.original_size:
-        return None
-    if not args.refs_root:
-        raise UserError("--original-size needs --refs-root, --dataset and --split-by")
-    refer = refer_from_args(args)
-    return {int(a): refer.decode_mask(int(a)) for a in SplitCache(cache).ann_id}
+    return accumulator, payload, predictions, original
 
 
 def output_stem(out_dir: Path, split: str, expression: str, order: str) -> Path:
@@ -145,14 +174,17 @@ def output_stem(out_dir: Path, split: str, expression: str, order: str) -> Path:
 
 def _evaluate_command(args: argparse.Namespace) -> None:
     use_threads(args.threads)
+    protocol = get_protocol(args.protocol)
+    if args.original_size:
+        protocol = protocol.with_overrides(resolution="original")
+    refer = refer_from_args(args) if args.refs_root else None
     text = EmbeddingTable.load(args.text)
     model, payload = load_model(args.checkpoint, text)
     model.to(resolve_device(args.device))
     for cache in args.cache:
         split_cache = SplitCache(cache)
-        original = _original_masks(args, cache)
         for expression in args.expression:
-            accumulator, payload, predictions = evaluate(
+            accumulator, payload, predictions, original = evaluate(
                 model,
                 payload,
                 cache,
@@ -161,12 +193,14 @@ def _evaluate_command(args: argparse.Namespace) -> None:
                 order=args.order,
                 seed=args.seed,
                 batch_size=args.batch_size,
-                original_masks=original,
+                protocol=protocol,
+                refer=refer,
             )
+            groups = sample_labels(refer, accumulator.per_referent()["id"]) if refer else {}
             stem = output_stem(args.out_dir, split_cache.split, expression, args.order)
             record = write_metrics_json(
                 stem.with_suffix(".json"),
-                accumulator.summary(),
+                accumulator.summary(groups),
                 run=run_description(payload),
                 split=split_cache.split,
                 expression=expression,
@@ -176,17 +210,21 @@ def _evaluate_command(args: argparse.Namespace) -> None:
                 image_size=split_cache.size,
             )
             with atomic_path(stem.with_suffix(".csv")) as tmp:
-                table = accumulator.per_referent().rename(columns={"id": "ref_id"})
+                table = accumulator.per_referent().rename(columns={"id": "sent_id"})
                 table.to_csv(tmp, index=False)
             save_predictions(stem.with_suffix(".predictions.h5"), predictions)
+            write_predictions_json(stem.with_suffix(".predictions.json"), original)
             metrics = record["metrics"]
             log.info(
-                "%s %s (%s expression): instance IoU %.4f, overall IoU %.4f over %d referents",
+                "%s %s (%s expression, protocol %s): instance IoU %.4f, overall IoU %.4f over "
+                "%d samples (%d referents)",
                 split_cache.dataset,
                 split_cache.split,
                 expression,
+                protocol.name,
                 metrics["instance_iou"],
                 metrics["overall_iou"],
+                metrics["n_samples"],
                 metrics["n_referents"],
             )
 
@@ -202,7 +240,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         nargs="+",
         default=["first"],
         choices=EXPRESSIONS,
-        help="first (the paper's protocol) and/or random (seeded)",
+        help="first (the paper's protocol), random (seeded) and/or all (every sentence once)",
+    )
+    p.add_argument(
+        "--protocol",
+        choices=tuple(PROTOCOLS),
+        default="rsis",
+        help="scoring rules: rsis, lavt, cris or rela (docs/metrics.md)",
     )
     p.add_argument("--order", default="dataset", help="dataset, or reverse (paper's Fig. 4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random expression choice")
@@ -210,11 +254,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--out-dir",
         type=Path,
         required=True,
-        help="writes <split>~<expression>.json (metrics), .csv (per referent), .predictions.h5",
+        help="writes <split>~<expression>.json (metrics), .csv (per sample), .predictions.h5 "
+        "(network-size masks) and .predictions.json (rsis score's input, original size)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     add_threads_argument(p)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--original-size", action="store_true", help="score at the original image size")
-    add_refer_arguments(p, required=False)  # with --original-size: where the masks come from
+    p.add_argument(
+        "--original-size",
+        action="store_true",
+        help="score at the original image size, whatever the protocol's resolution",
+    )
+    # Category names and sentences for the breakdowns, and the masks at the original size.
+    add_refer_arguments(p, required=False)
     p.set_defaults(func=_evaluate_command)

@@ -101,14 +101,14 @@ def run_seed(record: dict, path: Path) -> int:
 
 
 def _our_values(
-    table: GridTable, records: Sequence[tuple[Path, dict]]
+    table: GridTable, records: Sequence[tuple[Path, dict]], expression: str
 ) -> dict[tuple, dict[int, tuple[float, Path]]]:
-    """Map (row key, metric, split) to {seed: (our value in percent, source file)}, first
+    """Map (row key, metric, split) to {seed: (our value in percent, source file)}, one
     expression."""
     values: dict[tuple, dict[int, tuple[float, Path]]] = {}
     for path, record in records:
         key = table.row_key(RunSpec.from_dict(record["run"]))
-        if key is None or record["expression"] != "first" or record["split"] not in SPLITS:
+        if key is None or record["expression"] != expression or record["split"] not in SPLITS:
             continue
         seed = run_seed(record, path)
         for metric in METRICS:
@@ -124,12 +124,18 @@ def _our_values(
 
 
 def numeric_table(
-    table: GridTable, records: Sequence[tuple[Path, dict]], paper: dict
+    table: GridTable,
+    records: Sequence[tuple[Path, dict]],
+    paper: dict,
+    expression: str = "first",
 ) -> pd.DataFrame:
     """One row per grid run: label columns, then per metric and split our ``_mean``, ``_sd``
     (sample standard deviation over seeds; NaN below two seeds) and ``_n`` (seeds), and the
-    ``_paper`` value (NaN = missing)."""
-    ours = _our_values(table, records)
+    ``_paper`` value (NaN = missing).
+
+    ``expression``: whose metrics files fill our cells (``first``, or ``all`` sentences).
+    """
+    ours = _our_values(table, records, expression)
     theirs = _paper_values(table, paper)
     rows = []
     for run in table.runs:
@@ -180,13 +186,19 @@ def _distinct(records: Sequence[tuple[Path, dict]], get) -> str:
     return ", ".join(values) if values else MISSING
 
 
-def caption(table: GridTable, records: Sequence[tuple[Path, dict]], dataset_label: str) -> str:
-    """Caption naming dataset, text model, backbone, image size and the metric conventions."""
+def caption(
+    table: GridTable,
+    records: Sequence[tuple[Path, dict]],
+    dataset_label: str,
+    expression: str = "first",
+) -> str:
+    """Caption naming dataset, text model, backbone, image size, protocol and conventions."""
     used = [
         (p, r)
         for p, r in records
-        if table.row_key(RunSpec.from_dict(r["run"])) and r["expression"] == "first"
+        if table.row_key(RunSpec.from_dict(r["run"])) and r["expression"] == expression
     ]
+    sentences = {"first": "first expression per referent", "all": "every sentence scored"}
     native = [(p, r) for p, r in used if r["run"]["transform"] == "none"]
     native_dim = (
         f", native text dim {_distinct(native, lambda r: r['run'].get('text_dim'))}"
@@ -194,8 +206,8 @@ def caption(table: GridTable, records: Sequence[tuple[Path, dict]], dataset_labe
         else ""
     )
     return (
-        f"{TITLES[table.name]} on {dataset_label} ({setting_text(table.fixed)}; first "
-        "expression per referent). "
+        f"{TITLES[table.name]} on {dataset_label} ({setting_text(table.fixed)}; "
+        f"{sentences.get(expression, expression + ' expression')}). "
         f"Each cell: ours as mean ± sd over seeds {_distinct(used, lambda r: r['run']['seed'])} "
         "(the mean alone for one seed), then (paper); IoU in percent; — = not available. "
         "Instance IoU = mean over referents of intersection/union (mIoU); "
@@ -204,7 +216,9 @@ def caption(table: GridTable, records: Sequence[tuple[Path, dict]], dataset_labe
         f"backbone {_distinct(used, lambda r: r['backbone'])}, "
         f"image size {_distinct(used, lambda r: 'x'.join(map(str, r['image_size'])))}, "
         f"scored at {_distinct(used, lambda r: r['conventions'].get('resolution'))}"
-        f"{native_dim}. "
+        f"{native_dim}, protocol {_distinct(used, lambda r: r['protocol'])} "
+        f"({_distinct(used, lambda r: r['conventions'].get('empty_union'))}; "
+        f"{_distinct(used, lambda r: r['conventions'].get('precision'))}). "
         "Paper: RefCOCO (UNC), bert-base-cased (native dim 768), ResNet-101, 240x427."
     )
 
@@ -254,12 +268,13 @@ def write_table(
     paper: dict,
     out_dir: Path,
     dataset_label: str,
+    expression: str = "first",
 ) -> dict[str, str]:
     """Write ``<name>.md``, ``.csv``, ``.tex`` and ``.html`` into ``out_dir`` atomically;
     return the table's ``headline_row``."""
-    numbers = numeric_table(table, records, paper)
+    numbers = numeric_table(table, records, paper, expression)
     shown = display_table(numbers, table)
-    text = caption(table, records, dataset_label)
+    text = caption(table, records, dataset_label, expression)
     markdown = shown.to_markdown(index=False, disable_numparse=True)
     latex = shown.to_latex(
         index=False,
@@ -342,7 +357,13 @@ def metrics_frame(records: Sequence[tuple[Path, dict]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_tables(paths: Iterable[Path], out_dir: Path, dataset_label: str, grid: Mapping) -> None:
+def write_tables(
+    paths: Iterable[Path],
+    out_dir: Path,
+    dataset_label: str,
+    grid: Mapping,
+    expression: str = "first",
+) -> None:
     """Read metrics files and write every table and ``expression_check.md`` into ``out_dir``.
 
     Args:
@@ -350,6 +371,7 @@ def write_tables(paths: Iterable[Path], out_dir: Path, dataset_label: str, grid:
         out_dir: folder for the tables.
         dataset_label: dataset name for the captions.
         grid: ``config.yaml: grid``: one table row per run of each table.
+        expression: the metrics files that fill the tables (``first``, or ``all``).
     """
     records = [(Path(p), read_metrics_json(p)) for p in paths]
     paper = load_paper_results()
@@ -362,11 +384,12 @@ def write_tables(paths: Iterable[Path], out_dir: Path, dataset_label: str, grid:
     if unused:
         log.warning("metrics files that fit no table row: %s", ", ".join(unused))
     headline = pd.DataFrame(
-        [write_table(table, records, paper, out_dir, dataset_label) for table in tables]
+        [write_table(table, records, paper, out_dir, dataset_label, expression) for table in tables]
     )
+    scored = {"first": "first expression", "all": "every sentence"}.get(expression, expression)
     text = (
         f"{dataset_label}: the best configuration of each table by our instance IoU on val "
-        "(mean over referents of intersection/union, percent, first expression), beside the "
+        f"(mean over samples of intersection/union, percent, {scored}), beside the "
         "paper's best; each cell reads ours (paper); — = not available."
     )
     with atomic_path(out_dir / "summary.html") as tmp:
@@ -388,7 +411,9 @@ def parse_grid(text: str) -> dict:
 
 def _tables_command(args: argparse.Namespace) -> None:
     """``rsis tables``."""
-    write_tables(args.metrics, Path(args.out_dir), args.dataset_label, parse_grid(args.grid))
+    write_tables(
+        args.metrics, Path(args.out_dir), args.dataset_label, parse_grid(args.grid), args.expression
+    )
     log.info("wrote tables to %s", args.out_dir)
 
 
@@ -408,5 +433,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--dataset-label", required=True, help="dataset name for captions, e.g. 'RefCOCO (UNC)'"
+    )
+    parser.add_argument(
+        "--expression",
+        default="first",
+        choices=("first", "all"),
+        help="whose metrics fill the tables: first (the paper's) or all (every sentence)",
     )
     parser.set_defaults(func=_tables_command)

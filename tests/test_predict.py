@@ -74,7 +74,7 @@ def test_predict_and_evaluate_give_identical_masks(demo_pipeline, run_dir):
     cache = demo_pipeline / "cache/val.h5"
     text = EmbeddingTable.load(demo_pipeline / "text/mean~pca~8.h5")
     model, payload = load_model(run_dir / "best.pt", text)
-    _, _, predictions = evaluate(model, payload, cache, text, expression="first")
+    _, _, predictions, _ = evaluate(model, payload, cache, text, expression="first")
     demo = demo_pipeline / "resources/demo"
     refer = load_refer(demo, "demo", "unc", demo / "images")
     with h5py.File(cache) as f:

@@ -106,7 +106,7 @@ def test_evaluate_scores_every_referent(demo_pipeline, trained):
     cfg, history = trained
     text = EmbeddingTable.load(cfg.text)
     model, payload = load_model(cfg.out_dir / "best.pt", text)
-    accumulator, _, predictions = evaluate(
+    accumulator, _, predictions, _ = evaluate(
         model, payload, demo_pipeline / "cache/val.h5", text, expression="first"
     )
     summary = accumulator.summary()["metrics"]

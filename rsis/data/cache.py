@@ -32,7 +32,7 @@ from rsis.runs import TRAIN_ORDERS
 log = logging.getLogger(__name__)
 
 ORDERS = (*TRAIN_ORDERS, "reverse")  # reverse: evaluation only (the paper's Fig. 4)
-EXPRESSIONS = ("first", "random")
+EXPRESSIONS = ("first", "random", "all")
 
 
 def load_resized_image(
@@ -189,7 +189,9 @@ class SequenceDataset(torch.utils.data.Dataset):
         embeddings: maps sent_ids to embedding rows.
         order: ``area`` (largest first), ``random`` (new permutation each epoch), ``dataset``,
             or ``reverse`` (dataset order reversed, for the paper's inverse-order figure).
-        expression: ``first`` (the paper's evaluation) or ``random`` (a new one each epoch).
+        expression: ``first`` (the paper's evaluation), ``random`` (a new one each epoch) or
+            ``all``: pass k (``set_pass``) gives every referent its k-th sentence, wrapping
+            around for referents with fewer (evaluation scores sentence k only where k < count).
         max_referents: longest sequence; an image with more referents gives several sequences.
         seed: makes the random order and expression choice reproducible per (epoch, item).
     """
@@ -215,6 +217,7 @@ class SequenceDataset(torch.utils.data.Dataset):
         self.max_referents = max_referents
         self.seed = seed
         self.epoch = 0
+        self.sentence_pass = 0
         self._items: list[tuple[ImageReferents, int]] = [
             (group, chunk)
             for group in self.cache.referents_by_image()
@@ -224,6 +227,14 @@ class SequenceDataset(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose random order and expressions the next items use."""
         self.epoch = epoch
+
+    def set_pass(self, sentence_pass: int) -> None:
+        """Choose which sentence (k-th, wrapping around) ``expression="all"`` feeds."""
+        self.sentence_pass = sentence_pass
+
+    def passes(self) -> int:
+        """Passes that feed every sentence once under ``all``: the most sentences of a referent."""
+        return int(np.diff(self.cache.sent_ptr).max())
 
     def __len__(self) -> int:
         return len(self._items)
@@ -240,7 +251,10 @@ class SequenceDataset(torch.utils.data.Dataset):
 
     def _sentence(self, ref: int, rng: np.random.Generator) -> int:
         sentences = self.cache.sentences(ref)
-        pick = 0 if self.expression == "first" else rng.integers(len(sentences))
+        if self.expression == "all":
+            pick = self.sentence_pass % len(sentences)
+        else:
+            pick = 0 if self.expression == "first" else rng.integers(len(sentences))
         return int(sentences[pick])
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:

@@ -39,7 +39,7 @@ class SplitCache:
         attrs: its attributes (``split``, ``dataset``, ``split_by``, ``height``, ``width``, ...).
         ref_id, ann_id, category_id, image_index, area: one entry per referent (cache row).
         sent_ids, sent_ptr: referent ``r`` owns ``sent_ids[sent_ptr[r]:sent_ptr[r + 1]]``.
-        image_id: one entry per image row.
+        image_id, image_hw: one entry per image row (``image_hw``: the original (height, width)).
     """
 
     INDEX = ("ref_id", "ann_id", "category_id", "image_index", "area", "sent_ids", "sent_ptr")
@@ -62,7 +62,7 @@ class SplitCache:
                     f"rsis reads format {CACHE_FORMAT}: delete it and rerun `rsis prepare` "
                     "(or snakemake)"
                 )
-            index = {key: f[key][:] for key in (*self.INDEX, "image_id")}
+            index = {key: f[key][:] for key in (*self.INDEX, "image_id", "image_hw")}
         self.ref_id: np.ndarray = index["ref_id"]
         self.ann_id: np.ndarray = index["ann_id"]
         self.category_id: np.ndarray = index["category_id"]
@@ -71,6 +71,7 @@ class SplitCache:
         self.sent_ids: np.ndarray = index["sent_ids"]
         self.sent_ptr: np.ndarray = index["sent_ptr"]
         self.image_id: np.ndarray = index["image_id"]
+        self.image_hw: np.ndarray = index["image_hw"]
         self._file: h5py.File | None = None
 
     @property

@@ -215,14 +215,22 @@ FIGURE_DIR = RUN_DIR.format(run=FIGURE_RUN, seed=config["figures"]["seed"])
 DATASET_LABEL = DS.get("label", DATASET)
 
 
-def original_size_flags():
-    """``rsis evaluate`` flags that score at the original image size, when configured."""
-    if not config["evaluation"]["original_size"]:
-        return ""
-    return (
-        f"--original-size --refs-root {DS['root']} --dataset {DS['name']}"
-        f" --split-by {DS['splitBy']} --images {DS['images']}"
+# The expression whose metrics fill the tables: the protocol's sentences (the first for rsis,
+# every sentence for the peers' protocols), evaluated whether or not `expressions` lists it.
+TABLE_EXPRESSION = "first" if config["evaluation"]["protocol"] == "rsis" else "all"
+EVAL_EXPRESSIONS = list(
+    dict.fromkeys([*config["evaluation"]["expressions"], TABLE_EXPRESSION])
+)
+
+
+def evaluation_flags(wildcards, input):
+    """``rsis evaluate`` flags: the protocol, the dataset (breakdowns, full-size masks) and
+    ``--original-size`` when configured."""
+    flags = (
+        f"--protocol {config['evaluation']['protocol']} --refs-root {refs_root(wildcards, input)}"
+        f" --dataset {DS['name']} --split-by {DS['splitBy']} --images {DS['images']}"
     )
+    return flags + (" --original-size" if config["evaluation"]["original_size"] else "")
 
 
 def curve_runs(wildcards):

@@ -7,12 +7,13 @@ rule evaluate:
         checkpoint=result(f"train/{RUN_DIR}/best.pt"),
         caches=expand(result("cache/{split}.h5"), split=EVAL_SPLITS),
         text=lambda wildcards: text_file(RUNS[wildcards.run]),
+        data=dataset_inputs(),
     output:
         expand(
             result("eval/{{run}}/seed{{seed}}/{split}~{expression}.{kind}"),
             split=EVAL_SPLITS,
-            expression=config["evaluation"]["expressions"],
-            kind=["json", "csv", "predictions.h5"],
+            expression=EVAL_EXPRESSIONS,
+            kind=["json", "csv", "predictions.h5", "predictions.json"],
         ),
     log:
         log_path(f"evaluate/{RUN_DIR}"),
@@ -27,14 +28,13 @@ rule evaluate:
         runtime=RESOURCES["evaluate"]["runtime"],
     params:
         out_dir=output_dir,
-        expressions=config["evaluation"]["expressions"],
+        expressions=EVAL_EXPRESSIONS,
         seed=config["evaluation"]["seed"],
-        original_size=original_size_flags(),
+        flags=evaluation_flags,
     shell:
         "rsis evaluate --checkpoint {input.checkpoint:q} --cache {input.caches:q}"
         " --text {input.text:q} --expression {params.expressions} --seed {params.seed}"
-        " --out-dir {params.out_dir:q} {params.original_size} --threads {threads}"
-        " > {log:q} 2>&1"
+        " --out-dir {params.out_dir:q} {params.flags} --threads {threads} > {log:q} 2>&1"
 
 
 rule evaluate_inverse_order:
@@ -45,7 +45,7 @@ rule evaluate_inverse_order:
     output:
         expand(
             result("eval/{{run}}/seed{{seed}}/{{split}}~first~reverse.{kind}"),
-            kind=["json", "csv", "predictions.h5"],
+            kind=["json", "csv", "predictions.h5", "predictions.json"],
         ),
     log:
         log_path(f"evaluate/{RUN_DIR}/{{split}}~reverse"),

@@ -8,7 +8,7 @@ rule tables:
             run=RUNS,
             seed=SEEDS,
             split=EVAL_SPLITS,
-            expression=config["evaluation"]["expressions"],
+            expression=EVAL_EXPRESSIONS,
         ),
     output:
         report(
@@ -47,9 +47,11 @@ rule tables:
         out_dir=output_dir,
         label=DATASET_LABEL,
         grid=json.dumps(config["grid"]),
+        expression=TABLE_EXPRESSION,
     shell:
         "rsis tables --metrics {input:q} --grid {params.grid:q} --out-dir {params.out_dir:q}"
-        " --dataset-label {params.label:q} > {log:q} 2>&1"
+        " --dataset-label {params.label:q} --expression {params.expression}"
+        " > {log:q} 2>&1"
 
 
 rule convergence:
