@@ -31,6 +31,7 @@ from rsis.inference import autocast, resolve_device
 from rsis.io import atomic_path
 from rsis.metrics import resize_scores
 from rsis.predictions import encode_masks
+from rsis.score import write_predictions_json
 from rsis.text.embed import embed_sequences
 from rsis.text.models import (
     load_model,
@@ -175,8 +176,8 @@ def _write_overlay(image_path: Path, prediction: Prediction, out: Path) -> None:
     compose([Row([painted], legend(prediction.expressions))], None, out)
 
 
-def _jobs(args: argparse.Namespace) -> list[tuple[Path, list[str]]]:
-    """(image, expressions) pairs from ``--image/--expr`` or a JSONL ``--batch`` file."""
+def _jobs(args: argparse.Namespace) -> list[tuple[Path, list[str], list[int] | None]]:
+    """(image, expressions, sent_ids or None) from ``--image/--expr`` or a JSONL ``--batch``."""
     if args.batch:
         jobs = []
         for number, line in enumerate(Path(args.batch).read_text().splitlines(), 1):
@@ -184,25 +185,42 @@ def _jobs(args: argparse.Namespace) -> list[tuple[Path, list[str]]]:
                 continue
             try:
                 record = json.loads(line)
-                jobs.append((Path(record["image"]), list(record["expressions"])))
+                expressions = list(record["expressions"])
+                sent_ids = record.get("sent_ids")
+                if sent_ids is not None and (
+                    len(sent_ids) != len(expressions)
+                    or not all(isinstance(i, int) and not isinstance(i, bool) for i in sent_ids)
+                ):
+                    raise TypeError("sent_ids must be one integer per expression")
+                jobs.append((Path(record["image"]), expressions, sent_ids))
             except (json.JSONDecodeError, KeyError, TypeError) as error:
                 raise UserError(
                     f"{args.batch}, line {number}: expected "
-                    '{"image": "photo.jpg", "expressions": ["...", ...]} '
+                    '{"image": "photo.jpg", "expressions": ["...", ...], "sent_ids": [optional]} '
                     f"({error})"
                 ) from error
         return jobs
     if not args.image:
         raise UserError("give --image with --expr, or --batch FILE.jsonl")
-    return [(Path(args.image), args.expr or [])]
+    return [(Path(args.image), args.expr or [], None)]
 
 
 def _predict_command(args: argparse.Namespace) -> None:
     jobs = _jobs(args)
+    if args.score_json and any(sent_ids is None for _, _, sent_ids in jobs):
+        raise UserError("--score-json needs --batch lines that give sent_ids for every expression")
     predictor = Predictor(args.model, args.device)
-    for image_path, expressions in tqdm(jobs, desc="predict", unit="img", disable=len(jobs) < 2):
+    samples: list[tuple[int, int | None, dict]] = []
+    for image_path, expressions, sent_ids in tqdm(
+        jobs, desc="predict", unit="img", disable=len(jobs) < 2
+    ):
         result = write_outputs(image_path, predictor(image_path, expressions), Path(args.out))
         log.info("%s: %d masks, overlay %s", image_path, len(result["masks"]), result["overlay"])
+        if sent_ids is not None:
+            masks = zip(sent_ids, result["masks"], strict=True)
+            samples += [(sent_id, None, mask["rle"]) for sent_id, mask in masks]
+    if args.score_json:
+        write_predictions_json(args.score_json, samples)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -211,7 +229,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, required=True, help="model bundle (rsis export)")
     p.add_argument("--image", help="the photo")
     p.add_argument("--expr", action="append", help="a referring expression (repeat, in order)")
-    p.add_argument("--batch", help='JSONL: {"image": ..., "expressions": [...]} per line')
+    p.add_argument(
+        "--batch",
+        help='JSONL: {"image": ..., "expressions": [...], "sent_ids": [...] (optional)} per line',
+    )
+    p.add_argument(
+        "--score-json",
+        type=Path,
+        help="also write every mask with its sent_id as rsis score's input (needs sent_ids)",
+    )
     p.add_argument("--out", default="predictions", help="output folder")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.set_defaults(func=_predict_command)

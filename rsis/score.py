@@ -39,11 +39,13 @@ def encode_rle(mask: np.ndarray | torch.Tensor) -> dict:
 
 
 def write_predictions_json(
-    path: str | os.PathLike, samples: Iterable[tuple[int, int, dict]]
+    path: str | os.PathLike, samples: Iterable[tuple[int, int | None, dict]]
 ) -> None:
-    """Write ``rsis score``'s input format atomically: one entry per (sent_id, ref_id, rle)."""
+    """Write ``rsis score``'s input format atomically: one entry per (sent_id, ref_id, rle);
+    a ref_id of None is left out (``rsis score`` takes it from the dataset)."""
     entries = [
-        {"sent_id": int(sent_id), "ref_id": int(ref_id), "segmentation": rle}
+        {"sent_id": int(sent_id), "segmentation": rle}
+        | ({} if ref_id is None else {"ref_id": int(ref_id)})
         for sent_id, ref_id, rle in samples
     ]
     with atomic_path(path) as tmp:

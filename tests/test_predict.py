@@ -146,3 +146,38 @@ def test_export_needs_only_the_checkpoint_and_the_text_file(
     original, _ = load_bundle(run_dir / "bundle.pt")
     for key, value in original.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_predict_writes_rsis_score_input(demo_pipeline, run_dir, tmp_path):
+    """predict --score-json, scored by rsis score, gives evaluate's original-size numbers."""
+    from rsis.data.refer import load_refer
+
+    demo = demo_pipeline / "resources/demo"
+    refer = load_refer(demo, "demo", "unc", demo / "images")
+    lines = []
+    for sequence in refer.sequences("val", max_referents=3):
+        first = [ref["sentences"][0] for ref in sequence]
+        line = {
+            "image": str(refer.image_path(sequence[0]["image_id"])),
+            "expressions": [s["sent"] for s in first],
+            "sent_ids": [s["sent_id"] for s in first],
+        }
+        lines.append(json.dumps(line))
+    (tmp_path / "jobs.jsonl").write_text("\n".join(lines))
+    predict = ["predict", "--model", str(run_dir / "bundle.pt"), "--device", "cpu"]
+    jobs = ["--batch", str(tmp_path / "jobs.jsonl"), "--out", str(tmp_path / "out")]
+    assert main([*predict, *jobs, "--score-json", str(tmp_path / "preds.json")]) == 0
+    refer_args = ["--refs-root", str(demo), "--dataset", "demo", "--images", str(demo / "images")]
+    evaluate = [
+        "evaluate", "--checkpoint", str(run_dir / "best.pt"),
+        "--cache", str(demo_pipeline / "cache/val.h5"),
+        "--text", str(demo_pipeline / "text/mean~pca~8.h5"), "--original-size",
+        "--out-dir", str(tmp_path / "eval"), *refer_args,
+    ]  # fmt: skip
+    assert main(evaluate) == 0
+    out = tmp_path / "scored.json"
+    score = ["score", *refer_args, "--split", "val", "--resolution", "original", "--out", str(out)]
+    assert main([*score, "--predictions", str(tmp_path / "preds.json")]) == 0
+    scored = json.loads(out.read_text())["metrics"]
+    evaluated = json.loads((tmp_path / "eval/val~first.json").read_text())["metrics"]
+    assert scored == pytest.approx(evaluated, abs=1e-12)
