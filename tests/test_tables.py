@@ -65,7 +65,9 @@ layers (mean of the last hidden layer) reduced with PCA to 64; first expression 
 Each cell: ours as mean ± sd over seeds 0 (the mean alone for one seed), then (paper); IoU in \
 percent; — = not available. Instance IoU = mean over referents of intersection/union (mIoU); Overall IoU = sum of intersections / sum of unions over all \
 referents (oIoU). Ours: text model all-MiniLM-L6-v2, backbone resnet101, image size 240x427, \
-scored at 240x427. Paper: RefCOCO (UNC), bert-base-cased (native dim 768), ResNet-101, 240x427.
+scored at 240x427, protocol rsis (a sample with empty prediction and empty ground truth scores \
+IoU 1; prec@X: share of samples with IoU >= X, X in 0.5, 0.6, 0.7, 0.8, 0.9). Paper: RefCOCO \
+(UNC), bert-base-cased (native dim 768), ResNet-101, 240x427.
 
 | Referent order   | Batch size   | Instance IoU val   | Instance IoU testA   | Instance IoU testB   | Overall IoU val   | Overall IoU testA   | Overall IoU testB   |
 |:-----------------|:-------------|:-------------------|:---------------------|:---------------------|:------------------|:--------------------|:--------------------|

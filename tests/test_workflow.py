@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -235,3 +236,29 @@ def test_report_renders_in_a_browser(tiny_workflow):
         with Image.open(folder / name) as png:
             assert png.size == (1280, 1500)
             assert np.unique(np.asarray(png.convert("L"))).size > 8  # something was drawn
+
+
+@pytest.mark.slow
+def test_protocol_switch_renders_the_tables_under_lavt(tiny_workflow):
+    """Last in this file: it runs the workflow under another protocol (no later test reads
+    the results)."""
+    original = (tiny_workflow / "config.yaml").read_text()
+    _edit_config(tiny_workflow, lambda c: c["evaluation"].update(protocol="lavt"))
+    try:
+        counts = job_counts(_snakemake(tiny_workflow, "-n"))
+        assert (
+            counts["evaluate"] == 4
+        )  # 2 runs x 2 seeds and counts["tables"] == 1 and "train" not in counts
+        _snakemake(tiny_workflow)
+    finally:
+        (tiny_workflow / "config.yaml").write_text(original)
+    caption = (tiny_workflow / "results/demo/tables/table1.md").read_text()
+    assert "protocol lavt" in caption and "every sentence scored" in caption
+    record = json.loads(
+        (tiny_workflow / "results/demo/eval/mean-pca-8-random-bs4/seed0/val~all.json").read_text()
+    )
+    assert record["protocol"] == "lavt" and record["conventions"]["resolution"].startswith(
+        "480x480"
+    )
+    assert record["metrics"]["n_samples"] > record["metrics"]["n_referents"]
+    assert set(record["breakdowns"]) == {"category", "expression_type"}
