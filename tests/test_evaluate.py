@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import json
 
-import h5py
 import numpy as np
 import pandas as pd
 import pytest
 
 from rsis.breakdowns import expression_template
 from rsis.cli import main
+from rsis.data.cache_file import SplitCache
 from rsis.data.demo.scenes import make_scene
 from rsis.evaluate import evaluate, load_model
 from rsis.text import EmbeddingTable
 from rsis.train import Trainer
-from tests.conftest import make_train_config
+from tests.helpers import make_train_config
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +32,8 @@ def test_all_scores_every_sentence_once(demo_pipeline, run_dir):
     model, payload = load_model(run_dir / "best.pt", text)
     every, _, _, original = evaluate(model, payload, cache, text, expression="all")
     first, _, _, _ = evaluate(model, payload, cache, text, expression="first")
-    with h5py.File(cache) as f:
-        sent_ids, sent_ptr = f["sent_ids"][:], f["sent_ptr"][:]
+    split_cache = SplitCache(cache)
+    sent_ids, sent_ptr = split_cache.sent_ids, split_cache.sent_ptr
     table = every.per_referent()
     assert sorted(table["id"]) == sorted(sent_ids.tolist())
     assert sorted(sample[0] for sample in original) == sorted(sent_ids.tolist())

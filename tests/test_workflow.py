@@ -246,9 +246,8 @@ def test_protocol_switch_renders_the_tables_under_lavt(tiny_workflow):
     _edit_config(tiny_workflow, lambda c: c["evaluation"].update(protocol="lavt"))
     try:
         counts = job_counts(_snakemake(tiny_workflow, "-n"))
-        assert (
-            counts["evaluate"] == 4
-        )  # 2 runs x 2 seeds and counts["tables"] == 1 and "train" not in counts
+        assert counts["evaluate"] == 4  # 2 runs x 2 seeds
+        assert counts["tables"] == 1 and "train" not in counts
         _snakemake(tiny_workflow)
     finally:
         (tiny_workflow / "config.yaml").write_text(original)
