@@ -180,7 +180,8 @@ def job_cpus(cpus):
     def threads(wildcards):
         cores = workflow.global_resources.get("_cores")
         cluster_run = workflow.is_main_process and workflow.non_local_exec
-        if cluster_run and cores is not None and cores.value < cpus:
+        capped = cores is not None and cores.value is not None and cores.value < cpus
+        if cluster_run and capped:
             raise ValueError(
                 f"--cores {cores.value} would shrink cluster jobs that config.yaml's "
                 f"`resources` give {cpus} CPUs: run with `--workflow-profile profiles/slurm` "
