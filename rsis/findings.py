@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +35,14 @@ from scipy import stats
 from rsis.cli import add_command
 from rsis.io import atomic_path
 from rsis.metrics import read_metrics_json
-from rsis.runs import grid_tables
+from rsis.runs import RunSpec, grid_tables
 from rsis.tables import metrics_frame, parse_grid
 
 ALPHA = 0.05
 AGREES, DISAGREES, UNRESOLVED = "agrees", "disagrees", "not resolved"
 PAPER_TRANSFORMS: tuple[str, ...] = ("none", "pca", "linear")  # Table 1's (linear_pca is ours)
 EXPRESSION_MARGIN = 1.0  # points of overall IoU (supplement, Section 3.2)
-COORDINATES: tuple[str, ...] = ("embedding", "transform", "dim", "order", "batch_size")
+COORDINATES: tuple[str, ...] = tuple(field.name for field in fields(RunSpec))
 
 
 @dataclass(frozen=True)
