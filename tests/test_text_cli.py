@@ -136,3 +136,11 @@ def test_bench_embed_times_a_bert_base_shaped_model(tmp_path, capsys, restore_th
     printed = capsys.readouterr().out
     assert re.search(r"^model +bert-base-cased's shape, random weights", printed, re.M)
     assert re.search(r"^expressions +12 \(mean", printed, re.M)
+    cpu = re.search(
+        r"^fp32 batched CPU +([\d.]+) CPU ms per expression \(([\d.]+) CPU s", printed, re.M
+    )
+    per_expression = float(cpu[1])  # ms, from the run's CPU seconds over 12 expressions
+    assert per_expression > 0
+    assert per_expression == pytest.approx(1000 * float(cpu[2]) / 12, abs=0.5)
+    refcoco = re.search(r"142,210 expressions: ([\d.]+) CPU min", printed)
+    assert float(refcoco[1]) == pytest.approx(142_210 * per_expression / 1000 / 60, abs=0.05)
