@@ -6,17 +6,20 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from PIL import Image
 
 from rsis.cli import main
 
 HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
 
 
-def _run(root: Path, images: int, expressions: int, cpu: tuple[float, float]) -> Path:
-    """A workflow folder with a demo of ``images`` pictures and a tokens file."""
+def _run(root: Path, images: int, side: int, expressions: int, cpu: tuple[float, float]) -> Path:
+    """A workflow folder with a demo of ``images`` pictures of ``side`` x 2 ``side`` pixels
+    and a tokens file."""
     (root / "resources/demo/images").mkdir(parents=True)
     for i in range(images):
-        (root / f"resources/demo/images/demo_{i:06d}.jpg").write_bytes(b"x" * 100)
+        picture = Image.new("RGB", (2 * side, side), (i, 0, 0))
+        picture.save(root / f"resources/demo/images/demo_{i:06d}.jpg")
     (root / "results/demo/text").mkdir(parents=True)
     with h5py.File(root / "results/demo/text/tokens.h5", "w") as f:
         f["sent_id"] = np.arange(expressions)
@@ -28,14 +31,18 @@ def _run(root: Path, images: int, expressions: int, cpu: tuple[float, float]) ->
 
 
 def test_rehearsal_table_gives_per_item_cpu_and_ratio(tmp_path, capsys):
-    small = _run(tmp_path / "small", images=4, expressions=10, cpu=(2.0, 1.0))
-    large = _run(tmp_path / "large", images=40, expressions=1000, cpu=(30.0, 50.0))
+    small = _run(tmp_path / "small", images=4, side=500, expressions=10, cpu=(2.0, 1.0))
+    large = _run(tmp_path / "large", images=40, side=1000, expressions=1000, cpu=(30.0, 50.0))
     assert main(["bench", "rehearsal", "--small", str(small), "--large", str(large)]) == 0
+    per_item, per_megapixel = capsys.readouterr().out.split("\n\n")
     rows = {
-        line.split(" | ")[0].strip("| "): line.split(" | ")
-        for line in capsys.readouterr().out.splitlines()[2:]
+        line.split(" | ")[0].strip("| "): line.split(" | ") for line in per_item.splitlines()[2:]
     }
     demo, tokenize = rows["demo_dataset"], rows["text/tokenize"]
-    assert demo[3:9] == ["322 MB", "0.0 MB", "40", "500.00", "750.00", "1.50 |"]
+    assert demo[3] == "322 MB" and demo[5:9] == ["40", "500.00", "750.00", "1.50 |"]
     assert tokenize[5:9] == ["1,000", "100.00", "50.00", "0.50 |"]
+    # 4 pictures of 0.5 megapixels against 40 of 2: per megapixel 1,000 and 375 CPU ms
+    assert per_megapixel.splitlines()[2:] == [
+        "| demo_dataset | 2.0 | 80.0 | 1,000.0 | 375.0 | 0.38 |"
+    ]
     assert main(["bench", "rehearsal", "--small", str(small), "--large", str(tmp_path)]) == 2

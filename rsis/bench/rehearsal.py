@@ -5,7 +5,10 @@ Reads Snakemake's ``benchmark:`` files of two runs of the rehearsal configuratio
 and CPU seconds, peak memory (``max_rss``), output size, the items it handled (images,
 expressions or training images) and the CPU seconds per item at both scales with their ratio.
 CPU seconds, not wall time, make the per-item ratio: the wall time of a shared machine depends
-on what else runs.
+on what else runs. The rules that draw or decode pictures at their source size (demo
+generation, ``prepare``) also get their CPU seconds per source megapixel: RefCOCO-sized
+pictures (COCO's sizes) hold more pixels than the small demo's, so per image they cost more
+without anything growing faster than the data.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pandas as pd
+from PIL import Image
 
 from rsis.checkpoint import load_checkpoint
 from rsis.errors import UserError
@@ -30,6 +35,16 @@ class RuleCost:
     max_rss_mb: float
     output_bytes: int
     items: int
+    megapixels: float | None  # source pixels drawn or decoded, for the picture rules
+
+
+@dataclass(frozen=True)
+class _Output:
+    """What a rule wrote and how much it handled."""
+
+    path: Path
+    items: int
+    megapixels: float | None = None
 
 
 def _size(path: Path) -> int:
@@ -43,30 +58,43 @@ def _count(path: Path, dataset: str) -> int:
         return len(f[dataset])
 
 
-def _outputs(run: Path, name: str) -> tuple[Path, int]:
-    """The output of benchmark ``name`` and the number of items it handled."""
+def _image_megapixels(folder: Path) -> float:
+    """Pixels of every picture in ``folder`` (read from the file headers), in millions."""
+    total = 0
+    for path in folder.iterdir():
+        with Image.open(path) as image:
+            total += image.width * image.height
+    return total / 1e6
+
+
+def _outputs(run: Path, name: str) -> _Output:
+    """The output of benchmark ``name`` and what it handled."""
     results = run / "results/demo"
     tokens = results / "text/tokens.h5"
     if name == "demo_dataset":
-        demo = run / "resources/demo"
-        return demo, sum(1 for _ in (demo / "images").iterdir())
+        images = run / "resources/demo/images"
+        count = sum(1 for _ in images.iterdir())
+        return _Output(run / "resources/demo", count, _image_megapixels(images))
     if name.startswith("prepare/"):
         cache = results / f"cache/{name.split('/')[1]}.h5"
-        return cache, _count(cache, "image_id")
+        with h5py.File(cache, "r") as f:  # source sizes of the pictures the rule decoded
+            source_hw = f["image_hw"][:].astype(np.int64)
+        return _Output(cache, len(source_hw), float(source_hw.prod(axis=1).sum()) / 1e6)
     if name in ("text/tokenize", "text/embed"):
         out = tokens if name == "text/tokenize" else results / "text/embeddings.h5"
-        return out, _count(tokens, "sent_id")
+        return _Output(out, _count(tokens, "sent_id"))
     if name.startswith("text/reduce/"):
-        return results / f"text/{name.split('/')[-1]}.h5", _count(tokens, "sent_id")
+        return _Output(results / f"text/{name.split('/')[-1]}.h5", _count(tokens, "sent_id"))
     if name.startswith("train/"):
         folder = results / name  # bounded runs: epochs x steps x batch training images
         config = load_checkpoint(folder / "last.pt")["train_config"]
         epochs = len(pd.read_csv(folder / "metrics.csv"))
         steps = config.get("steps_per_epoch") or 0
-        return folder, epochs * steps * config["batch_size"]
+        return _Output(folder, epochs * steps * config["batch_size"])
     if name.startswith("evaluate/"):
-        return results / f"eval/{name.split('/')[1]}", _count(results / "cache/val.h5", "image_id")
-    return results / name, 1
+        val = _count(results / "cache/val.h5", "image_id")
+        return _Output(results / f"eval/{name.split('/')[1]}", val)
+    return _Output(results / name, 1)
 
 
 def rule_costs(run: Path) -> dict[str, RuleCost]:
@@ -78,9 +106,14 @@ def rule_costs(run: Path) -> dict[str, RuleCost]:
     for file in files:
         name = str(file.relative_to(run / "benchmarks").with_suffix("")).removeprefix("demo/")
         row = pd.read_csv(file, sep="\t").iloc[-1]
-        output, items = _outputs(run, name)
+        output = _outputs(run, name)
         costs[name] = RuleCost(
-            row["s"], row["cpu_time"], row["max_rss"], _size(output), max(items, 1)
+            row["s"],
+            row["cpu_time"],
+            row["max_rss"],
+            _size(output.path),
+            max(output.items, 1),
+            output.megapixels,
         )
     return costs
 
@@ -101,6 +134,25 @@ def run(args: argparse.Namespace) -> None:
             f"| {name} | {cost.wall_s:,.0f} | {cost.cpu_s:,.0f} | {cost.max_rss_mb:,.0f} MB "
             f"| {cost.output_bytes / 1e6:,.1f} MB | {cost.items:,} | {small_item:,.2f} "
             f"| {per_item:,.2f} | {per_item / small_item:.2f} |"
+        )
+    pictures = [
+        (name, small[name], cost)
+        for name, cost in large.items()
+        if cost.megapixels and name in small and small[name].megapixels
+    ]
+    if pictures:
+        print()
+        print(
+            "| rule | source megapixels (small) | source megapixels | CPU ms per megapixel "
+            "(small) | CPU ms per megapixel | ratio |"
+        )
+        print("|---|---|---|---|---|---|")
+    for name, reference, cost in pictures:
+        small_mp = 1000 * reference.cpu_s / reference.megapixels
+        per_mp = 1000 * cost.cpu_s / cost.megapixels
+        print(
+            f"| {name} | {reference.megapixels:,.1f} | {cost.megapixels:,.1f} "
+            f"| {small_mp:,.1f} | {per_mp:,.1f} | {per_mp / small_mp:.2f} |"
         )
 
 
