@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from rsis.breakdowns import expression_template
 from rsis.data.cache import resize_mask
 from rsis.errors import UserError
 from rsis.metrics import (
@@ -214,3 +215,31 @@ def test_oracle_on_real_sample(sample_refer, split, count):
     metrics = original.summary()["metrics"]
     assert 0.9 < metrics["instance_iou"] < 1.0
     assert 0.9 < metrics["overall_iou"] < 1.0
+
+
+def test_per_expression_type_breakdown_on_a_hand_made_case():
+    """Three demo sentences, one per template, and a second attribute one: known IoUs."""
+    sentences = {
+        10: "the small red circle",  # attribute: 4 of 8 px predicted, no extra: IoU 1/2
+        11: "the big blue square",  # attribute: perfect, 2 px: IoU 1
+        12: "the leftmost star",  # extreme: 2 px right, 2 px extra: IoU 2/4
+        13: "green triangle left of the red circle",  # relation: missed, 3 px: IoU 0
+    }
+    gt = torch.zeros(4, 4, 4, dtype=torch.bool)
+    pred = gt.clone()
+    gt[0, :2] = True
+    pred[0, 0] = True
+    gt[1, 3, :2] = pred[1, 3, :2] = True
+    gt[2, 2, :2] = pred[2, 2, :2] = True
+    pred[2, 2, 2:] = True
+    gt[3, 3, 2] = gt[3, 0, 3] = gt[3, 1, 3] = True
+    accumulator = MetricAccumulator(resolution="4x4")
+    accumulator.update(pred, gt, ids=list(sentences))
+    groups = {"expression_type": {i: expression_template(s) for i, s in sentences.items()}}
+    parts = accumulator.summary(groups)["breakdowns"]["expression_type"]
+    assert set(parts) == {"attribute", "extreme", "relation"}
+    assert parts["attribute"]["instance_iou"] == pytest.approx((0.5 + 1.0) / 2)
+    assert parts["attribute"]["overall_iou"] == pytest.approx((4 + 2) / (8 + 2))
+    assert parts["attribute"]["n_samples"] == 2
+    assert parts["extreme"]["instance_iou"] == parts["extreme"]["overall_iou"] == 0.5
+    assert parts["relation"]["instance_iou"] == parts["relation"]["overall_iou"] == 0.0
