@@ -16,6 +16,7 @@ from rsis.data.cache import EXPRESSIONS, SequenceDataset, resize_mask
 from rsis.data.cache_file import SplitCache
 from rsis.data.refer import Refer, add_refer_arguments, refer_from_args
 from rsis.errors import UserError
+from rsis.features import FeatureStore
 from rsis.inference import (
     add_threads_argument,
     make_loader,
@@ -26,6 +27,7 @@ from rsis.inference import (
 from rsis.io import atomic_path
 from rsis.metrics import MetricAccumulator, resize_scores, write_metrics_json
 from rsis.model import RRIS, ModelConfig
+from rsis.model.frozen import encoder_digest
 from rsis.predictions import Predictions, encode_masks, save_predictions
 from rsis.protocols import PROTOCOLS, Protocol, get_protocol
 from rsis.runs import RunSpec
@@ -77,6 +79,7 @@ def evaluate(
     batch_size: int = 8,
     protocol: Protocol = PROTOCOLS["rsis"],
     refer: Refer | None = None,
+    features: FeatureStore | None = None,
 ) -> tuple[MetricAccumulator, dict, Predictions, list[tuple[int, int, dict]]]:
     """Predict every referent of a split and score it under ``protocol``.
 
@@ -96,6 +99,7 @@ def evaluate(
         batch_size: sequences per forward pass.
         protocol: resolution, binarisation and scoring rules; its sentences are ``expression``.
         refer: the dataset; needed where the protocol scores at the original size or 480x480.
+        features: the split's stored encoder features (model frozen); None runs the encoder.
 
     Returns:
         The accumulator (samples keyed by sent_id), the checkpoint payload, the scored masks
@@ -134,7 +138,7 @@ def evaluate(
         dataset.set_pass(sentence_pass)
         desc = f"evaluate {cache.stem}" + (f" pass {sentence_pass + 1}/{passes}" * (passes > 1))
         loader = make_loader(dataset, batch_size)
-        for batch, logits in predict_batches(model, loader, target, desc=desc):
+        for batch, logits in predict_batches(model, loader, target, desc, features):
             valid = batch["valid"]
             refs = batch["ref_id"][valid]
             keep = torch.tensor([sentence_pass < sentences[r] for r in refs.tolist()])
@@ -167,6 +171,21 @@ def evaluate(
     return accumulator, payload, predictions, original
 
 
+def _feature_stores(
+    model: RRIS, caches: list[Path], features: list[Path] | None
+) -> list[FeatureStore | None]:
+    """One store per cache from ``--features`` (same order), or None each to run the encoder."""
+    if not features:
+        return [None] * len(caches)
+    if len(features) != len(caches):
+        raise UserError(
+            f"--features needs one file per --cache ({len(caches)}), got {len(features)}"
+        )
+    model.freeze_encoder()
+    digest = encoder_digest(model.encoder)
+    return [FeatureStore(path, cache, digest) for path, cache in zip(features, caches, strict=True)]
+
+
 def output_stem(out_dir: Path, split: str, expression: str, order: str) -> Path:
     """``<out_dir>/<split>~<expression>`` (``~reverse`` appended for the inverse order)."""
     return out_dir / (f"{split}~{expression}" + ("~reverse" if order == "reverse" else ""))
@@ -181,7 +200,8 @@ def _evaluate_command(args: argparse.Namespace) -> None:
     text = EmbeddingTable.load(args.text)
     model, payload = load_model(args.checkpoint, text)
     model.to(resolve_device(args.device))
-    for cache in args.cache:
+    stores = _feature_stores(model, args.cache, args.features)
+    for cache, features in zip(args.cache, stores, strict=True):
         split_cache = SplitCache(cache)
         for expression in args.expression:
             accumulator, payload, predictions, original = evaluate(
@@ -195,6 +215,7 @@ def _evaluate_command(args: argparse.Namespace) -> None:
                 batch_size=args.batch_size,
                 protocol=protocol,
                 refer=refer,
+                features=features,
             )
             groups = sample_labels(refer, accumulator.per_referent()["id"]) if refer else {}
             stem = output_stem(args.out_dir, split_cache.split, expression, args.order)
@@ -235,6 +256,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint (.pt)")
     p.add_argument("--cache", type=Path, nargs="+", required=True, help="split caches (.h5)")
     p.add_argument("--text", type=Path, required=True, help="embeddings the model trained with")
+    p.add_argument(
+        "--features", type=Path, nargs="+", help="stored encoder features, one per --cache"
+    )
     p.add_argument(
         "--expression",
         nargs="+",

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from rsis.data.cache import collate_sequences
 from rsis.errors import UserError
+from rsis.features import FeatureStore
 
 
 def resolve_device(name: str) -> torch.device:
@@ -76,18 +77,37 @@ def make_loader(
     )
 
 
+def stored_features(
+    store: FeatureStore | None, batch: dict[str, torch.Tensor], device: torch.device
+) -> list[torch.Tensor] | None:
+    """The batch's precomputed encoder features, or None to run the encoder."""
+    return None if store is None else store.batch(batch["image_row"], device)
+
+
 @torch.inference_mode()
 def predict_batches(
-    model: torch.nn.Module, loader: DataLoader, device: torch.device, desc: str = "predict"
+    model: torch.nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    desc: str = "predict",
+    features: FeatureStore | None = None,
 ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
-    """Yield ``(batch on device, float32 logits (B, R, H, W))`` for every batch, model in eval."""
+    """Yield ``(batch on device, float32 logits (B, R, H, W))`` for every batch, model in eval.
+
+    With ``features`` (the split's stored encoder features) the encoder is not run.
+    """
     was_training = model.training
     model.eval()
     try:
         for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
             batch = to_device(batch, device)
             with autocast(device):
-                logits = model(batch["image"], batch["text"], batch["valid"])
+                logits = model(
+                    batch["image"],
+                    batch["text"],
+                    batch["valid"],
+                    features=stored_features(features, batch, device),
+                )
             yield batch, logits.float()
     finally:
         model.train(was_training)

@@ -24,17 +24,20 @@ from rsis.cli import add_command
 from rsis.convergence import Convergence, patience_spent
 from rsis.data.cache import SequenceDataset
 from rsis.errors import UserError
+from rsis.features import FeatureStore, cache_images
 from rsis.inference import (
     autocast,
     make_loader,
     predict_batches,
     resolve_device,
+    stored_features,
     to_device,
     use_threads,
 )
 from rsis.io import atomic_path, describe_differences
 from rsis.metrics import MetricAccumulator
 from rsis.model import RRIS, ModelConfig, input_spec, soft_iou_loss
+from rsis.model.frozen import calibrate_batch_norm, encoder_digest
 from rsis.runs import RunSpec, TrainSettings
 from rsis.text import EmbeddingTable
 from rsis.text.identity import text_identity
@@ -60,12 +63,15 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     batch: dict[str, torch.Tensor],
     device: torch.device,
+    features: FeatureStore | None = None,
 ) -> float:
     """One optimisation step on a collated batch: forward (bf16 autocast and channels_last
-    images on CUDA), soft IoU loss, backward, update. Returns the batch's loss."""
+    images on CUDA), soft IoU loss, backward, update. Returns the batch's loss.
+    ``features``: the frozen encoder's stored features, read instead of running it."""
     batch = to_device(batch, device)
     with autocast(device):
-        logits = net(batch["image"], batch["text"], batch["valid"])
+        stored = stored_features(features, batch, device)
+        logits = net(batch["image"], batch["text"], batch["valid"], features=stored)
     loss = soft_iou_loss(logits.float(), batch["masks"], batch["valid"])
     if not torch.isfinite(loss):
         raise NonFiniteLoss(loss.item(), batch["ref_id"][batch["valid"]].tolist())
@@ -86,6 +92,8 @@ class TrainConfig:
     run: RunSpec
     settings: TrainSettings = field(default_factory=TrainSettings)
     pca: Path | None = None
+    train_features: Path | None = None
+    val_features: Path | None = None
     device: str = "auto"
 
     def model_config(self, text_dim: int) -> ModelConfig:
@@ -132,11 +140,16 @@ def _optimizer(model: RRIS, cfg: TrainConfig) -> torch.optim.Adam:
     return torch.optim.Adam(groups, weight_decay=settings.weight_decay)
 
 
-def validate(model: torch.nn.Module, dataset: SequenceDataset, device: torch.device) -> dict:
+def validate(
+    model: torch.nn.Module,
+    dataset: SequenceDataset,
+    device: torch.device,
+    features: FeatureStore | None = None,
+) -> dict:
     """Instance and overall IoU of ``model`` on ``dataset`` (first expression, logits > 0)."""
     accumulator = MetricAccumulator(resolution="network input")
     loader = make_loader(dataset, batch_size=8)
-    for batch, logits in predict_batches(model, loader, device, desc="validate"):
+    for batch, logits in predict_batches(model, loader, device, "validate", features):
         valid = batch["valid"]
         accumulator.update(logits[valid] > 0, batch["masks"][valid], ids=batch["ref_id"][valid])
     return accumulator.summary()["metrics"]
@@ -198,9 +211,13 @@ class Trainer:
         self.model_config = cfg.model_config(text.dim)
         self.model = RRIS.from_config(self.model_config, pca=self._pca_solution()).to(self.device)
         if settings.encoder_lr == 0:
-            # Frozen ResNet: no gradients, so no backward pass through it (1.7x faster steps
-            # on CPU); its batch norms still normalise with batch statistics in training mode.
-            self.model.encoder.requires_grad_(False)
+            # Frozen ResNet: no gradients (no backward pass through it) and eval mode, so its
+            # features depend on the image alone and may come from `rsis features`.
+            self.model.freeze_encoder()
+            if settings.weights == "none":  # random running statistics mean nothing
+                images = (x.to(self.device) for x in cache_images(cfg.train_cache))
+                calibrate_batch_norm(self.model.encoder, images)
+        self.train_features, self.val_features = self._feature_stores()
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = _optimizer(self.model, cfg)
@@ -214,6 +231,23 @@ class Trainer:
         if dist.is_initialized():  # torchrun, even with one process: DDP as on many GPUs
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+
+    def _feature_stores(self) -> tuple[FeatureStore | None, FeatureStore | None]:
+        """The stored encoder features of the train and val splits, when given."""
+        given = (self.cfg.train_features, self.cfg.val_features)
+        if given == (None, None):
+            return None, None
+        if self.cfg.settings.encoder_lr != 0 or None in given:
+            raise UserError(
+                "--train-features and --val-features go together and need --encoder-lr 0 "
+                "(a frozen encoder); a trainable encoder runs on the images"
+            )
+        digest = encoder_digest(self.model.encoder)
+        log.info("stored encoder features %s and %s: the encoder is not run", *given)
+        return (
+            FeatureStore(given[0], self.cfg.train_cache, digest),
+            FeatureStore(given[1], self.cfg.val_cache, digest),
+        )
 
     def _pca_solution(self) -> PcaSolution | None:
         if self.cfg.run.transform != "linear_pca":
@@ -322,7 +356,9 @@ class Trainer:
         for step, batch in enumerate(bar):
             wait += time.perf_counter() - tick
             try:
-                losses.append(train_step(self.net, self.optimizer, batch, self.device))
+                losses.append(
+                    train_step(self.net, self.optimizer, batch, self.device, self.train_features)
+                )
             except NonFiniteLoss as error:
                 raise TrainingDiverged(
                     f"loss is {error.loss} at epoch {epoch}, step {step} (ref_ids "
@@ -346,7 +382,7 @@ class Trainer:
         for epoch in range(self.start_epoch, self.cfg.settings.epochs):
             row: dict[str, Any] = {"epoch": epoch, **self._train_epoch(epoch)}
             # Every rank validates on the whole split, so all agree on early stopping.
-            val = validate(self.model, self.val_set, self.device)
+            val = validate(self.model, self.val_set, self.device, self.val_features)
             row.update(val_instance_iou=val["instance_iou"], val_overall_iou=val["overall_iou"])
             if row["val_instance_iou"] > self.best:
                 self.best, self.best_epoch = row["val_instance_iou"], epoch
@@ -391,6 +427,8 @@ def _train_command(args: argparse.Namespace) -> None:
         run=RunSpec.from_id(args.run_id),
         settings=TrainSettings.from_args(args),
         pca=args.pca,
+        train_features=args.train_features,
+        val_features=args.val_features,
         device=args.device,
     )
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
@@ -414,6 +452,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--val-cache", type=Path, required=True, help="validation split cache (.h5)")
     p.add_argument("--text", type=Path, required=True, help="the run's reduce output (.h5)")
     p.add_argument("--pca", type=Path, help="PCA reduce output, for a linear_pca run")
+    p.add_argument("--train-features", type=Path, help="stored encoder features of the train split")
+    p.add_argument("--val-features", type=Path, help="stored encoder features of the val split")
     p.add_argument("--out-dir", type=Path, required=True, help="run folder (checkpoints, csv)")
     TrainSettings.add_arguments(p)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")

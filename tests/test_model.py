@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import torchvision
 from sklearn.decomposition import PCA
 
+from rsis.bench.train import reference_forward
 from rsis.errors import UserError
 from rsis.model import (
     BACKBONES,
@@ -122,16 +123,49 @@ def test_padded_slots_do_not_touch_valid_ones(model: RRIS) -> None:
 
 
 def test_convlstm_equals_concatenating_the_tiled_embedding() -> None:
+    """Computed in parts (fixed map and text once per sequence, [step, h] per step), the
+    cell equals one convolution over the concatenation of all its inputs."""
     torch.manual_seed(0)
-    cell = ConvLSTMCell(in_channels=5, cond_channels=7, hidden_channels=4)
-    x, h, c = torch.randn(2, 5, 6, 9), torch.randn(2, 4, 6, 9), torch.randn(2, 4, 6, 9)
-    cond = torch.randn(2, 7)
-    h_new, c_new = cell(x, cond, (h, c))
-    tiled = cond[:, :, None, None].expand(-1, -1, 6, 9)
-    i, f, o, g = cell.gates(torch.cat([x, h, tiled], dim=1)).chunk(4, dim=1)
-    c_ref = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    torch.testing.assert_close(c_new, c_ref)
-    torch.testing.assert_close(h_new, torch.sigmoid(o) * torch.tanh(c_ref))
+    cell = ConvLSTMCell(fixed_channels=5, step_channels=3, cond_channels=7, hidden_channels=4)
+    fixed, step = torch.randn(2, 5, 6, 9), torch.randn(2, 3, 6, 9)
+    h, c = torch.randn(2, 4, 6, 9), torch.randn(2, 4, 6, 9)
+    cond = torch.randn(2, 3, 7)  # three steps
+    prepared = cell.prepare(fixed, cond)
+    for t in range(3):
+        h_new, c_new = cell(prepared[:, t], step, (h, c))
+        tiled = cond[:, t, :, None, None].expand(-1, -1, 6, 9)
+        i, f, o, g = cell.gates(torch.cat([fixed, step, h, tiled], dim=1)).chunk(4, dim=1)
+        c_ref = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        torch.testing.assert_close(c_new, c_ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            h_new, torch.sigmoid(o) * torch.tanh(c_ref), atol=1e-5, rtol=1e-5
+        )
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_forward_equals_the_step_by_step_reference(model: RRIS, memory_format) -> None:
+    """The reorganised decoder computes the function of the step-by-step one (the benchmark's
+    baseline), logits and gradients, padded slots included."""
+    images, text = inputs(3, 5, seed=4)
+    valid = torch.ones(3, 5, dtype=torch.bool)
+    valid[0, 3:] = False
+    valid[2, 1] = False
+    reference_model = RRIS.from_config(TINY).eval()
+    reference_model.load_state_dict(model.state_dict())
+    model.to(memory_format=memory_format)
+    try:
+        logits = model(images.contiguous(memory_format=memory_format), text, valid)
+        expected = reference_forward(reference_model, images, text, valid)
+        torch.testing.assert_close(logits[valid], expected[valid], atol=1e-5, rtol=1e-4)
+        logits[valid].square().sum().backward()
+        expected[valid].square().sum().backward()
+        for (name, p), q in zip(
+            model.decoder.named_parameters(), reference_model.decoder.parameters(), strict=True
+        ):
+            torch.testing.assert_close(p.grad, q.grad, atol=1e-4, rtol=1e-3, msg=name)
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.to(memory_format=torch.contiguous_format)
 
 
 @pytest.mark.parametrize("k", [1, 3, 5])

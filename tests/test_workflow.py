@@ -9,9 +9,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from PIL import Image
 from snakemake.utils import update_config
@@ -134,6 +136,26 @@ def test_tiny_run_produces_tables_and_figures(tiny_workflow):
     summary = (tiny_workflow / "results/demo/summary.md").read_text()
     assert "#### The paper's claims, checked on our runs" in summary and "Table 1" in summary
     assert job_counts(_snakemake(tiny_workflow, "-n")) == {}
+
+
+@pytest.mark.slow
+def test_tiny_run_pretrains_the_encoder_and_stores_features_once(tiny_workflow):
+    results = tiny_workflow / "results/demo"
+    state = torch.load(results / "encoder/pretrained.pt", weights_only=True)
+    assert "layer4.1.bn2.running_var" in state
+    probe = json.loads((results / "encoder/probe.json").read_text())
+    assert set(probe["accuracy"]) == {"pretrained", "random"}
+    for split in ("train", "val", "testA", "testB"):
+        with h5py.File(results / f"features/{split}.h5") as f:
+            assert f["layer1"].dtype == np.float16
+    log = (tiny_workflow / "logs/demo/train/mean-pca-8-random-bs4.log").read_text()
+    assert "stored encoder features" in log
+    original = (tiny_workflow / "config.yaml").read_text()
+    _edit_config(tiny_workflow, lambda c: c["pretrain"].update(epochs=2))
+    counts = job_counts(_snakemake(tiny_workflow, "-n"))
+    (tiny_workflow / "config.yaml").write_text(original)
+    assert counts["pretrain_encoder"] == 1 and counts["features"] == 4
+    assert counts["train"] == 2 and "prepare" not in counts
 
 
 @pytest.mark.slow

@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from rsis.bench.embed import bert_base_shaped, matmul_peak_gflops, subset
 from rsis.bench.pipeline import build_demo_pipeline
-from rsis.bench.train import Mode, StepSettings, make_model, measure
+from rsis.bench.precision import Mode, StepSettings, make_model, measure
 from rsis.cli import main as rsis_main
 from rsis.data.cache import SequenceDataset
 from rsis.errors import UserError

@@ -1,158 +1,246 @@
-"""``rsis bench train``: training throughput and the share of step time spent waiting for data.
+"""``rsis bench train``: the training step before and after stored features, side by side.
 
-Runs real training steps (forward, soft IoU, backward, Adam) on batches from a split cache. On
-CUDA it compares bf16 autocast + channels_last with plain fp32 in the same run; on CPU it
-measures fp32 only.
+Both paths run real training steps (forward, soft IoU, backward, Adam) of the same model on
+the same batches of a split cache, in one process with the same thread count:
+
+- **before**: the step as rsis trained a frozen encoder until stored features existed: the
+  ResNet runs on every image with its batch norms in training mode (batch statistics), and
+  the decoder convolves ``[skip, up(h), h]`` at every step and applies the head per step
+  (``reference_forward``, kept here as the baseline and as the reference of the equivalence
+  test);
+- **after**: the encoder's features come from ``rsis features`` (eval mode, stored once) and
+  the decoder computes what does not depend on the recurrent state once per sequence.
+
+Rounds alternate between the two paths so that a load change on a shared machine hits both;
+the ratio of their medians is the figure. Also printed: the decoder's effective GFLOP/s
+(FLOPs counted by ``torch.utils.flop_counter`` over the "after" step) against this CPU's fp32
+matmul peak measured in the same run, and the one-off costs (batch-norm calibration, feature
+caching, and pretraining measured on a few scenes and scaled to the configured run).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import statistics
+import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from rsis.data.cache import SequenceDataset
+from rsis.data.demo.scenes import SceneRules
+from rsis.data.pretext import PRETRAIN_STREAM, render_scenes
+from rsis.features import FeatureStore, cache_images, write_features
 from rsis.inference import make_loader, resolve_device
 from rsis.model import RRIS, soft_iou_loss
+from rsis.model.backbone import build_backbone
+from rsis.model.convlstm import tiled_conv2d
+from rsis.model.frozen import calibrate_batch_norm, encoder_digest
+from rsis.pretrain import pretrain_encoder
 from rsis.text import EmbeddingTable
 
-
-@dataclass(frozen=True)
-class Mode:
-    """How a training step runs: bf16 autocast, channels_last memory, torch.compile."""
-
-    bf16: bool = False
-    channels_last: bool = False
-    compile: bool = False
+Forward = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 
 
-@dataclass(frozen=True)
-class StepSettings:
-    """The timed training: model shape, batch, loader workers, untimed and timed steps."""
+def reference_forward(
+    model: RRIS, images: torch.Tensor, text: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
+    """The model's forward pass computed as rsis did before this benchmark's changes.
 
-    backbone: str = "resnet18"
-    hidden: int = 32
-    batch_size: int = 16
-    workers: int = 0
-    warmup: int = 3
-    steps: int = 20
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _batches(dataset: SequenceDataset, settings: StepSettings):
-    """Shuffled batches without end (epoch after epoch), reproducible."""
-    generator = torch.Generator().manual_seed(0)
-    loader = make_loader(
-        dataset, settings.batch_size, workers=settings.workers, shuffle_generator=generator
+    Same parameters and the same function (tested equal to ``RRIS.forward``), computed step
+    by step: the encoder on the images, at every step one convolution of ``[skip, up(h), h]``
+    per scale plus the tiled text, the padded slots masked at every step, the head per step.
+    """
+    skips = model.decoder.project(model.encoder.encode_images(images))
+    embeddings = model.text(text)
+    state = model.decoder.initial_state(skips)
+    batch, steps = text.shape[:2]
+    logits = []
+    for t in range(steps):
+        new_state, h = [], None
+        for cell, skip, (h_prev, c_prev) in zip(model.decoder.cells, skips, state, strict=True):
+            x = skip
+            if h is not None:
+                up = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+                x = torch.cat([skip, up], dim=1)
+            weight = cell.gates.weight
+            gates = F.conv2d(
+                torch.cat([x, h_prev], dim=1),
+                weight[:, : cell.split],
+                cell.gates.bias,
+                padding=cell.gates.padding,
+            )
+            gates = gates + tiled_conv2d(embeddings[:, t], weight[:, cell.split :], x.shape[-2:])
+            in_gate, forget_gate, out_gate, cell_gate = gates.chunk(4, dim=1)
+            c = torch.sigmoid(forget_gate) * c_prev + torch.sigmoid(in_gate) * torch.tanh(cell_gate)
+            h = torch.sigmoid(out_gate) * torch.tanh(c)
+            new_state.append((h, c))
+        keep = valid[:, t].view(batch, 1, 1, 1)
+        state = [
+            (torch.where(keep, h1, h0), torch.where(keep, c1, c0))
+            for (h1, c1), (h0, c0) in zip(new_state, state, strict=True)
+        ]
+        logits.append(model.decoder.head(h))
+    return F.interpolate(
+        torch.cat(logits, dim=1), size=images.shape[-2:], mode="bilinear", align_corners=False
     )
-    while True:
-        yield from loader
 
 
-def make_model(settings: StepSettings, text_dim: int, device: torch.device) -> RRIS:
-    """The timed model, random weights (seed 0), on ``device``."""
-    torch.manual_seed(0)
-    model = RRIS(
-        backbone=settings.backbone, weights="none", hidden=settings.hidden, text_dim=text_dim
+def _train_step(model: RRIS, optimizer: torch.optim.Optimizer, forward: Forward, batch: dict):
+    logits = forward(batch)
+    loss = soft_iou_loss(logits.float(), batch["masks"], batch["valid"])
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
+    """fp32 ``torch.matmul`` GFLOP/s of this CPU at the current thread count (best of runs)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = min(_seconds(lambda: a @ b) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def _seconds(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _pretrain_seconds(args: argparse.Namespace, size: tuple[int, int]) -> dict[str, float]:
+    """Seconds per scene to render and per scene and epoch to pretrain, on a few scenes."""
+    rules = SceneRules(args.max_objects, args.colour_reuse, ("attribute",))
+    start = time.perf_counter()
+    scenes = render_scenes(
+        seed=0,
+        stream=PRETRAIN_STREAM,
+        count=args.pretrain_scenes,
+        picture_size=(240, 427),
+        input_size=size,
+        rules=rules,
     )
-    return model.to(device)
-
-
-def measure(
-    dataset: SequenceDataset, device: torch.device, mode: Mode, settings: StepSettings
-) -> dict[str, float]:
-    """Images/s, referents/s, data-wait share and peak memory over the timed steps."""
-    model = make_model(settings, dataset.embeddings.dim, device)
-    memory = torch.channels_last if mode.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    net = torch.compile(model) if mode.compile else model
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16) if mode.bf16 else contextlib.nullcontext()
-    )
-    images = referents = 0
-    wait = 0.0
-    batches = _batches(dataset, settings)
-    for step in range(settings.warmup + settings.steps):
-        if step == settings.warmup:  # restart the clocks after warm-up steps
-            _sync(device)
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            images = referents = 0
-            wait = 0.0
-            start = tick = time.perf_counter()
-        batch = next(batches)
-        if step >= settings.warmup:
-            wait += time.perf_counter() - tick
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        image = batch["image"].contiguous(memory_format=memory)
-        with autocast:
-            logits = net(image, batch["text"], batch["valid"])
-        loss = soft_iou_loss(logits.float(), batch["masks"], batch["valid"])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        _sync(device)
-        images += len(image)
-        referents += int(batch["valid"].sum())
-        tick = time.perf_counter()
-    elapsed = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+    rendered = time.perf_counter()
+    encoder = build_backbone(args.backbone, "none")
+    pretrain_encoder(encoder, scenes, epochs=1, batch_size=32, lr=2e-3, seed=0)
+    trained = time.perf_counter()
     return {
-        "images_per_s": images / elapsed,
-        "referents_per_s": referents / elapsed,
-        "data_wait_share": wait / elapsed,
-        "peak_memory_gb": peak / 1e9,
+        "render": (rendered - start) / len(scenes),
+        "train": (trained - rendered) / len(scenes),
     }
 
 
-def _bench_train_command(args: argparse.Namespace) -> None:
-    """Print the throughput of each precision the device supports."""
-    device = resolve_device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    threads = torch.get_num_threads()
+def run(args: argparse.Namespace) -> None:
+    """Time both paths in alternating rounds and print the comparison."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device("cpu")
+    text = EmbeddingTable.load(args.text)
+    dataset = SequenceDataset(args.cache, text, order="random", expression="random")
+    loader = make_loader(
+        dataset, args.batch_size, shuffle_generator=torch.Generator().manual_seed(0)
+    )
+    batches = [batch for _, batch in zip(range(args.steps), loader, strict=False)]
+    images_per_round = sum(len(batch["image"]) for batch in batches)
+    size = tuple(batches[0]["image"].shape[-2:])
+
+    torch.manual_seed(0)
+    before = RRIS(backbone=args.backbone, weights="none", hidden=args.hidden, text_dim=text.dim)
+    after = RRIS(backbone=args.backbone, weights="none", hidden=args.hidden, text_dim=text.dim)
+    after.load_state_dict(before.state_dict())
+    before.encoder.requires_grad_(False)  # frozen as before: no gradients, train-mode BN
+    after.freeze_encoder()
+    calibration = _seconds(lambda: calibrate_batch_norm(after.encoder, cache_images(args.cache)))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "features.h5"
+        caching = _seconds(lambda: write_features(after.encoder, args.cache, path))
+        store = FeatureStore(path, args.cache, encoder_digest(after.encoder))
+
+    def run_before(batch: dict) -> torch.Tensor:
+        return reference_forward(before, batch["image"], batch["text"], batch["valid"])
+
+    def run_after(batch: dict) -> torch.Tensor:
+        features = store.batch(batch["image_row"], device)
+        return after(batch["image"], batch["text"], batch["valid"], features=features)
+
+    paths = {"before": (before, run_before), "after": (after, run_after)}
+    optimizers = {
+        name: torch.optim.Adam(model.decoder_parameters(), lr=1e-4)
+        for name, (model, _) in paths.items()
+    }
+    for name, (model, forward) in paths.items():  # warm-up
+        model.train()
+        for batch in batches[: args.warmup]:
+            _train_step(model, optimizers[name], forward, batch)
+    rates: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(args.rounds):
+        for name, (model, forward) in paths.items():
+            seconds = _seconds(
+                lambda m=model, f=forward, o=optimizers[name]: [
+                    _train_step(m, o, f, batch) for batch in batches
+                ]
+            )
+            rates[name].append(images_per_round / seconds)
+    with FlopCounterMode(display=False) as counter:
+        for batch in batches:
+            _train_step(after, optimizers["after"], run_after, batch)
+    flops_per_image = counter.get_total_flops() / images_per_round
+    peak = matmul_peak()
+    pretrain = _pretrain_seconds(args, size)
+
+    median = {name: statistics.median(values) for name, values in rates.items()}
+    decoder_gflops = flops_per_image * median["after"] / 1e9
     print(
-        f"device {name} ({threads} torch threads), {args.backbone}, hidden {args.hidden}, "
-        f"batch {args.batch_size}, {args.workers} loader workers, cache {args.cache}"
+        f"CPU, {torch.get_num_threads()} torch threads, {args.backbone}, hidden {args.hidden}, "
+        f"batch {args.batch_size}, input {size[0]}x{size[1]}, {len(batches)} batches x "
+        f"{args.rounds} alternating rounds, cache {args.cache}"
     )
-    settings = StepSettings(
-        args.backbone, args.hidden, args.batch_size, args.workers, args.warmup, args.steps
+    for name, label in (
+        ("before", "live encoder (train-mode BN), step-by-step decoder"),
+        ("after", "stored features, decoder with per-sequence gate parts"),
+    ):
+        spread = f"{min(rates[name]):.1f}-{max(rates[name]):.1f}"
+        print(f"{name:>7}: {median[name]:7.1f} images/s (rounds {spread})  {label}")
+    print(f"  ratio: {median['after'] / median['before']:.2f}x (after / before, medians)")
+    print(
+        f"decoder: {flops_per_image / 1e9:.3f} GFLOP per image (forward + backward), "
+        f"{decoder_gflops:.1f} GFLOP/s effective = {100 * decoder_gflops / peak:.1f}% of the "
+        f"fp32 matmul peak {peak:.1f} GFLOP/s measured now"
     )
-    dataset = SequenceDataset(
-        args.cache, EmbeddingTable.load(args.text), order="random", expression="random"
+    scene_epochs = args.config_scenes * args.config_epochs
+    estimate = args.config_scenes * pretrain["render"] + scene_epochs * pretrain["train"]
+    print(
+        f"one-off: batch-norm calibration {calibration:.2f} s, feature caching {caching:.2f} s "
+        f"({len(store.stages[0])} images); pretraining {1000 * pretrain['render']:.1f} ms per "
+        f"scene rendered + {1000 * pretrain['train']:.1f} ms per scene and epoch (measured on "
+        f"{args.pretrain_scenes} scenes), so {args.config_scenes} scenes x "
+        f"{args.config_epochs} epochs take about {estimate:.0f} s"
     )
-    modes = {"fp32": Mode()}
-    if device.type == "cuda":
-        modes["bf16+channels_last"] = Mode(bf16=True, channels_last=True)
-    results = {name: measure(dataset, device, mode, settings) for name, mode in modes.items()}
-    for mode, r in results.items():
-        print(
-            f"{mode:>20}: {r['images_per_s']:8.1f} images/s  {r['referents_per_s']:8.1f} "
-            f"referents/s  data wait {100 * r['data_wait_share']:5.1f}% of step time"
-        )
-    if len(results) == 2:
-        ratio = results["bf16+channels_last"]["images_per_s"] / results["fp32"]["images_per_s"]
-        print(f"bf16+channels_last / fp32: {ratio:.2f}x")
 
 
 def register(bench: argparse._SubParsersAction) -> None:
     """Add ``rsis bench train``."""
-    d = StepSettings()
-    p = bench.add_parser("train", help="training images/s and data-wait share")
-    p.add_argument("--cache", default="results/demo/cache/train.h5", help="train split cache")
-    p.add_argument("--text", default="results/demo/text/mean~pca~64.h5", help="embeddings")
-    p.add_argument("--backbone", default=d.backbone)
-    p.add_argument("--hidden", type=int, default=d.hidden)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes")
-    p.add_argument("--steps", type=int, default=d.steps, help="timed steps")
-    p.add_argument("--warmup", type=int, default=d.warmup, help="untimed steps first")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.set_defaults(func=_bench_train_command)
+    p = bench.add_parser(
+        "train", help="training images/s before and after stored features, side by side"
+    )
+    p.add_argument("--cache", type=Path, default=Path("results/demo/cache/train.h5"))
+    p.add_argument("--text", type=Path, default=Path("results/demo/text/mean~pca~64.h5"))
+    p.add_argument("--backbone", default="resnet18")
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--steps", type=int, default=8, help="batches per timed round")
+    p.add_argument("--rounds", type=int, default=5, help="alternating rounds per path")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per path first")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: each of 2 parallel jobs)"
+    )
+    p.add_argument("--pretrain-scenes", type=int, default=64, help="scenes of the cost sample")
+    p.add_argument("--config-scenes", type=int, default=3000, help="pretraining scenes to cost")
+    p.add_argument("--config-epochs", type=int, default=6, help="pretraining epochs to cost")
+    p.add_argument("--max-objects", type=int, default=4, help="demo scene rule")
+    p.add_argument("--colour-reuse", type=float, default=0.0, help="demo scene rule")
+    p.set_defaults(func=run)

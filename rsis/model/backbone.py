@@ -14,6 +14,9 @@ from rsis.errors import UserError
 log = logging.getLogger(__name__)
 
 BACKBONES: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101")
+STAGES: tuple[str, ...] = ("conv1", "layer1", "layer2", "layer3", "layer4")  # features, in order
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ResNetEncoder(nn.Module):
@@ -37,6 +40,18 @@ class ResNetEncoder(nn.Module):
             *(layer[-1].conv1.in_channels for layer in layers),
         )
         self.strides: tuple[int, ...] = (2, 4, 8, 16, 32)
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), False)
+
+    def encode_images(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Features of raw RGB images: uint8 in 0..255 or float in 0..1, normalised here
+        with the ImageNet mean and std (the convention of torchvision's weights).
+
+        Args:
+            images: (B, 3, H, W).
+        """
+        pixels = images.float() / 255 if images.dtype == torch.uint8 else images
+        return self((pixels - self.pixel_mean) / self.pixel_std)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Return the features of conv1 (after BN + ReLU), layer1, layer2, layer3, layer4.

@@ -12,26 +12,39 @@ from torch import nn
 class ConvLSTMCell(nn.Module):
     """ConvLSTM cell (Shi et al. 2015) as in RSIS: one convolution produces the four gates.
 
-    The convolution reads ``[x, h, tile(cond)]``: the feature map, the previous hidden
-    state and a vector (the expression embedding) repeated at every pixel. The tiled part is
-    computed without building the tiled tensor: a convolution of a spatially constant
-    map equals, per output pixel, the sum over the kernel taps that fall inside the image
-    (zero padding) of ``W_tap @ cond``. The result equals the plain concatenation (up to
-    float rounding) at a fraction of the compute and activation memory.
+    The convolution reads ``[fixed, step, h, tile(cond)]``: a feature map that stays the same
+    for every step (the skip feature), one that changes (the upsampled state of the scale
+    above; may have no channels), the previous hidden state, and a vector (the expression
+    embedding) repeated at every pixel. The parameters are one ``Conv2d`` over that
+    concatenation, but the convolution is computed in parts, which is exact since it is
+    linear in its input:
+
+    - ``prepare`` computes, once per sequence, what does not depend on the recurrent state:
+      the fixed map's part (with the bias) and every step's tiled-condition part. The tiled
+      part is never built: a convolution of a spatially constant map equals, per output pixel,
+      the sum over the kernel taps inside the image (zero padding) of ``W_tap @ cond``.
+    - ``forward`` adds, per step, the convolution of ``[step, h]``.
 
     Args:
-        in_channels: channels of the feature input ``x``.
+        fixed_channels: channels of the map that is the same at every step.
+        step_channels: channels of the map that changes from step to step (0 for none).
         cond_channels: size of the condition vector.
         hidden_channels: channels of the hidden and cell states.
         kernel_size: odd kernel size of the gate convolution.
     """
 
     def __init__(
-        self, in_channels: int, cond_channels: int, hidden_channels: int, kernel_size: int = 3
+        self,
+        fixed_channels: int,
+        step_channels: int,
+        cond_channels: int,
+        hidden_channels: int,
+        kernel_size: int = 3,
     ) -> None:
         super().__init__()
         self.hidden_channels = hidden_channels
-        self.split = in_channels + hidden_channels
+        self.fixed = fixed_channels
+        self.split = fixed_channels + step_channels + hidden_channels
         self.gates = nn.Conv2d(
             self.split + cond_channels,
             4 * hidden_channels,
@@ -39,28 +52,43 @@ class ConvLSTMCell(nn.Module):
             padding=kernel_size // 2,
         )
 
+    def prepare(self, fixed: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Gate pre-activations of the fixed map, the bias and the condition, for every step.
+
+        Args:
+            fixed: the map that is the same at every step (B, fixed_channels, H, W).
+            cond: one condition vector per step (B, R, cond_channels).
+
+        Returns:
+            (B, R, 4 * hidden_channels, H, W).
+        """
+        weight = self.gates.weight
+        own = F.conv2d(fixed, weight[:, : self.fixed], self.gates.bias, padding=self.gates.padding)
+        batch, steps = cond.shape[:2]
+        tiled = tiled_conv2d(cond.flatten(0, 1), weight[:, self.split :], own.shape[-2:])
+        return own.unsqueeze(1) + tiled.view(batch, steps, *own.shape[1:])
+
     def forward(
-        self, x: torch.Tensor, cond: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
+        self,
+        prepared: torch.Tensor,
+        step: torch.Tensor | None,
+        state: tuple[torch.Tensor, torch.Tensor],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One step; returns the new ``(h, c)``.
 
         Args:
-            x: features (B, in_channels, H, W).
-            cond: condition vectors (B, cond_channels).
+            prepared: this step's slice of ``prepare`` (B, 4 * hidden_channels, H, W).
+            step: the map that changes per step (B, step_channels, H, W), or None.
             state: previous ``(h, c)``, each (B, hidden_channels, H, W).
         """
         h, c = state
-        weight = self.gates.weight
-        gates = F.conv2d(
-            torch.cat([x, h], dim=1),
-            weight[:, : self.split],
-            self.gates.bias,
-            padding=self.gates.padding,
-        )
-        gates = gates + tiled_conv2d(cond, weight[:, self.split :], gates.shape[-2:])
-        in_gate, forget_gate, out_gate, cell_gate = gates.chunk(4, dim=1)
-        c = torch.sigmoid(forget_gate) * c + torch.sigmoid(in_gate) * torch.tanh(cell_gate)
-        h = torch.sigmoid(out_gate) * torch.tanh(c)
+        recurrent = h if step is None else torch.cat([step, h], dim=1)
+        weight = self.gates.weight[:, self.fixed : self.split]
+        gates = prepared + F.conv2d(recurrent, weight, padding=self.gates.padding)
+        hidden = self.hidden_channels
+        in_gate, forget_gate, out_gate = torch.sigmoid(gates[:, : 3 * hidden]).chunk(3, dim=1)
+        c = forget_gate * c + in_gate * torch.tanh(gates[:, 3 * hidden :])
+        h = out_gate * torch.tanh(c)
         return h, c
 
 

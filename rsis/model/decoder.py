@@ -59,7 +59,7 @@ class RecurrentMaskDecoder(nn.Module):
         )
         below = (0, *state_channels[:-1])  # channels of the upsampled state from the scale above
         self.cells = nn.ModuleList(
-            ConvLSTMCell(c_skip + c_up, text_dim, c_state)
+            ConvLSTMCell(c_skip, c_up, text_dim, c_state)
             for c_skip, c_up, c_state in zip(skip_channels, below, state_channels, strict=True)
         )
         self.head = nn.Conv2d(state_channels[-1], 1, 3, padding=1)
@@ -67,6 +67,18 @@ class RecurrentMaskDecoder(nn.Module):
     def project(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Skip projections of the encoder features (fine to coarse in), coarse to fine out."""
         return [skip(x) for skip, x in zip(self.skips, reversed(features), strict=True)]
+
+    def prepare(self, skips: Sequence[torch.Tensor], text: torch.Tensor) -> list[torch.Tensor]:
+        """Per scale, the gate pre-activations that do not depend on the recurrent state.
+
+        Args:
+            skips: projected features, coarse to fine (from ``project``).
+            text: every step's embeddings (B, R, text_dim).
+
+        Returns:
+            Per scale (B, R, 4 * state channels, h, w); step t's slice goes to ``step``.
+        """
+        return [cell.prepare(skip, text) for cell, skip in zip(self.cells, skips, strict=True)]
 
     def initial_state(self, skips: Sequence[torch.Tensor]) -> State:
         """Zero ``(h, c)`` per scale, shaped like the skips and with their dtype and layout."""
@@ -78,29 +90,22 @@ class RecurrentMaskDecoder(nn.Module):
             state.append((zeros, zeros))
         return state
 
-    def step(
-        self, skips: Sequence[torch.Tensor], text: torch.Tensor, state: State
-    ) -> tuple[torch.Tensor, State]:
-        """Decode one referent.
+    def step(self, prepared: Sequence[torch.Tensor], state: State) -> State:
+        """Decode one referent: the new state of every scale.
 
         Args:
-            skips: projected features, coarse to fine (from ``project``).
-            text: this referent's embeddings (B, text_dim).
+            prepared: this referent's slice of ``prepare`` per scale, coarse to fine.
             state: ``(h, c)`` per scale after the previous referent.
-
-        Returns:
-            Logits (B, 1, H/2, W/2) at the conv1 resolution, and the new state.
         """
         new_state: State = []
         h = None
-        for cell, skip, prev in zip(self.cells, skips, state, strict=True):
-            x = skip
+        for cell, gates, prev in zip(self.cells, prepared, state, strict=True):
+            up = None
             if h is not None:
-                up = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-                x = torch.cat([skip, up], dim=1)
-            h, c = cell(x, text, prev)
+                up = F.interpolate(h, size=gates.shape[-2:], mode="bilinear", align_corners=False)
+            h, c = cell(gates, up, prev)
             new_state.append((h, c))
-        return self.head(h), new_state
+        return new_state
 
 
 def _layout(x: torch.Tensor) -> torch.memory_format:

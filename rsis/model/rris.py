@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,13 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from rsis.errors import UserError
-from rsis.model.backbone import BACKBONES, build_backbone
+from rsis.model.backbone import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, build_backbone
 from rsis.model.decoder import RecurrentMaskDecoder, decoder_channels
 from rsis.model.text import TextProjection, projected_dim
 from rsis.text.pca import PcaSolution
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def input_spec(cache_attrs: typing.Mapping[str, object]) -> dict[str, object]:
@@ -125,8 +122,7 @@ class RRIS(nn.Module):
         if pca is not None:
             self.text.load_pca(pca)
         self.decoder = RecurrentMaskDecoder(self.encoder.channels, self.text.out_dim, hidden)
-        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), False)
+        self.encoder_frozen = False
 
     @classmethod
     def from_config(
@@ -149,6 +145,21 @@ class RRIS(nn.Module):
             settings["weights"] = str(weights)
         return cls(**settings, pca=pca)
 
+    def freeze_encoder(self) -> None:
+        """Freeze the ResNet as a fixed function of the image: no gradients, and eval mode
+        (running batch-norm statistics) whatever ``train()`` is called with. Its features then
+        depend on the image alone and can be computed once (``rsis features``)."""
+        self.encoder.requires_grad_(False)
+        self.encoder_frozen = True
+        self.encoder.eval()
+
+    def train(self, mode: bool = True) -> RRIS:
+        """Set training mode; a frozen encoder stays in eval mode."""
+        super().train(mode)
+        if self.encoder_frozen:
+            self.encoder.eval()
+        return self
+
     def encoder_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters of the ResNet (the low learning rate group)."""
         return self.encoder.parameters()
@@ -159,7 +170,11 @@ class RRIS(nn.Module):
         yield from self.decoder.parameters()
 
     def forward(
-        self, images: torch.Tensor, text: torch.Tensor, valid: torch.Tensor | None = None
+        self,
+        images: torch.Tensor,
+        text: torch.Tensor,
+        valid: torch.Tensor | None = None,
+        features: Sequence[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Predict one mask per referent.
 
@@ -168,6 +183,8 @@ class RRIS(nn.Module):
             text: expression embeddings (B, R, text_dim), in referent order.
             valid: (B, R) bool; False marks padded slots, whose step leaves the decoder
                 state unchanged (their logits are computed but meaningless).
+            features: the encoder's output for ``images`` computed beforehand (``rsis
+                features``); the encoder is then skipped. Only for a frozen encoder.
 
         Returns:
             Mask logits (B, R, H, W) (in the autocast dtype under autocast).
@@ -179,22 +196,27 @@ class RRIS(nn.Module):
             raise ValueError(f"text {tuple(text.shape)} must be (B, R>=1, {self.config.text_dim})")
         if valid is not None and valid.shape != (batch, steps):
             raise ValueError(f"valid {tuple(valid.shape)} must be (B, R) = {(batch, steps)}")
-        pixels = images.float() / 255 if images.dtype == torch.uint8 else images
-        skips = self.decoder.project(self.encoder((pixels - self.pixel_mean) / self.pixel_std))
-        embeddings = self.text(text)
+        if features is None:
+            features = self.encoder.encode_images(images)
+        elif not self.encoder_frozen:
+            raise ValueError("precomputed features need a frozen encoder (freeze_encoder())")
+        skips = self.decoder.project(features)
+        prepared = self.decoder.prepare(skips, self.text(text))
         state = self.decoder.initial_state(skips)
-        logits = []
+        # one host-side check per sequence: steps where every slot is real need no masking
+        padded = [False] * steps if valid is None else (~valid.all(0)).tolist()
+        finest = []
         for t in range(steps):
-            out, new_state = self.decoder.step(skips, embeddings[:, t], state)
-            if valid is None:
-                state = new_state
-            else:
+            new_state = self.decoder.step([p[:, t] for p in prepared], state)
+            finest.append(new_state[-1][0])
+            if padded[t]:
                 keep = valid[:, t].view(batch, 1, 1, 1)
-                state = [
+                new_state = [
                     (torch.where(keep, h, h0), torch.where(keep, c, c0))
                     for (h, c), (h0, c0) in zip(new_state, state, strict=True)
                 ]
-            logits.append(out)
-        return F.interpolate(
-            torch.cat(logits, dim=1), size=images.shape[-2:], mode="bilinear", align_corners=False
-        )
+            state = new_state
+        # the head is per-pixel linear and independent of the step: one call for every step
+        logits = self.decoder.head(torch.stack(finest, 1).flatten(0, 1))
+        logits = logits.view(batch, steps, *logits.shape[-2:])
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)

@@ -115,6 +115,41 @@ def train_settings_flags(wildcards):
     return TrainSettings.from_setting(SETTING, seed=int(wildcards.seed)).flags()
 
 
+# The image encoder: a state_dict file is an input of the rules that build the model; a frozen
+# one (encoder_lr 0) is computed once per split by rule `features` (a random one cannot be
+# stored: its batch norms are calibrated on the train split by each run).
+WEIGHTS = SETTING["weights"]
+WEIGHTS_FILES = [] if WEIGHTS in ("imagenet", "none") else [WEIGHTS]
+STORED_FEATURES = SETTING["encoder_lr"] == 0 and WEIGHTS != "none"
+
+
+def weights_arg(wildcards, input):
+    """``--weights``: the state_dict file among a rule's inputs, or imagenet / none."""
+    return input.weights[0] if WEIGHTS_FILES else WEIGHTS
+
+
+def demo_scene_flags():
+    """The demo generator's picture size and difficulty, as ``rsis demo`` arguments."""
+    demo = config["demo"]
+    return (
+        f"--height {demo['height']} --width {demo['width']}"
+        f" --difficulty {demo['difficulty']}"
+    )
+
+
+def features_files(splits):
+    """Stored encoder features of ``splits``, or none when the encoder runs live."""
+    return (
+        [result(f"features/{split}.h5") for split in splits] if STORED_FEATURES else []
+    )
+
+
+def features_flag(option, splits):
+    """``option`` followed by the features files of ``splits`` (empty when run live)."""
+    files = features_files(splits)
+    return f"{option} {' '.join(files)}" if files else ""
+
+
 def text_file(run):
     """The reduce output a run reads."""
     return result(f"text/{run.text_file}")
@@ -127,6 +162,8 @@ def train_inputs(wildcards):
         "train": result("cache/train.h5"),
         "val": result("cache/val.h5"),
         "text": text_file(run),
+        "weights": WEIGHTS_FILES,
+        "features": features_files(["train", "val"]),
     }
     if run.pca_file:
         inputs["pca"] = result(f"text/{run.pca_file}")
@@ -136,6 +173,14 @@ def train_inputs(wildcards):
 def pca_flag(wildcards, input):
     """``--pca FILE`` for a run whose linear layer starts at PCA."""
     return f"--pca {shlex.quote(input.pca)}" if "pca" in input.keys() else ""
+
+
+def features_flag_pair(wildcards):
+    """``--train-features`` and ``--val-features`` when the frozen encoder's are stored."""
+    if not STORED_FEATURES:
+        return ""
+    train, val = features_files(["train", "val"])
+    return f"--train-features {train} --val-features {val}"
 
 
 RESOURCES = config["resources"]
@@ -259,4 +304,5 @@ def all_outputs():
             kind=["qualitative", "inverse_order"],
             split=FIGURE_SPLITS,
         ),
+        *([result("encoder/probe.json")] if IS_DEMO else []),
     ]

@@ -6,6 +6,7 @@ rule evaluate:
     input:
         checkpoint=result(f"train/{RUN_DIR}/best.pt"),
         caches=expand(result("cache/{split}.h5"), split=EVAL_SPLITS),
+        features=features_files(EVAL_SPLITS),
         text=lambda wildcards: text_file(RUNS[wildcards.run]),
         data=dataset_inputs(),
     output:
@@ -31,16 +32,19 @@ rule evaluate:
         expressions=EVAL_EXPRESSIONS,
         seed=config["evaluation"]["seed"],
         flags=evaluation_flags,
+        features=features_flag("--features", EVAL_SPLITS),
     shell:
         "rsis evaluate --checkpoint {input.checkpoint:q} --cache {input.caches:q}"
-        " --text {input.text:q} --expression {params.expressions} --seed {params.seed}"
-        " --out-dir {params.out_dir:q} {params.flags} --threads {threads} > {log:q} 2>&1"
+        " {params.features} --text {input.text:q} --expression {params.expressions}"
+        " --seed {params.seed} --out-dir {params.out_dir:q} {params.flags}"
+        " --threads {threads} > {log:q} 2>&1"
 
 
 rule evaluate_inverse_order:
     input:
         checkpoint=result(f"train/{RUN_DIR}/best.pt"),
         cache=result("cache/{split}.h5"),
+        features=lambda wildcards: features_files([wildcards.split]),
         text=lambda wildcards: text_file(RUNS[wildcards.run]),
     output:
         expand(
@@ -60,9 +64,10 @@ rule evaluate_inverse_order:
         runtime=RESOURCES["evaluate"]["runtime"],
     params:
         out_dir=output_dir,
+        features=lambda wildcards: features_flag("--features", [wildcards.split]),
     shell:
         "rsis evaluate --checkpoint {input.checkpoint:q} --cache {input.cache:q}"
-        " --text {input.text:q} --expression first --order reverse"
+        " {params.features} --text {input.text:q} --expression first --order reverse"
         " --out-dir {params.out_dir:q} --threads {threads} > {log:q} 2>&1"
 
 

@@ -24,9 +24,10 @@ rule train:
     params:
         out_dir=output_dir,
         pca=pca_flag,
+        features=features_flag_pair,
         settings=train_settings_flags,
         launcher=train_launcher,
     shell:
         "{params.launcher} train --run-id {wildcards.run} --train-cache {input.train:q}"
-        " --val-cache {input.val:q} --text {input.text:q} {params.pca}"
+        " --val-cache {input.val:q} --text {input.text:q} {params.pca} {params.features}"
         " --out-dir {params.out_dir:q} {params.settings} --cpus {threads} > {log:q} 2>&1"

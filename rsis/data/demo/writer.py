@@ -250,11 +250,39 @@ def _demo_command(args: argparse.Namespace) -> None:
             "testB": args.testb_images,
         }
         plan = small_plan(counts, args.height, args.width)
+    generate_demo(
+        args.out, seed=args.seed, plan=plan, rules=rules_from_args(args), workers=args.workers
+    )
+
+
+def rules_from_args(args: argparse.Namespace) -> SceneRules:
+    """The ``SceneRules`` of the arguments ``add_scene_arguments`` added: the named
+    difficulty, with any rule given on its own overriding it."""
     given = {"max_objects": args.max_objects, "colour_reuse": args.colour_reuse}
     given["templates"] = tuple(args.templates) if args.templates else None
     overrides = {key: value for key, value in given.items() if value is not None}
-    rules = dataclasses.replace(DIFFICULTIES[args.difficulty], **overrides)
-    generate_demo(args.out, seed=args.seed, plan=plan, rules=rules, workers=args.workers)
+    return dataclasses.replace(DIFFICULTIES[args.difficulty], **overrides)
+
+
+def add_scene_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the picture size and the scene-rule arguments (shared with ``rsis pretrain``)."""
+    parser.add_argument("--height", type=int, default=240, help="image height (default 240)")
+    parser.add_argument("--width", type=int, default=427, help="image width (default 427)")
+    parser.add_argument(
+        "--difficulty",
+        choices=tuple(DIFFICULTIES),
+        default="full",
+        help="colour: up to 4 shapes of distinct colours, attribute expressions; shapes: up "
+        "to 6 shapes, colours repeated, attribute expressions; full: shapes plus spatial and "
+        "relational expressions (default full). The three flags below override its rules",
+    )
+    parser.add_argument("--max-objects", type=int, help="most objects per image, 4 to 6")
+    parser.add_argument(
+        "--colour-reuse",
+        type=float,
+        help="chance that an object repeats a colour of its image (0 keeps colours unique)",
+    )
+    parser.add_argument("--templates", nargs="+", choices=TEMPLATES, help="expression kinds")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -285,23 +313,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             default=default,
             help=f"{split} images (default {default})",
         )
-    parser.add_argument("--height", type=int, default=240, help="image height (default 240)")
-    parser.add_argument("--width", type=int, default=427, help="image width (default 427)")
-    parser.add_argument(
-        "--difficulty",
-        choices=tuple(DIFFICULTIES),
-        default="full",
-        help="colour: up to 4 shapes of distinct colours, attribute expressions; shapes: up "
-        "to 6 shapes, colours repeated, attribute expressions; full: shapes plus spatial and "
-        "relational expressions (default full). The three flags below override its rules",
-    )
-    parser.add_argument("--max-objects", type=int, help="most objects per image, 4 to 6")
-    parser.add_argument(
-        "--colour-reuse",
-        type=float,
-        help="chance that an object repeats a colour of its image (0 keeps colours unique)",
-    )
-    parser.add_argument("--templates", nargs="+", choices=TEMPLATES, help="expression kinds")
+    add_scene_arguments(parser)
     parser.add_argument(
         "--workers",
         type=int,
