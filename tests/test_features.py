@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import h5py
 import pytest
 import torch
@@ -132,3 +134,20 @@ def test_trainer_reads_stored_features_only_for_a_frozen_encoder(demo_pipeline, 
     assert runs["cached"]["val_instance_iou"] == pytest.approx(
         runs["live"]["val_instance_iou"], abs=0.02
     )
+
+
+@pytest.mark.slow
+def test_bench_train_prints_both_paths_their_ratio_and_one_off_costs(demo_pipeline, capsys):
+    threads = torch.get_num_threads()
+    argv = ["bench", "train", "--cache", str(demo_pipeline / "cache/train.h5"), "--text",
+            str(demo_pipeline / "text/mean~pca~8.h5"), "--hidden", "16", "--batch-size", "4",
+            "--steps", "1", "--rounds", "1", "--warmup", "0", "--pretrain-scenes", "2"]  # fmt: skip
+    try:
+        assert main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert re.search(r"before: +[\d.]+ images/s", out) and re.search(r"after: +[\d.]+", out)
+    assert re.search(r"ratio: [\d.]+x", out)
+    assert re.search(r"GFLOP/s effective = [\d.]+% of the fp32 matmul peak", out)
+    assert re.search(r"calibration [\d.]+ s, feature caching [\d.]+ s \(8 images\)", out)

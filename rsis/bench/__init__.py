@@ -13,6 +13,7 @@ BENCH_MODULES: tuple[str, ...] = (
     "rsis.bench.gpu",
     "rsis.bench.loader",
     "rsis.bench.metrics",
+    "rsis.bench.precision",
     "rsis.bench.rehearsal",
     "rsis.bench.train",
 )

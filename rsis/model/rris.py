@@ -201,13 +201,15 @@ class RRIS(nn.Module):
         elif not self.encoder_frozen:
             raise ValueError("precomputed features need a frozen encoder (freeze_encoder())")
         skips = self.decoder.project(features)
-        prepared = self.decoder.prepare(skips, self.text(text))
+        # unbind, not per-step slicing: the backward pass then joins the step gradients once
+        # instead of filling a zero tensor of every scale's full size at every step
+        prepared = [p.unbind(1) for p in self.decoder.prepare(skips, self.text(text))]
         state = self.decoder.initial_state(skips)
         # one host-side check per sequence: steps where every slot is real need no masking
         padded = [False] * steps if valid is None else (~valid.all(0)).tolist()
         finest = []
         for t in range(steps):
-            new_state = self.decoder.step([p[:, t] for p in prepared], state)
+            new_state = self.decoder.step([p[t] for p in prepared], state)
             finest.append(new_state[-1][0])
             if padded[t]:
                 keep = valid[:, t].view(batch, 1, 1, 1)
