@@ -16,7 +16,7 @@ from rsis.model import RRIS
 from rsis.model.frozen import calibrate_batch_norm, encoder_digest
 from rsis.text import EmbeddingTable
 from rsis.train import Trainer
-from tests.conftest import make_train_config
+from tests.helpers import make_train_config
 
 # Largest logit difference between stored float16 features and the live float32 encoder (the
 # measured value is about 2e-3 on these random weights: float16 keeps 11 significant bits).
