@@ -148,14 +148,15 @@ def test_tiny_run_pretrains_the_encoder_and_stores_features_once(tiny_workflow):
     for split in ("train", "val", "testA", "testB"):
         with h5py.File(results / f"features/{split}.h5") as f:
             assert f["layer1"].dtype == np.float16
-    log = (tiny_workflow / "logs/demo/train/mean-pca-8-random-bs4.log").read_text()
-    assert "stored encoder features" in log
+    for seed in (0, 1):
+        log = tiny_workflow / f"logs/demo/train/mean-pca-8-random-bs4/seed{seed}.log"
+        assert "stored encoder features" in log.read_text()
     original = (tiny_workflow / "config.yaml").read_text()
     _edit_config(tiny_workflow, lambda c: c["pretrain"].update(epochs=2))
     counts = job_counts(_snakemake(tiny_workflow, "-n"))
     (tiny_workflow / "config.yaml").write_text(original)
     assert counts["pretrain_encoder"] == 1 and counts["features"] == 4
-    assert counts["train"] == 2 and "prepare" not in counts
+    assert counts["train"] == 4 and "prepare" not in counts  # 2 runs x 2 seeds
 
 
 @pytest.mark.slow
