@@ -39,8 +39,8 @@ def demo_pipeline(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def learnable_demo(tmp_path_factory) -> Path:
-    """The demo at the workflow's learnable difficulty (up to 4 shapes, unique colours,
-    attribute expressions): 150 train and 40 val images, cached at 48x84."""
+    """The demo at the `colour` difficulty (up to 4 shapes, unique colours, attribute
+    expressions): 150 train and 40 val images, cached at 48x84."""
     root = tmp_path_factory.mktemp("learnable_demo")
     rules = ("--max-objects=4", "--colour-reuse=0", "--templates", "attribute")
     counts = (150, 40, 1, 1)
