@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from rsis.errors import UserError
 from rsis.io import IdentityMismatchError
+from rsis.usage import usage_line
 
 # Subcommand -> (module exposing ``register(subparsers)``, its one help text). A module's
 # ``register`` makes its parser with ``add_command``, which takes the help text from here.
@@ -85,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UserError, IdentityMismatchError, FileNotFoundError) as error:
         print(f"rsis {args.command}: error: {error}", file=sys.stderr)
         return 2
+    logging.getLogger("rsis").info(usage_line())
     return 0
 
 

@@ -5,7 +5,10 @@ Reads Snakemake's ``benchmark:`` files of two runs of the rehearsal configuratio
 and CPU seconds, peak memory (``max_rss``), output size, the items it handled (images,
 expressions or training images) and the CPU seconds per item at both scales with their ratio.
 CPU seconds, not wall time, make the per-item ratio: the wall time of a shared machine depends
-on what else runs. The rules that draw or decode pictures at their source size (demo
+on what else runs. They come from the ``resources used:`` line every ``rsis`` command ends its
+log with (exact, ``rsis.usage``); a rule whose log lacks it (a run of older code) falls back to
+Snakemake's sampled ``cpu_time``, marked "(sampled)", which misses each process's last
+seconds. The rules that draw or decode pictures at their source size (demo
 generation, ``prepare``) also get their CPU seconds per source megapixel: RefCOCO-sized
 pictures (COCO's sizes) hold more pixels than the small demo's, so per image they cost more
 without anything growing faster than the data.
@@ -24,6 +27,7 @@ from PIL import Image
 
 from rsis.checkpoint import load_checkpoint
 from rsis.errors import UserError
+from rsis.usage import read_usage
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class RuleCost:
     output_bytes: int
     items: int
     megapixels: float | None  # source pixels drawn or decoded, for the picture rules
+    exact: bool  # CPU time from the rule's log (rsis.usage), not Snakemake's samples
 
 
 @dataclass(frozen=True)
@@ -107,13 +112,16 @@ def rule_costs(run: Path) -> dict[str, RuleCost]:
         name = str(file.relative_to(run / "benchmarks").with_suffix("")).removeprefix("demo/")
         row = pd.read_csv(file, sep="\t").iloc[-1]
         output = _outputs(run, name)
+        usage = read_usage(run / "logs" / file.relative_to(run / "benchmarks").with_suffix(".log"))
+        cpu_s, max_rss = (row["cpu_time"], row["max_rss"]) if usage is None else usage
         costs[name] = RuleCost(
             row["s"],
-            row["cpu_time"],
-            row["max_rss"],
+            cpu_s,
+            max(max_rss, row["max_rss"]),
             _size(output.path),
             max(output.items, 1),
             output.megapixels,
+            usage is not None,
         )
     return costs
 
@@ -130,9 +138,13 @@ def run(args: argparse.Namespace) -> None:
         per_item = 1000 * cost.cpu_s / cost.items
         reference = small.get(name)
         small_item = 1000 * reference.cpu_s / reference.items if reference else float("nan")
+        sampled = "" if cost.exact else " (sampled)"
+        small_sampled = "" if reference is None or reference.exact else " (sampled)"
         print(
-            f"| {name} | {cost.wall_s:,.0f} | {cost.cpu_s:,.0f} | {cost.max_rss_mb:,.0f} MB "
-            f"| {cost.output_bytes / 1e6:,.1f} MB | {cost.items:,} | {small_item:,.2f} "
+            f"| {name} | {cost.wall_s:,.0f} | {cost.cpu_s:,.0f}{sampled} "
+            f"| {cost.max_rss_mb:,.0f} MB "
+            f"| {cost.output_bytes / 1e6:,.1f} MB | {cost.items:,} "
+            f"| {small_item:,.2f}{small_sampled} "
             f"| {per_item:,.2f} | {per_item / small_item:.2f} |"
         )
     pictures = [
