@@ -24,8 +24,14 @@ def _run(root: Path, images: int, side: int, expressions: int, cpu: tuple[float,
     (root / "results/demo/text").mkdir(parents=True)
     with h5py.File(root / "results/demo/text/tokens.h5", "w") as f:
         f["sent_id"] = np.arange(expressions)
+    (root / "results/demo/cache").mkdir(parents=True)
+    with h5py.File(root / "results/demo/cache/val.h5", "w") as f:
+        f["image_id"] = np.arange(images // 4)  # the baselines' items: val images
+    (root / "results/demo/tables").mkdir(parents=True)
+    (root / "results/demo/tables/baselines.csv").write_bytes(b"x" * 300_000)
     (root / "benchmarks/demo/text").mkdir(parents=True)
-    for name, seconds in (("demo_dataset", cpu[0]), ("demo/text/tokenize", cpu[1])):
+    rules = (("demo_dataset", cpu[0]), ("demo/text/tokenize", cpu[1]), ("demo/baselines", 2.0))
+    for name, seconds in rules:
         row = f"{10 * seconds}\t0:00:10\t321.5\t900\t1\t1\t0\t0\t1\t{seconds}\n"
         (root / f"benchmarks/{name}.tsv").write_text(HEADER + row)
     return root
@@ -52,6 +58,8 @@ def test_rehearsal_table_gives_per_item_cpu_and_ratio(tmp_path, capsys):
     assert demo[5:9] == ["40", "500.00 (sampled)", "750.00", "1.50 |"]
     assert tokenize[2:4] == ["70", "2,000 MB"]  # the log's line, not the benchmark file's
     assert tokenize[5:9] == ["1,000", "100.00 (sampled)", "70.00", "0.70 |"]
+    # 2 CPU s at both scales over 1 and 10 val images
+    assert rows["baselines"][4:9] == ["0.3 MB", "10", "2,000.00 (sampled)", "200.00", "0.10 |"]
     # 4 pictures of 0.5 megapixels against 40 of 2: per megapixel 1,000 and 375 CPU ms
     assert per_megapixel.splitlines()[2:] == [
         "| demo_dataset | 2.0 | 80.0 | 1,000.0 | 375.0 | 0.38 |"

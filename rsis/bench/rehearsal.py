@@ -96,8 +96,10 @@ def _outputs(run: Path, name: str) -> _Output:
         epochs = len(pd.read_csv(folder / "metrics.csv"))
         steps = config.get("steps_per_epoch") or 0
         return _Output(folder, epochs * steps * config["batch_size"])
-    if name.startswith("evaluate/"):
+    if name.startswith("evaluate/") or name == "baselines":  # both score the val split
         val = _count(results / "cache/val.h5", "image_id")
+        if name == "baselines":
+            return _Output(results / "tables/baselines.csv", val)
         return _Output(results / f"eval/{name.split('/')[1]}", val)
     return _Output(results / name, 1)
 
