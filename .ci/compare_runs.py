@@ -11,7 +11,8 @@ What must match, and how:
   training history, whose speed columns are timings);
 - train/*/metrics.csv: every column but the timings (images_per_s, referents_per_s,
   data_wait_share) equal;
-- tensorboard event files: skipped (wall times, and named by time and PID).
+- tensorboard event files: skipped (wall times, and named by time and PID); so is the run
+  folder's `.lock` (the PID of the trainer that held it).
 """
 
 from __future__ import annotations
@@ -66,9 +67,10 @@ def same_training_curve(a: Path, b: Path) -> bool:
 
 
 def _files(root: Path) -> set[Path]:
-    """Files under ``root``, less tensorboard event files (wall times, named by time and PID)."""
+    """Files under ``root``, less tensorboard event files (wall times, named by time and PID)
+    and the trainer's run-folder lock (``.lock``: the PID that held it)."""
     files = {p.relative_to(root) for p in root.rglob("*") if p.is_file()}
-    return {p for p in files if "tensorboard" not in p.parts}
+    return {p for p in files if "tensorboard" not in p.parts and p.name != ".lock"}
 
 
 def compare(a_root: Path, b_root: Path) -> list[str]:

@@ -191,6 +191,19 @@ def output_stem(out_dir: Path, split: str, expression: str, order: str) -> Path:
     return out_dir / (f"{split}~{expression}" + ("~reverse" if order == "reverse" else ""))
 
 
+def require_input_size(checkpoint: Path, payload: dict, caches: list[SplitCache]) -> None:
+    """Refuse, before scoring anything, a cache prepared at another size than the model's
+    input (``payload["input"]["image_size"]``, the size of the cache it trained on)."""
+    trained = tuple(payload["input"]["image_size"])
+    for cache in caches:
+        if cache.size != trained:
+            raise UserError(
+                f"{cache.path} holds {cache.size[0]}x{cache.size[1]} images but {checkpoint} "
+                f"was trained at {trained[0]}x{trained[1]}: prepare the split at the model's "
+                "size (rsis prepare --height/--width)"
+            )
+
+
 def _evaluate_command(args: argparse.Namespace) -> None:
     use_threads(args.threads)
     protocol = get_protocol(args.protocol)
@@ -200,9 +213,10 @@ def _evaluate_command(args: argparse.Namespace) -> None:
     text = EmbeddingTable.load(args.text)
     model, payload = load_model(args.checkpoint, text)
     model.to(resolve_device(args.device))
+    split_caches = [SplitCache(cache) for cache in args.cache]
+    require_input_size(args.checkpoint, payload, split_caches)
     stores = _feature_stores(model, args.cache, args.features)
-    for cache, features in zip(args.cache, stores, strict=True):
-        split_cache = SplitCache(cache)
+    for cache, split_cache, features in zip(args.cache, split_caches, stores, strict=True):
         for expression in args.expression:
             accumulator, payload, predictions, original = evaluate(
                 model,

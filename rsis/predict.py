@@ -132,10 +132,14 @@ class Predictor:
         )
 
 
-def write_outputs(image_path: Path, prediction: Prediction, out_dir: Path) -> dict:
-    """Write one PNG mask per expression, an overlay with a legend, and a JSON with RLEs."""
+def write_outputs(
+    image_path: Path, prediction: Prediction, out_dir: Path, stem: str | None = None
+) -> dict:
+    """Write one PNG mask per expression, an overlay with a legend, and a JSON with RLEs,
+    named ``<stem>_mask00.png``, ``<stem>_overlay.png``, ``<stem>.json`` (``stem``: the
+    image's file stem unless given)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = image_path.stem
+    stem = stem or image_path.stem
     records = []
     for index, (mask, expression, score) in enumerate(
         zip(prediction.masks, prediction.expressions, prediction.scores, strict=True)
@@ -205,16 +209,54 @@ def _jobs(args: argparse.Namespace) -> list[tuple[Path, list[str], list[int] | N
     return [(Path(args.image), args.expr or [], None)]
 
 
+def check_jobs(jobs: list[tuple[Path, list[str], list[int] | None]], out_dir: Path) -> None:
+    """Refuse, before any model is loaded, what would fail late: a missing image, an empty
+    expression, an ``--out`` that is a file."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file: give a folder (it is created if missing)")
+    for number, (image, expressions, _) in enumerate(jobs, 1):
+        if not image.is_file():
+            raise UserError(f"job {number}: image {image} not found")
+        if not expressions:
+            raise UserError(f"job {number} ({image}): no expressions; give at least one --expr")
+        for index, expression in enumerate(expressions, 1):
+            if not expression.strip():
+                raise UserError(
+                    f"job {number} ({image}): expression {index} is empty; give some words"
+                )
+
+
+def output_stems(images: list[Path]) -> list[str]:
+    """One distinct output name per job: the image's file stem, and for a stem already taken
+    (``a/photo.jpg`` then ``b/photo.jpg``, or one image on two lines, as an image with more
+    referents than a sequence holds is) ``photo-2``, ``photo-3`` ..., never the stem of
+    another job's image, so no job overwrites another's outputs."""
+    originals = {image.stem for image in images}
+    taken: set[str] = set()
+    stems = []
+    for image in images:
+        stem, number = image.stem, 1
+        while stem in taken or (number > 1 and stem in originals):
+            number += 1
+            stem = f"{image.stem}-{number}"
+        taken.add(stem)
+        stems.append(stem)
+    return stems
+
+
 def _predict_command(args: argparse.Namespace) -> None:
     jobs = _jobs(args)
+    check_jobs(jobs, Path(args.out))
     if args.score_json and any(sent_ids is None for _, _, sent_ids in jobs):
         raise UserError("--score-json needs --batch lines that give sent_ids for every expression")
     predictor = Predictor(args.model, args.device)
     samples: list[tuple[int, int | None, dict]] = []
-    for image_path, expressions, sent_ids in tqdm(
-        jobs, desc="predict", unit="img", disable=len(jobs) < 2
+    stems = output_stems([image for image, _, _ in jobs])
+    for (image_path, expressions, sent_ids), stem in tqdm(
+        list(zip(jobs, stems, strict=True)), desc="predict", unit="img", disable=len(jobs) < 2
     ):
-        result = write_outputs(image_path, predictor(image_path, expressions), Path(args.out))
+        prediction = predictor(image_path, expressions)
+        result = write_outputs(image_path, prediction, Path(args.out), stem)
         log.info("%s: %d masks, overlay %s", image_path, len(result["masks"]), result["overlay"])
         if sent_ids is not None:
             masks = zip(sent_ids, result["masks"], strict=True)

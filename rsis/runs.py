@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import re
 import shlex
 import typing
@@ -78,6 +79,8 @@ class RunSpec:
             )
         if self.dim != NATIVE and not (isinstance(self.dim, int) and self.dim > 0):
             raise UserError(f"run dim {self.dim!r} must be {NATIVE!r} or a positive integer")
+        if self.batch_size < 1:
+            raise UserError(f"run batch size {self.batch_size} must be at least 1")
 
     @property
     def id(self) -> str:
@@ -151,8 +154,27 @@ class RunSpec:
             )
 
 
-def _setting(default: object, help_text: str) -> typing.Any:
-    return dataclasses.field(default=default, metadata={"help": help_text})
+def _setting(
+    default: object,
+    help_text: str,
+    at_least: float | None = None,
+    above: float | None = None,
+) -> typing.Any:
+    """A setting's field: its default, help text and the range its values must lie in."""
+    metadata = {"help": help_text, "at_least": at_least, "above": above}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _range_error(name: str, value: object, at_least: float | None, above: float | None) -> str:
+    """Why ``value`` of setting ``name`` is out of range, or "" when it is in range."""
+    finite = not isinstance(value, float) or math.isfinite(value)
+    if value is None or (
+        finite and (at_least is None or value >= at_least) and (above is None or value > above)
+    ):
+        return ""
+    kind = "a finite number" if isinstance(at_least or above, float) else "an integer"
+    bound = f"of at least {at_least:g}" if at_least is not None else f"above {above:g}"
+    return f"setting {name} (--{name.replace('_', '-')}) is {value}: give {kind} {bound}"
 
 
 @dataclass(frozen=True)
@@ -164,21 +186,33 @@ class TrainSettings:
 
     backbone: str = _setting("resnet101", "resnet18, resnet34, resnet50 or resnet101")
     weights: str = _setting("imagenet", "encoder start: imagenet, none, or a state_dict file")
-    hidden: int = _setting(128, "decoder width H")
-    lr: float = _setting(1e-4, "decoder and text learning rate")
-    encoder_lr: float = _setting(1e-7, "ResNet learning rate (0 freezes it)")
-    weight_decay: float = _setting(1e-7, "Adam weight decay")
-    epochs: int = _setting(20, "most epochs")
+    hidden: int = _setting(128, "decoder width H", at_least=1)
+    lr: float = _setting(1e-4, "decoder and text learning rate", above=0.0)
+    encoder_lr: float = _setting(1e-7, "ResNet learning rate (0 freezes it)", at_least=0.0)
+    weight_decay: float = _setting(1e-7, "Adam weight decay", at_least=0.0)
+    epochs: int = _setting(20, "most epochs", at_least=1)
     steps_per_epoch: int | None = _setting(
-        None, "at most this many batches per epoch, for a bounded run (default: all)"
+        None, "at most this many batches per epoch, for a bounded run (default: all)", at_least=1
     )
-    patience: int = _setting(5, "early stopping: epochs without a better validation IoU")
-    max_referents: int = _setting(6, "longest referent sequence per image")
+    patience: int = _setting(
+        5, "early stopping: epochs without a better validation IoU", at_least=1
+    )
+    max_referents: int = _setting(6, "longest referent sequence per image", at_least=1)
     seed: int = _setting(0, "seeds initialisation, shuffling and expression choice")
-    workers: int = _setting(0, "DataLoader worker processes")
+    workers: int = _setting(0, "DataLoader worker processes", at_least=0)
 
     # Settings a resumed run may change: they do not alter what was learned so far.
     RESUMABLE: typing.ClassVar[frozenset[str]] = frozenset({"epochs", "patience", "workers"})
+
+    def __post_init__(self) -> None:
+        """Refuse an out-of-range value (``--batch-size 0``, ``lr: .nan``) naming the setting."""
+        for field in dataclasses.fields(self):
+            meta = field.metadata
+            error = _range_error(
+                field.name, getattr(self, field.name), meta["at_least"], meta["above"]
+            )
+            if error:
+                raise UserError(error)
 
     @classmethod
     def from_setting(cls, setting: Mapping[str, object], seed: int) -> TrainSettings:

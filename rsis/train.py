@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +40,7 @@ from rsis.io import atomic_path, describe_differences
 from rsis.metrics import MetricAccumulator
 from rsis.model import RRIS, ModelConfig, input_spec, soft_iou_loss
 from rsis.model.frozen import calibrate_batch_norm, encoder_digest
+from rsis.process import exclusive_folder, exit_with_parent
 from rsis.runs import RunSpec, TrainSettings
 from rsis.text import EmbeddingTable
 from rsis.text.identity import text_identity
@@ -46,8 +49,8 @@ from rsis.text.pca import PcaSolution
 log = logging.getLogger(__name__)
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite (exit code 2: lower the learning rate, check inputs)."""
 
 
 class NonFiniteLoss(ArithmeticError):
@@ -176,11 +179,15 @@ def _train_sampler(
 class Trainer:
     """One training run; ``run()`` returns the per-epoch history."""
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False) -> None:
-        if cfg.settings.steps_per_epoch is not None and cfg.settings.steps_per_epoch < 1:
-            raise UserError(
-                f"--steps-per-epoch must be 1 or more, got {cfg.settings.steps_per_epoch}"
-            )
+    def __init__(
+        self, cfg: TrainConfig, resume: bool = False, restart_if_changed: bool = False
+    ) -> None:
+        """Args:
+        resume: continue from ``last.pt`` when it exists.
+        restart_if_changed: with ``resume``, start over (instead of refusing) when
+            ``last.pt`` belongs to other settings: the workflow's mode, where a config
+            change means the old state is stale.
+        """
         self.cfg = cfg
         settings = cfg.settings
         self.ddp = _Distributed.from_env()
@@ -225,8 +232,10 @@ class Trainer:
         self.best = -math.inf
         self.best_epoch = -1
         self.history: list[dict[str, Any]] = []
+        self.saved_epoch: int | None = None  # epoch of the last.pt this run wrote or read
+        self.stopped_early = False
         if resume:
-            self._resume()
+            self._resume(restart_if_changed)
         self.net: torch.nn.Module = self.model
         if dist.is_initialized():  # torchrun, even with one process: DDP as on many GPUs
             device_ids = [self.device.index] if self.device.type == "cuda" else None
@@ -267,6 +276,12 @@ class Trainer:
         return self.cfg.out_dir / "best.pt"
 
     @property
+    def resume_best_path(self) -> Path:
+        """A hard link of ``best.pt`` that the workflow does not declare, so a failed job's
+        cleanup (which deletes declared outputs) cannot take the best epoch away."""
+        return self.cfg.out_dir / "resume_best.pt"
+
+    @property
     def bundle_path(self) -> Path:
         """Self-contained model for ``rsis predict``, written from the best checkpoint."""
         return self.cfg.out_dir / "bundle.pt"
@@ -286,10 +301,41 @@ class Trainer:
             patience=self.cfg.settings.patience,
         )
 
-    def _resume(self) -> None:
+    def _resume(self, restart_if_changed: bool) -> None:
         if not self.last_path.exists():
             log.info("no checkpoint at %s: starting from scratch", self.last_path)
             return
+        try:
+            payload = self._compatible_checkpoint()
+        except UserError as error:
+            if not restart_if_changed:
+                raise
+            log.warning("starting over: %s", error)
+            return
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        torch.set_rng_state(payload["rng"]["torch"])
+        self.start_epoch = payload["epoch"] + 1
+        self.best = payload["best"]
+        self.best_epoch = payload["best_epoch"]
+        self.history = payload["history"]
+        self.saved_epoch = payload["epoch"]
+        # Early stopping is final: a resumed run that had stopped only re-exports.
+        patience = payload["settings"]["patience"]
+        self.stopped_early = patience_spent(payload["epoch"], self.best_epoch, patience)
+        if self.ddp.is_main:
+            self._restore_best()
+        log.info("resumed from %s at epoch %d", self.last_path, self.start_epoch)
+        if self.stopped_early:
+            log.info(
+                "the run had stopped early at epoch %d (best epoch %d): exporting only; "
+                "start a new --out-dir to train further",
+                payload["epoch"],
+                self.best_epoch,
+            )
+
+    def _compatible_checkpoint(self) -> dict[str, Any]:
+        """``last.pt``, refused (UserError) if another configuration wrote it."""
         payload = load_checkpoint(self.last_path)
         require_compatible(
             self.last_path,
@@ -308,14 +354,26 @@ class Trainer:
                 f"{self.last_path} was trained with other settings ({'; '.join(differences)}); "
                 "use another --out-dir or drop --resume"
             )
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        torch.set_rng_state(payload["rng"]["torch"])
-        self.start_epoch = payload["epoch"] + 1
-        self.best = payload["best"]
-        self.best_epoch = payload["best_epoch"]
-        self.history = payload["history"]
-        log.info("resumed from %s at epoch %d", self.last_path, self.start_epoch)
+        return payload
+
+    def _restore_best(self) -> None:
+        """Bring back ``best.pt`` from its hard link when a failed job's cleanup deleted it."""
+        if self.best_path.exists() or self.best_epoch < 0:
+            return
+        if not self.resume_best_path.exists():
+            raise UserError(
+                f"{self.best_path} and {self.resume_best_path} are missing, so the best epoch "
+                f"({self.best_epoch}) is lost: delete {self.last_path} to train this run again"
+            )
+        os.link(self.resume_best_path, self.best_path)
+        log.info("restored %s from %s", self.best_path, self.resume_best_path)
+
+    def _save_best(self, payload: dict[str, Any]) -> None:
+        """Write ``best.pt`` and point ``resume_best.pt`` at the same file (no extra disk)."""
+        save_checkpoint(self.best_path, payload)
+        with atomic_path(self.resume_best_path) as tmp:
+            tmp.unlink(missing_ok=True)
+            os.link(self.best_path, tmp)
 
     def _checkpoint(self, epoch: int) -> dict[str, Any]:
         return {
@@ -360,9 +418,15 @@ class Trainer:
                     train_step(self.net, self.optimizer, batch, self.device, self.train_features)
                 )
             except NonFiniteLoss as error:
+                saved = (
+                    f"the last good checkpoint is {self.last_path} (epoch {self.saved_epoch})"
+                    if self.saved_epoch is not None
+                    else "no epoch finished, so no checkpoint was written"
+                )
                 raise TrainingDiverged(
                     f"loss is {error.loss} at epoch {epoch}, step {step} (ref_ids "
-                    f"{error.ref_ids}); the last good checkpoint is {self.last_path}"
+                    f"{error.ref_ids}); {saved}. Lower --lr (now {self.cfg.settings.lr:g}) "
+                    f"or check {self.cfg.text} and the caches"
                 ) from error
             images += len(batch["image"])
             referents += int(batch["valid"].sum())
@@ -378,8 +442,9 @@ class Trainer:
 
     def run(self) -> list[dict[str, Any]]:
         """Train until ``epochs`` or early stopping; rank 0 writes checkpoints and metrics."""
-        writer = SummaryWriter(self.cfg.out_dir / "tensorboard") if self.ddp.is_main else None
-        for epoch in range(self.start_epoch, self.cfg.settings.epochs):
+        writer = self._summary_writer() if self.ddp.is_main else None
+        last_epoch = self.start_epoch if self.stopped_early else self.cfg.settings.epochs
+        for epoch in range(self.start_epoch, last_epoch):
             row: dict[str, Any] = {"epoch": epoch, **self._train_epoch(epoch)}
             # Every rank validates on the whole split, so all agree on early stopping.
             val = validate(self.model, self.val_set, self.device, self.val_features)
@@ -392,11 +457,11 @@ class Trainer:
                 for key, value in row.items():
                     writer.add_scalar(key, value, epoch)
                 payload = self._checkpoint(epoch)
+                if self.best_epoch == epoch:  # before last.pt, which names the best epoch
+                    self._save_best(payload)
                 save_checkpoint(self.last_path, payload)
-                if self.best_epoch == epoch:
-                    save_checkpoint(self.best_path, payload)
-                with atomic_path(self.cfg.out_dir / "metrics.csv") as tmp:
-                    pd.DataFrame(self.history).to_csv(tmp, index=False)
+                self.saved_epoch = epoch
+                self._write_metrics()
             if patience_spent(epoch, self.best_epoch, self.cfg.settings.patience):
                 log.info(
                     "early stop: no better validation instance IoU for %d epochs",
@@ -405,11 +470,24 @@ class Trainer:
                 break
         if writer is not None:
             writer.close()
+            self._write_metrics()  # a resumed run rewrites it when the workflow deleted it
             export_bundle(self.best_path, self.cfg.text, self.bundle_path)
             self.convergence().write(self.convergence_path)
         if dist.is_initialized():
             dist.destroy_process_group()
         return self.history
+
+    def _write_metrics(self) -> None:
+        with atomic_path(self.cfg.out_dir / "metrics.csv") as tmp:
+            pd.DataFrame(self.history).to_csv(tmp, index=False)
+
+    def _summary_writer(self) -> SummaryWriter:
+        """TensorBoard events of this run only: a fresh start clears the folder, a resumed
+        run drops the events a killed attempt wrote after its last checkpoint."""
+        folder = self.cfg.out_dir / "tensorboard"
+        if self.saved_epoch is None:
+            shutil.rmtree(folder, ignore_errors=True)
+        return SummaryWriter(folder, purge_step=self.start_epoch)
 
 
 def compute_threads(cpus: int, processes: int, workers: int) -> int:
@@ -435,7 +513,13 @@ def _train_command(args: argparse.Namespace) -> None:
     if args.cpus:
         processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         use_threads(compute_threads(args.cpus, processes, cfg.settings.workers))
-    Trainer(cfg, resume=args.resume).run()
+    exit_with_parent()
+    # One writer per run folder: rank 0 (the only rank that writes) holds the lock.
+    first_rank = os.environ.get("RANK", "0") == "0"
+    lock = exclusive_folder(cfg.out_dir, "rsis train") if first_rank else contextlib.nullcontext()
+    with lock:
+        resume = args.resume is not None
+        Trainer(cfg, resume=resume, restart_if_changed=args.resume == "auto").run()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -464,5 +548,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="CPU cores of the whole job (every torchrun process and its DataLoader workers); "
         "each process computes with its share less its workers (0: torch's default threads)",
     )
-    p.add_argument("--resume", action="store_true", help="continue from <out-dir>/last.pt")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="strict",
+        choices=("strict", "auto"),
+        help="continue from <out-dir>/last.pt; refuse one of other settings (strict, the "
+        "default) or start over (auto, the workflow's mode)",
+    )
     p.set_defaults(func=_train_command)

@@ -46,3 +46,12 @@ def make_train_config(root, out_dir, **overrides):
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     return TrainConfig(run=run, settings=settings, **(paths | overrides))
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet reaped, does not count)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -166,6 +166,26 @@ def test_degenerate_segmentations_are_skipped_counted_and_logged(sample_copy, tm
     assert "RLE of size [3, 4]" in caplog.text and "polygon of 2 coordinates" in caplog.text
 
 
+def test_split_cache_must_be_an_hdf5_split_cache(demo_pipeline, tmp_path, capsys):
+    """Random bytes and a tokens file given as the train cache: neither message says to delete
+    the file the user gave (it may be another step's output)."""
+    train = ["train", "--run-id", "mean-pca-8-random-bs4", "--epochs", "1",
+             "--val-cache", str(demo_pipeline / "cache/val.h5"),
+             "--text", str(demo_pipeline / "text/mean~pca~8.h5"), "--weights", "none",
+             "--backbone", "resnet18", "--device", "cpu",
+             "--out-dir", str(tmp_path / "run")]  # fmt: skip
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(np.random.default_rng(0).bytes(4096))
+    assert main([*train, "--train-cache", str(junk)]) == 2
+    error = _error(capsys)
+    assert f"{junk} is not a readable HDF5 file" in error and "rsis prepare" in error
+    tokens = demo_pipeline / "text/tokens.h5"
+    assert main([*train, "--train-cache", str(tokens)]) == 2
+    error = _error(capsys)
+    assert f"{tokens} is not a split cache" in error and "delete" not in error
+    assert not (tmp_path / "run/last.pt").exists()
+
+
 def test_nan_embeddings_are_refused_naming_the_file(demo_pipeline, tmp_path, capsys):
     from rsis.text import EmbeddingTable
 
@@ -232,3 +252,43 @@ def test_pca_solution_is_part_of_the_text_identity(demo_pipeline, tmp_path):
     assert {k for k in ours if ours[k] != theirs[k]} == {"pca_hash"}
     assert len(ours["pca_hash"]) == 64
     assert text_identity(EmbeddingTable.load(text / "mean~none~native.h5"))["pca_hash"] == ""
+
+
+PHOTO = IMAGES / "COCO_train2014_000000000154.jpg"
+
+
+def _predict(capsys, tmp_path, *args: str) -> str:
+    """Run ``rsis predict`` with a bundle path that is never opened: every check here comes
+    before the model is loaded. Returns the one error line."""
+    assert main(["predict", "--model", str(tmp_path / "never-read.pt"), *args]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_predict_refuses_empty_expression_missing_image_and_out_file(tmp_path, capsys):
+    image = ["--image", str(PHOTO)]
+    error = _predict(capsys, tmp_path, *image, "--expr", "")
+    assert error == f"rsis predict: error: job 1 ({PHOTO}): expression 1 is empty; give some words"
+    error = _predict(capsys, tmp_path, *image, "--expr", "zebra", "--expr", "  ")
+    assert error == f"rsis predict: error: job 1 ({PHOTO}): expression 2 is empty; give some words"
+    missing = tmp_path / "missing.jpg"
+    error = _predict(capsys, tmp_path, "--image", str(missing), "--expr", "zebra")
+    assert error == f"rsis predict: error: job 1: image {missing} not found"
+    taken = tmp_path / "results.txt"
+    taken.write_text("keep me")
+    error = _predict(capsys, tmp_path, *image, "--expr", "zebra", "--out", str(taken))
+    assert f"--out {taken} is a file" in error and taken.read_text() == "keep me"
+
+
+def test_decompression_bomb_is_refused_naming_the_image(tmp_path, monkeypatch):
+    """Pillow refuses images of more than twice MAX_IMAGE_PIXELS (a few KB of PNG can claim
+    gigapixels); lowered here so a small picture plays the bomb."""
+    from rsis.data.cache import load_resized_image
+    from rsis.errors import UserError
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (200, 200)).save(bomb)
+    with pytest.raises(UserError, match=rf"cannot decode image {bomb}: Image size \(40000"):
+        load_resized_image(bomb, 32, 48)

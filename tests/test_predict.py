@@ -181,3 +181,59 @@ def test_predict_writes_rsis_score_input(demo_pipeline, run_dir, tmp_path):
     scored = json.loads(out.read_text())["metrics"]
     evaluated = json.loads((tmp_path / "eval/val~first.json").read_text())["metrics"]
     assert scored == pytest.approx(evaluated, abs=1e-12)
+
+
+def test_a_pca_fitted_elsewhere_is_refused(demo_pipeline, run_dir, tmp_path):
+    """Same embedding, transform and dim, PCA fitted on the val split: export and evaluate
+    refuse it, naming pca_hash."""
+    text = demo_pipeline / "text"
+    other = tmp_path / "mean~pca~8.h5"
+    assert main(["reduce", "--embeddings", str(text / "embeddings.h5"), "--tokens",
+                 str(text / "tokens.h5"), "--embedding", "mean", "--transform", "pca",
+                 "--dim", "8", "--fit-split", "val", "--out", str(other)]) == 0  # fmt: skip
+    with pytest.raises(UserError, match=r"not the text pipeline .*pca_hash: checkpoint has"):
+        export_bundle(run_dir / "best.pt", other, tmp_path / "b.pt")
+    with pytest.raises(UserError, match="does not match this configuration: pca_hash"):
+        load_model(run_dir / "best.pt", EmbeddingTable.load(other))
+    assert not (tmp_path / "b.pt").exists()
+
+
+def test_evaluate_refuses_a_cache_of_another_input_size(demo_pipeline, run_dir, tmp_path, capsys):
+    demo = demo_pipeline / "resources/demo"
+    small = tmp_path / "val.h5"
+    assert main(["prepare", "--refs-root", str(demo), "--dataset", "demo", "--split", "val",
+                 "--images", str(demo / "images"), "--height", "32", "--width", "56",
+                 "--out", str(small)]) == 0  # fmt: skip
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--checkpoint", str(run_dir / "best.pt"), "--cache", str(small),
+                 "--text", str(demo_pipeline / "text/mean~pca~8.h5"), "--device", "cpu",
+                 "--out-dir", str(out)]) == 2  # fmt: skip
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{small} holds 32x56 images but {run_dir / 'best.pt'} was trained at 48x80" in error
+    assert not out.exists()
+
+
+def test_batch_jobs_sharing_a_file_stem_keep_every_output(run_dir, tmp_path):
+    """Two photo.jpg in different folders and one image on two lines: every job gets its own
+    outputs (photo, photo-2, ...), none overwrites another's, none takes another image's name."""
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(PHOTO, tmp_path / folder / "photo.jpg")
+    shutil.copy(PHOTO, tmp_path / "photo-2.jpg")
+    jobs = [(tmp_path / "a/photo.jpg", ["the dog"]), (tmp_path / "b/photo.jpg", ["sky"]),
+            (PHOTO, ["a chair"]), (PHOTO, ["red umbrella", "sky"]),
+            (tmp_path / "photo-2.jpg", ["man"])]  # fmt: skip
+    batch = tmp_path / "jobs.jsonl"
+    lines = [json.dumps({"image": str(image), "expressions": expr}) for image, expr in jobs]
+    batch.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    args = ["predict", "--model", str(run_dir / "bundle.pt"), "--device", "cpu"]
+    assert main([*args, "--batch", str(batch), "--out", str(out)]) == 0
+    stems = ["photo", "photo-3", PHOTO.stem, f"{PHOTO.stem}-2", "photo-2"]
+    for stem, (image, expressions) in zip(stems, jobs, strict=True):
+        result = json.loads((out / f"{stem}.json").read_text())
+        assert result["image"] == str(image)
+        assert [m["expression"] for m in result["masks"]] == expressions
+        assert result["overlay"] == f"{stem}_overlay.png" and (out / result["overlay"]).is_file()
+        assert all((out / m["mask_png"]).is_file() for m in result["masks"])
+    assert len(list(out.glob("*.json"))) == len(jobs)

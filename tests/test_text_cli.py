@@ -74,9 +74,12 @@ def test_reduce_refuses_bad_requests(text_dir, sample_refer, capsys):
     assert "--dim native" in capsys.readouterr().err
     assert main([*reduce, "--transform", "pca", "--dim", "20", "--fit-split", "testA", *out]) == 2
     n_test_a = sum(split == "testA" for _, split, _ in sample_refer.sentences())
-    assert f"split 'testA' has {n_test_a} expressions" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert f"split 'testA' has {n_test_a} expressions" in error
+    assert "(in config.yaml: grid.table1.dims, grid.table2.dim" in error  # under Snakemake
     assert main([*reduce, "--transform", "pca", "--dim", "4", *out]) == 2  # default: train
-    assert "'train' has no expressions" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "'train' has no expressions (language.fit_split in config.yaml)" in error
     assert not (text_dir / "bad.h5").exists()
 
 

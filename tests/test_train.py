@@ -135,7 +135,8 @@ def test_two_process_ddp_training_writes_one_checkpoint(demo_pipeline, tmp_path)
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 0
     assert len(pd.read_csv(tmp_path / "metrics.csv")) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "best.pt", "bundle.pt", "convergence.json", "last.pt", "metrics.csv", "tensorboard",
+        ".lock", "best.pt", "bundle.pt", "convergence.json", "last.pt", "metrics.csv",
+        "resume_best.pt", "tensorboard",
     ]  # fmt: skip
 
 
@@ -165,8 +166,9 @@ def test_steps_per_epoch_bounds_each_epoch(demo_pipeline, tmp_path):
     trainer.optimizer.step = lambda *args, **kwargs: steps.append(step(*args, **kwargs))
     assert [row["epoch"] for row in trainer.run()] == [0, 1]
     assert len(steps) == 2
-    with pytest.raises(UserError, match="--steps-per-epoch must be 1 or more, got 0"):
-        Trainer(make_train_config(demo_pipeline, tmp_path, steps_per_epoch=0))
+    expected = r"steps_per_epoch \(--steps-per-epoch\) is 0: give an integer of at least 1"
+    with pytest.raises(UserError, match=expected):
+        make_train_config(demo_pipeline, tmp_path, steps_per_epoch=0)
 
 
 def _rotated(text: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

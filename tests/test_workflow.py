@@ -59,6 +59,9 @@ def test_dag_trains_every_configuration_once():
 def test_slurm_profile_dry_run():
     output = _snakemake(REPO, "--workflow-profile", "profiles/slurm", "-n", "--forceall")
     assert job_counts(output)["train"] == 17 * 3
+    # a retried, requeued or rerun train job continues from the run's last.pt
+    train = output.split("rule train:")[1].split("rule ")[0]
+    assert " --resume auto" in train and "last.pt" not in train
 
 
 def _dry_run_with_resources(tmp_path: Path, resources: dict) -> subprocess.CompletedProcess:

@@ -1,4 +1,9 @@
 # Stage 2: one training run per configuration of the ablation grid (GPU when present).
+# Crash safety (docs/training.md, "Resume in the workflow"): the run's state, last.pt and
+# resume_best.pt (a hard link of best.pt), is not a declared output, so Snakemake never
+# deletes it; every job passes --resume auto and continues from it when it matches the run
+# (a rerun after a kill, a retry or a requeued cluster job loses at most one epoch). `exec`
+# makes rsis train Snakemake's own child, so it ends with Snakemake (PR_SET_PDEATHSIG).
 
 
 rule train:
@@ -6,7 +11,6 @@ rule train:
         unpack(train_inputs),
     output:
         best=result(f"train/{RUN_DIR}/best.pt"),
-        last=result(f"train/{RUN_DIR}/last.pt"),
         metrics=result(f"train/{RUN_DIR}/metrics.csv"),
         convergence=result(f"train/{RUN_DIR}/convergence.json"),
         bundle=result(f"train/{RUN_DIR}/bundle.pt"),
@@ -28,6 +32,7 @@ rule train:
         settings=train_settings_flags,
         launcher=train_launcher,
     shell:
-        "{params.launcher} train --run-id {wildcards.run} --train-cache {input.train:q}"
+        "exec {params.launcher} train --run-id {wildcards.run} --train-cache {input.train:q}"
         " --val-cache {input.val:q} --text {input.text:q} {params.pca} {params.features}"
-        " --out-dir {params.out_dir:q} {params.settings} --cpus {threads} > {log:q} 2>&1"
+        " --out-dir {params.out_dir:q} {params.settings} --cpus {threads} --resume auto"
+        " > {log:q} 2>&1"
