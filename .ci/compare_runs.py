@@ -55,9 +55,15 @@ def _equal(a, b) -> bool:
     return a.dtype == b.dtype and np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
 
 
+def _state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a training checkpoint (its ``model``) or of a plain state dict (the
+    pretrained demo encoder's weights)."""
+    loaded = torch.load(path, map_location="cpu", weights_only=True)
+    return loaded.get("model", loaded)
+
+
 def same_weights(a: Path, b: Path) -> bool:
-    wa = torch.load(a, map_location="cpu", weights_only=True)["model"]
-    wb = torch.load(b, map_location="cpu", weights_only=True)["model"]
+    wa, wb = _state_dict(a), _state_dict(b)
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 

@@ -92,10 +92,10 @@ def _outputs(run: Path, name: str) -> _Output:
         return _Output(results / f"text/{name.split('/')[-1]}.h5", _count(tokens, "sent_id"))
     if name.startswith("train/"):
         folder = results / name  # bounded runs: epochs x steps x batch training images
-        config = load_checkpoint(folder / "last.pt")["train_config"]
+        checkpoint = load_checkpoint(folder / "last.pt")
         epochs = len(pd.read_csv(folder / "metrics.csv"))
-        steps = config.get("steps_per_epoch") or 0
-        return _Output(folder, epochs * steps * config["batch_size"])
+        steps = checkpoint["settings"].get("steps_per_epoch") or 0
+        return _Output(folder, epochs * steps * checkpoint["run"]["batch_size"])
     if name.startswith("evaluate/") or name == "baselines":  # both score the val split
         val = _count(results / "cache/val.h5", "image_id")
         if name == "baselines":
