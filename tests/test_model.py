@@ -140,6 +140,14 @@ def test_convlstm_equals_concatenating_the_tiled_embedding() -> None:
         torch.testing.assert_close(
             h_new, torch.sigmoid(o) * torch.tanh(c_ref), atol=1e-5, rtol=1e-5
         )
+    zeros = torch.zeros(2, 4, 6, 9)
+    coarsest = ConvLSTMCell(fixed_channels=5, step_channels=0, cond_channels=7, hidden_channels=4)
+    for layer, given in ((cell, step), (coarsest, None)):  # the zero state skips its products
+        ready = layer.prepare(fixed, cond)[:, 0]
+        first = layer(ready, given, None)
+        expected = layer(ready, given, (zeros, zeros))
+        for value, reference in zip(first, expected, strict=True):
+            torch.testing.assert_close(value, reference, atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
@@ -150,6 +158,7 @@ def test_forward_equals_the_step_by_step_reference(model: RRIS, memory_format) -
     valid = torch.ones(3, 5, dtype=torch.bool)
     valid[0, 3:] = False
     valid[2, 1] = False
+    valid[1, 0] = False  # a padded first slot: the zero state carries over
     reference_model = RRIS.from_config(TINY).eval()
     reference_model.load_state_dict(model.state_dict())
     model.to(memory_format=memory_format)

@@ -14,7 +14,8 @@ the same batches of a split cache, in one process with the same thread count:
 Rounds alternate between the two paths so that a load change on a shared machine hits both;
 the ratio of their medians is the figure. Also printed: the decoder's effective GFLOP/s
 (FLOPs counted by ``torch.utils.flop_counter`` over the "after" step) against this CPU's fp32
-matmul peak measured in the same run, and the one-off costs (batch-norm calibration, feature
+matmul peak measured in the same run, the FLOPs of both steps (their ratio is what the
+speed-up would be at equal GFLOP/s), and the one-off costs (batch-norm calibration, feature
 caching, and pretraining measured on a few scenes and scaled to the configured run).
 """
 
@@ -106,6 +107,13 @@ def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
     return 2 * size**3 / best / 1e9
 
 
+def _flops(fn: Callable[[], object]) -> int:
+    """FLOPs ``fn`` runs (``torch.utils.flop_counter``: convolutions and matrix products)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
 def _seconds(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
@@ -176,19 +184,17 @@ def run(args: argparse.Namespace) -> None:
         model.train()
         for batch in batches[: args.warmup]:
             _train_step(model, optimizers[name], forward, batch)
+
+    def one_round(name: str) -> Callable[[], object]:
+        model, forward = paths[name]
+        return lambda: [_train_step(model, optimizers[name], forward, b) for b in batches]
+
     rates: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(args.rounds):
-        for name, (model, forward) in paths.items():
-            seconds = _seconds(
-                lambda m=model, f=forward, o=optimizers[name]: [
-                    _train_step(m, o, f, batch) for batch in batches
-                ]
-            )
-            rates[name].append(images_per_round / seconds)
-    with FlopCounterMode(display=False) as counter:
-        for batch in batches:
-            _train_step(after, optimizers["after"], run_after, batch)
-    flops_per_image = counter.get_total_flops() / images_per_round
+        for name in paths:
+            rates[name].append(images_per_round / _seconds(one_round(name)))
+    flops = {name: _flops(one_round(name)) / images_per_round for name in paths}
+    flops_per_image = flops["after"]
     peak = matmul_peak()
     pretrain = _pretrain_seconds(args, size)
 
@@ -206,6 +212,10 @@ def run(args: argparse.Namespace) -> None:
         spread = f"{min(rates[name]):.1f}-{max(rates[name]):.1f}"
         print(f"{name:>7}: {median[name]:7.1f} images/s (rounds {spread})  {label}")
     print(f"  ratio: {median['after'] / median['before']:.2f}x (after / before, medians)")
+    print(
+        f"  FLOPs: before {flops['before'] / 1e9:.3f}, after {flops['after'] / 1e9:.3f} GFLOP "
+        f"per image: {flops['before'] / flops['after']:.2f}x fewer (the ratio at equal GFLOP/s)"
+    )
     print(
         f"decoder: {flops_per_image / 1e9:.3f} GFLOP per image (forward + backward), "
         f"{decoder_gflops:.1f} GFLOP/s effective = {100 * decoder_gflops / peak:.1f}% of the "

@@ -23,7 +23,10 @@ class ConvLSTMCell(nn.Module):
       the fixed map's part (with the bias) and every step's tiled-condition part. The tiled
       part is never built: a convolution of a spatially constant map equals, per output pixel,
       the sum over the kernel taps inside the image (zero padding) of ``W_tap @ cond``.
-    - ``forward`` adds, per step, the convolution of ``[step, h]``.
+    - ``forward`` adds, per step, the convolution of ``[step, h]``. At the first step the
+      state is zero (``state=None``): only the ``step`` part is convolved (nothing at all
+      where there is none) and the forget gate has nothing to keep, which skips exactly the
+      products with zeros.
 
     Args:
         fixed_channels: channels of the map that is the same at every step.
@@ -72,22 +75,31 @@ class ConvLSTMCell(nn.Module):
         self,
         prepared: torch.Tensor,
         step: torch.Tensor | None,
-        state: tuple[torch.Tensor, torch.Tensor],
+        state: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One step; returns the new ``(h, c)``.
 
         Args:
             prepared: this step's slice of ``prepare`` (B, 4 * hidden_channels, H, W).
             step: the map that changes per step (B, step_channels, H, W), or None.
-            state: previous ``(h, c)``, each (B, hidden_channels, H, W).
+            state: previous ``(h, c)``, each (B, hidden_channels, H, W); None for the zero
+                state before the first step.
         """
-        h, c = state
-        recurrent = h if step is None else torch.cat([step, h], dim=1)
-        weight = self.gates.weight[:, self.fixed : self.split]
-        gates = prepared + F.conv2d(recurrent, weight, padding=self.gates.padding)
         hidden = self.hidden_channels
+        if state is None:
+            gates = prepared
+            if step is not None:
+                weight = self.gates.weight[:, self.fixed : self.split - hidden]
+                gates = gates + F.conv2d(step, weight, padding=self.gates.padding)
+        else:
+            h = state[0]
+            recurrent = h if step is None else torch.cat([step, h], dim=1)
+            weight = self.gates.weight[:, self.fixed : self.split]
+            gates = prepared + F.conv2d(recurrent, weight, padding=self.gates.padding)
         in_gate, forget_gate, out_gate = torch.sigmoid(gates[:, : 3 * hidden]).chunk(3, dim=1)
-        c = forget_gate * c + in_gate * torch.tanh(gates[:, 3 * hidden :])
+        c = in_gate * torch.tanh(gates[:, 3 * hidden :])
+        if state is not None:
+            c = forget_gate * state[1] + c
         h = out_gate * torch.tanh(c)
         return h, c
 

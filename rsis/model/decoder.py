@@ -90,16 +90,18 @@ class RecurrentMaskDecoder(nn.Module):
             state.append((zeros, zeros))
         return state
 
-    def step(self, prepared: Sequence[torch.Tensor], state: State) -> State:
+    def step(self, prepared: Sequence[torch.Tensor], state: State | None) -> State:
         """Decode one referent: the new state of every scale.
 
         Args:
             prepared: this referent's slice of ``prepare`` per scale, coarse to fine.
-            state: ``(h, c)`` per scale after the previous referent.
+            state: ``(h, c)`` per scale after the previous referent; None before the first
+                (the zero state, equal to ``initial_state`` but never convolved).
         """
         new_state: State = []
         h = None
-        for cell, gates, prev in zip(self.cells, prepared, state, strict=True):
+        previous = [None] * len(self.cells) if state is None else state
+        for cell, gates, prev in zip(self.cells, prepared, previous, strict=True):
             up = None
             if h is not None:
                 up = F.interpolate(h, size=gates.shape[-2:], mode="bilinear", align_corners=False)
