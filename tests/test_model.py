@@ -23,7 +23,8 @@ from rsis.model import (
     soft_iou,
     soft_iou_loss,
 )
-from rsis.model.convlstm import ConvLSTMCell, tiled_conv2d
+from rsis.model.convlstm import ConvLSTMCell, LSTMUpdate, tiled_conv2d
+from rsis.model.resize import BilinearResize
 from rsis.runs import LEARNED_TRANSFORMS
 from rsis.text.pca import PcaSolution
 
@@ -127,12 +128,14 @@ def test_convlstm_equals_concatenating_the_tiled_embedding() -> None:
     cell equals one convolution over the concatenation of all its inputs."""
     torch.manual_seed(0)
     cell = ConvLSTMCell(fixed_channels=5, step_channels=3, cond_channels=7, hidden_channels=4)
-    fixed, step = torch.randn(2, 5, 6, 9), torch.randn(2, 3, 6, 9)
+    fixed, coarse = torch.randn(2, 5, 6, 9), torch.randn(2, 3, 3, 5)
+    step = F.interpolate(coarse, size=(6, 9), mode="bilinear", align_corners=False)
     h, c = torch.randn(2, 4, 6, 9), torch.randn(2, 4, 6, 9)
     cond = torch.randn(2, 3, 7)  # three steps
-    prepared = cell.prepare(fixed, cond)
+    resize = BilinearResize((3, 5), (6, 9), coarse)
+    prepared = cell.prepare(fixed, cond, resize)
     for t in range(3):
-        h_new, c_new = cell(prepared[:, t], step, (h, c))
+        h_new, c_new = cell(prepared, t, coarse, (h, c))
         tiled = cond[:, t, :, None, None].expand(-1, -1, 6, 9)
         i, f, o, g = cell.gates(torch.cat([fixed, step, h, tiled], dim=1)).chunk(4, dim=1)
         c_ref = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
@@ -142,12 +145,51 @@ def test_convlstm_equals_concatenating_the_tiled_embedding() -> None:
         )
     zeros = torch.zeros(2, 4, 6, 9)
     coarsest = ConvLSTMCell(fixed_channels=5, step_channels=0, cond_channels=7, hidden_channels=4)
-    for layer, given in ((cell, step), (coarsest, None)):  # the zero state skips its products
-        ready = layer.prepare(fixed, cond)[:, 0]
-        first = layer(ready, given, None)
-        expected = layer(ready, given, (zeros, zeros))
+    for layer, given, by in ((cell, coarse, resize), (coarsest, None, None)):
+        ready = layer.prepare(fixed, cond, by)  # the zero state skips its products
+        first = layer(ready, 0, given, None)
+        expected = layer(ready, 0, given, (zeros, zeros))
         for value, reference in zip(first, expected, strict=True):
             torch.testing.assert_close(value, reference, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("zero_state", [False, True])
+def test_lstm_update_backward_is_the_gradient(zero_state: bool) -> None:
+    """The hand-written backward of the gates' pointwise update passes gradcheck, also from
+    the zero state (no c_prev) and when only h is used (no gradient for c)."""
+    g = torch.Generator().manual_seed(3)
+    gates = torch.randn(2, 12, 3, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    c_prev = None
+    if not zero_state:
+        c_prev = torch.randn(2, 3, 3, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    inputs = (gates, c_prev)
+    assert torch.autograd.gradcheck(LSTMUpdate.apply, inputs)
+    assert torch.autograd.gradcheck(lambda *x: LSTMUpdate.apply(*x)[0], inputs)
+    i, f, o, cell = gates.chunk(4, dim=1)
+    c = torch.sigmoid(i) * torch.tanh(cell)
+    if c_prev is not None:
+        c = c + torch.sigmoid(f) * c_prev
+    h_new, c_new = LSTMUpdate.apply(gates, c_prev)
+    torch.testing.assert_close(c_new, c)
+    torch.testing.assert_close(h_new, torch.sigmoid(o) * torch.tanh(c))
+
+
+@pytest.mark.parametrize(
+    ("size_in", "size_out"),
+    [((2, 3), (3, 6)), ((6, 11), (12, 21)), ((24, 42), (48, 84)), ((7, 5), (3, 9))],
+)
+def test_bilinear_resize_equals_interpolate(size_in, size_out) -> None:
+    """Two matrix products give F.interpolate's bilinear resize (align_corners=False), and
+    its gradient, up to float rounding; also shrinking and for odd sizes."""
+    x = torch.randn(2, 3, *size_in, requires_grad=True)
+    y = x.detach().clone().requires_grad_(True)
+    grad = torch.randn(2, 3, *size_out)
+    resized = BilinearResize(size_in, size_out, x)(x)
+    expected = F.interpolate(y, size=size_out, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(resized, expected, atol=1e-6, rtol=1e-5)
+    resized.backward(grad)
+    expected.backward(grad)
+    torch.testing.assert_close(x.grad, y.grad, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])

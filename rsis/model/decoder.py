@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from rsis.errors import UserError
-from rsis.model.convlstm import ConvLSTMCell
+from rsis.model.convlstm import ConvLSTMCell, PreparedCell
+from rsis.model.resize import BilinearResize, is_channels_last
 
 State = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -68,17 +68,21 @@ class RecurrentMaskDecoder(nn.Module):
         """Skip projections of the encoder features (fine to coarse in), coarse to fine out."""
         return [skip(x) for skip, x in zip(self.skips, reversed(features), strict=True)]
 
-    def prepare(self, skips: Sequence[torch.Tensor], text: torch.Tensor) -> list[torch.Tensor]:
-        """Per scale, the gate pre-activations that do not depend on the recurrent state.
+    def prepare(self, skips: Sequence[torch.Tensor], text: torch.Tensor) -> list[PreparedCell]:
+        """Per scale, what does not depend on the recurrent state (``ConvLSTMCell.prepare``),
+        with the resizing of the scale above's state to this scale.
 
         Args:
             skips: projected features, coarse to fine (from ``project``).
             text: every step's embeddings (B, R, text_dim).
-
-        Returns:
-            Per scale (B, R, 4 * state channels, h, w); step t's slice goes to ``step``.
         """
-        return [cell.prepare(skip, text) for cell, skip in zip(self.cells, skips, strict=True)]
+        prepared = []
+        for i, (cell, skip) in enumerate(zip(self.cells, skips, strict=True)):
+            resize = None
+            if i:
+                resize = BilinearResize(skips[i - 1].shape[-2:], skip.shape[-2:], skip)
+            prepared.append(cell.prepare(skip, text, resize))
+        return prepared
 
     def initial_state(self, skips: Sequence[torch.Tensor]) -> State:
         """Zero ``(h, c)`` per scale, shaped like the skips and with their dtype and layout."""
@@ -90,28 +94,24 @@ class RecurrentMaskDecoder(nn.Module):
             state.append((zeros, zeros))
         return state
 
-    def step(self, prepared: Sequence[torch.Tensor], state: State | None) -> State:
-        """Decode one referent: the new state of every scale.
+    def step(self, prepared: Sequence[PreparedCell], t: int, state: State | None) -> State:
+        """Decode referent ``t``: the new state of every scale.
 
         Args:
-            prepared: this referent's slice of ``prepare`` per scale, coarse to fine.
+            prepared: this sequence's ``prepare``, coarse to fine.
+            t: the referent's index.
             state: ``(h, c)`` per scale after the previous referent; None before the first
                 (the zero state, equal to ``initial_state`` but never convolved).
         """
         new_state: State = []
         h = None
         previous = [None] * len(self.cells) if state is None else state
-        for cell, gates, prev in zip(self.cells, prepared, previous, strict=True):
-            up = None
-            if h is not None:
-                up = F.interpolate(h, size=gates.shape[-2:], mode="bilinear", align_corners=False)
-            h, c = cell(gates, up, prev)
+        for cell, ready, prev in zip(self.cells, prepared, previous, strict=True):
+            h, c = cell(ready, t, h, prev)
             new_state.append((h, c))
         return new_state
 
 
 def _layout(x: torch.Tensor) -> torch.memory_format:
     """channels_last if ``x`` is stored that way, else contiguous."""
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
+    return torch.channels_last if is_channels_last(x) else torch.contiguous_format

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from rsis.errors import UserError
 from rsis.model.backbone import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, build_backbone
 from rsis.model.decoder import RecurrentMaskDecoder, decoder_channels
+from rsis.model.resize import BilinearResize
 from rsis.model.text import TextProjection, projected_dim
 from rsis.text.pca import PcaSolution
 
@@ -188,7 +188,8 @@ class RRIS(nn.Module):
             images: (B, 3, H, W), uint8 in 0..255 or float in 0..1 (RGB, not normalised).
             text: expression embeddings (B, R, text_dim), in referent order.
             valid: (B, R) bool; False marks padded slots, whose step leaves the decoder
-                state unchanged (their logits are computed but meaningless).
+                state unchanged when a valid slot follows (their logits are computed but
+                meaningless).
             features: the encoder's output for ``images`` computed beforehand (``rsis
                 features``); the encoder is then skipped. Only for a frozen encoder.
 
@@ -207,15 +208,12 @@ class RRIS(nn.Module):
         elif not self.encoder_frozen:
             raise ValueError("precomputed features need a frozen encoder (freeze_encoder())")
         skips = self.decoder.project(features)
-        # unbind, not per-step slicing: the backward pass then joins the step gradients once
-        # instead of filling a zero tensor of every scale's full size at every step
-        prepared = [p.unbind(1) for p in self.decoder.prepare(skips, self.text(text))]
+        prepared = self.decoder.prepare(skips, self.text(text))
         state = None  # the zero state: the first step convolves none of it
-        # one host-side check per sequence: steps where every slot is real need no masking
-        padded = [False] * steps if valid is None else (~valid.all(0)).tolist()
+        padded = [False] * steps if valid is None else _steps_to_mask(valid)
         finest = []
         for t in range(steps):
-            new_state = self.decoder.step([p[t] for p in prepared], state)
+            new_state = self.decoder.step(prepared, t, state)
             finest.append(new_state[-1][0])
             if padded[t]:
                 keep = valid[:, t].view(batch, 1, 1, 1)
@@ -229,4 +227,12 @@ class RRIS(nn.Module):
         # the head is per-pixel linear and independent of the step: one call for every step
         logits = self.decoder.head(channels_last(torch.stack(finest, 1).flatten(0, 1)))
         logits = logits.view(batch, steps, *logits.shape[-2:])
-        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return BilinearResize(logits.shape[-2:], images.shape[-2:], logits)(logits)
+
+
+def _steps_to_mask(valid: torch.Tensor) -> list[bool]:
+    """Per step, whether a padded slot there must leave its sequence's state unchanged:
+    only when a valid slot of the same sequence comes later (after a sequence's last valid
+    slot its state is never read again). One host-side check per sequence."""
+    later = valid.flip(1).cumsum(1).flip(1) > 0  # a valid slot at this step or after
+    return (~valid & later).any(0).tolist()
