@@ -149,6 +149,7 @@ def test_bench_train_prints_both_paths_their_ratio_and_one_off_costs(demo_pipeli
     out = capsys.readouterr().out
     assert re.search(r"before: +[\d.]+ images/s", out) and re.search(r"after: +[\d.]+", out)
     assert re.search(r"ratio: [\d.]+x", out)
+    assert re.search(r"CPU: [\d.]+ / [\d.]+ images per CPU second: [\d.]+x", out)
     flops = re.search(r"FLOPs: before ([\d.]+), after ([\d.]+) GFLOP per image", out)
     assert float(flops[1]) > float(flops[2]) > 0  # the encoder runs before only
     assert re.search(r"GFLOP/s effective = [\d.]+% of the fp32 matmul peak", out)

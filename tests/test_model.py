@@ -178,15 +178,20 @@ def test_lstm_update_backward_is_the_gradient(zero_state: bool) -> None:
     ("size_in", "size_out"),
     [((2, 3), (3, 6)), ((6, 11), (12, 21)), ((24, 42), (48, 84)), ((7, 5), (3, 9))],
 )
-def test_bilinear_resize_equals_interpolate(size_in, size_out) -> None:
-    """Two matrix products give F.interpolate's bilinear resize (align_corners=False), and
-    its gradient, up to float rounding; also shrinking and for odd sizes."""
-    x = torch.randn(2, 3, *size_in, requires_grad=True)
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_bilinear_resize_equals_interpolate(size_in, size_out, memory_format) -> None:
+    """Matrix products (two 1-D ones, or one Kronecker product for small maps) give
+    F.interpolate's bilinear resize (align_corners=False), and its gradient, up to float
+    rounding; also shrinking, odd sizes and channels_last (which it keeps)."""
+    x = torch.randn(2, 3, *size_in).contiguous(memory_format=memory_format).requires_grad_(True)
     y = x.detach().clone().requires_grad_(True)
     grad = torch.randn(2, 3, *size_out)
-    resized = BilinearResize(size_in, size_out, x)(x)
+    resize = BilinearResize(size_in, size_out, x)
+    assert (resize.kron is not None) == (size_in[0] * size_in[1] * size_out[0] * size_out[1] < 4096)
+    resized = resize(x)
     expected = F.interpolate(y, size=size_out, mode="bilinear", align_corners=False)
     torch.testing.assert_close(resized, expected, atol=1e-6, rtol=1e-5)
+    assert resized.is_contiguous(memory_format=memory_format)
     resized.backward(grad)
     expected.backward(grad)
     torch.testing.assert_close(x.grad, y.grad, atol=1e-5, rtol=1e-5)

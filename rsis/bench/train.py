@@ -12,11 +12,13 @@ the same batches of a split cache, in one process with the same thread count:
   the decoder computes what does not depend on the recurrent state once per sequence.
 
 Rounds alternate between the two paths so that a load change on a shared machine hits both;
-the ratio of their medians is the figure. Also printed: the decoder's effective GFLOP/s
-(FLOPs counted by ``torch.utils.flop_counter`` over the "after" step) against this CPU's fp32
-matmul peak measured in the same run, the FLOPs of both steps (their ratio is what the
-speed-up would be at equal GFLOP/s), and the one-off costs (batch-norm calibration, feature
-caching, and pretraining measured on a few scenes and scaled to the configured run).
+the ratio of their medians is the figure, in wall-clock time and in this process's CPU time
+(which leaves out the waits for other processes on a loaded machine). Also printed: the
+decoder's effective GFLOP/s (FLOPs counted by ``torch.utils.flop_counter`` over the "after"
+step) against this CPU's fp32 matmul peak measured in the same run, the FLOPs of both steps
+(their ratio is what the speed-up would be at equal GFLOP/s), and the one-off costs
+(batch-norm calibration, feature caching, and pretraining measured on a few scenes and scaled
+to the configured run).
 """
 
 from __future__ import annotations
@@ -190,9 +192,12 @@ def run(args: argparse.Namespace) -> None:
         return lambda: [_train_step(model, optimizers[name], forward, b) for b in batches]
 
     rates: dict[str, list[float]] = {name: [] for name in paths}
+    cpu_rates: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(args.rounds):
         for name in paths:
+            cpu_start = time.process_time()
             rates[name].append(images_per_round / _seconds(one_round(name)))
+            cpu_rates[name].append(images_per_round / (time.process_time() - cpu_start))
     flops = {name: _flops(one_round(name)) / images_per_round for name in paths}
     flops_per_image = flops["after"]
     peak = matmul_peak()
@@ -212,6 +217,12 @@ def run(args: argparse.Namespace) -> None:
         spread = f"{min(rates[name]):.1f}-{max(rates[name]):.1f}"
         print(f"{name:>7}: {median[name]:7.1f} images/s (rounds {spread})  {label}")
     print(f"  ratio: {median['after'] / median['before']:.2f}x (after / before, medians)")
+    cpu = {name: statistics.median(values) for name, values in cpu_rates.items()}
+    print(
+        f"    CPU: {cpu['before']:.1f} / {cpu['after']:.1f} images per CPU second: "
+        f"{cpu['after'] / cpu['before']:.2f}x (the ratio with the waits for other processes "
+        "left out)"
+    )
     print(
         f"  FLOPs: before {flops['before'] / 1e9:.3f}, after {flops['after'] / 1e9:.3f} GFLOP "
         f"per image: {flops['before'] / flops['after']:.2f}x fewer (the ratio at equal GFLOP/s)"
