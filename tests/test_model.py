@@ -176,7 +176,13 @@ def test_lstm_update_backward_is_the_gradient(zero_state: bool) -> None:
 
 @pytest.mark.parametrize(
     ("size_in", "size_out"),
-    [((2, 3), (3, 6)), ((6, 11), (12, 21)), ((24, 42), (48, 84)), ((7, 5), (3, 9))],
+    [
+        ((1, 2), (2, 4)),
+        ((2, 3), (3, 6)),
+        ((6, 11), (12, 21)),
+        ((24, 42), (48, 84)),
+        ((7, 5), (3, 9)),
+    ],
 )
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 def test_bilinear_resize_equals_interpolate(size_in, size_out, memory_format) -> None:

@@ -43,7 +43,9 @@ class BilinearResize:
         # small maps: one product with the (h*w, H*W) Kronecker matrix beats two batched ones
         self.kron = None
         if size_in[0] * size_in[1] * size_out[0] * size_out[1] <= KRON_MAX_ENTRIES:
-            self.kron = torch.kron(self.rows, self.cols).T.contiguous()
+            # (h*w, H*W): entry (i*w + j, I*W + J) = rows[I, i] * cols[J, j]
+            kron = torch.einsum("Ii,Jj->ijIJ", self.rows, self.cols)
+            self.kron = kron.reshape(self.rows.shape[1] * self.cols.shape[1], -1)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) or (..., h, w) to (..., H, W); channels_last stays channels_last."""
