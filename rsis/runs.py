@@ -159,9 +159,10 @@ def _setting(
     help_text: str,
     at_least: float | None = None,
     above: float | None = None,
+    choices: tuple[str, ...] | None = None,
 ) -> typing.Any:
-    """A setting's field: its default, help text and the range its values must lie in."""
-    metadata = {"help": help_text, "at_least": at_least, "above": above}
+    """A setting's field: its default, help text and the range or choices of its values."""
+    metadata = {"help": help_text, "at_least": at_least, "above": above, "choices": choices}
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -200,9 +201,18 @@ class TrainSettings:
     max_referents: int = _setting(6, "longest referent sequence per image", at_least=1)
     seed: int = _setting(0, "seeds initialisation, shuffling and expression choice")
     workers: int = _setting(0, "DataLoader worker processes", at_least=0)
+    checkpoint_activations: str = _setting(
+        "auto",
+        "activation checkpointing with a trainable encoder (less memory, one more forward "
+        "pass): auto (on CPU), always or never",
+        choices=("auto", "always", "never"),
+    )
 
-    # Settings a resumed run may change: they do not alter what was learned so far.
-    RESUMABLE: typing.ClassVar[frozenset[str]] = frozenset({"epochs", "patience", "workers"})
+    # Settings a resumed run may change: they do not alter what was learned so far
+    # (checkpointing gives the same gradients and batch-norm statistics).
+    RESUMABLE: typing.ClassVar[frozenset[str]] = frozenset(
+        {"epochs", "patience", "workers", "checkpoint_activations"}
+    )
 
     def __post_init__(self) -> None:
         """Refuse an out-of-range value (``--batch-size 0``, ``lr: .nan``) naming the setting."""
@@ -213,6 +223,12 @@ class TrainSettings:
             )
             if error:
                 raise UserError(error)
+            value, choices = getattr(self, field.name), meta["choices"]
+            if choices and value not in choices:
+                flag = f"--{field.name.replace('_', '-')}"
+                raise UserError(
+                    f"setting {field.name} ({flag}) is {value!r}: give one of {', '.join(choices)}"
+                )
 
     @classmethod
     def from_setting(cls, setting: Mapping[str, object], seed: int) -> TrainSettings:
@@ -241,6 +257,7 @@ class TrainSettings:
                 f"--{field.name.replace('_', '-')}",
                 type=kinds[0],  # int for ``int | None``
                 default=field.default,
+                choices=field.metadata["choices"],
                 help=field.metadata["help"],
             )
 

@@ -224,6 +224,9 @@ class Trainer:
             if settings.weights == "none":  # random running statistics mean nothing
                 images = (x.to(self.device) for x in cache_images(cfg.train_cache))
                 calibrate_batch_norm(self.model.encoder, images)
+        elif checkpoints_activations(settings.checkpoint_activations, self.device):
+            self.model.checkpoint_activations()
+            log.info("activation checkpointing: encoder blocks and decoder steps are recomputed")
         self.train_features, self.val_features = self._feature_stores()
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -488,6 +491,14 @@ class Trainer:
         if self.saved_epoch is None:
             shutil.rmtree(folder, ignore_errors=True)
         return SummaryWriter(folder, purge_step=self.start_epoch)
+
+
+def checkpoints_activations(setting: str, device: torch.device) -> bool:
+    """Whether a model with a trainable encoder is trained with activation checkpointing:
+    ``always``, ``never``, or ``auto``: on CPU, where the activations fill the machine's
+    memory (ResNet-101 at 240x427, batch 16: 8.4 GB without it), and not on a GPU, where
+    speed matters more (BENCHMARKS.md, "The paper's scale, rehearsed")."""
+    return setting == "always" or (setting == "auto" and device.type == "cpu")
 
 
 def compute_threads(cpus: int, processes: int, workers: int) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import socket
 
 import numpy as np
@@ -66,6 +67,77 @@ def test_backbone_features(name: str, channels: tuple[int, ...]) -> None:
     assert encoder.strides == (2, 4, 8, 16, 32)
     assert all(torch.isfinite(f).all() for f in features)
     assert not any(name.startswith("fc.") for name in encoder.state_dict())
+
+
+def _train_pass(encoder: torch.nn.Module, images: torch.Tensor) -> tuple[list[torch.Tensor], int]:
+    """Features of ``images`` in training mode and a backward pass of a loss using every
+    scale; also the bytes of the tensors the autograd graph kept for that pass."""
+    kept = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        kept.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        features = encoder.encode_images(images)
+    sum(f.square().mean() * (i + 1) for i, f in enumerate(features)).backward()
+    return features, sum(kept)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_checkpointed_encoder_equals_the_plain_one(name: str) -> None:
+    """Activation checkpointing keeps a small part of the activations and changes nothing
+    else: the same features, gradients (float tolerance) and batch-norm running statistics,
+    updated once although every block ran twice."""
+    torch.manual_seed(0)
+    plain = build_backbone(name, "none").train()
+    checkpointed = copy.deepcopy(plain)
+    checkpointed.checkpoint_blocks()
+    initial = {key: value.clone() for key, value in plain.named_buffers()}
+    images, _ = inputs(2, 1)
+    expected, plain_bytes = _train_pass(plain, images)
+    got, checkpointed_bytes = _train_pass(checkpointed, images)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for (key, p), q in zip(plain.named_parameters(), checkpointed.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, msg=key)
+    buffers = dict(checkpointed.named_buffers())
+    for key, value in plain.named_buffers():
+        torch.testing.assert_close(buffers[key], value, rtol=0, atol=0, msg=key)
+    assert int(buffers["bn1.num_batches_tracked"]) == 1
+    assert not torch.equal(buffers["layer4.0.bn1.running_var"], initial["layer4.0.bn1.running_var"])
+    assert checkpointed_bytes < plain_bytes / 10, (checkpointed_bytes, plain_bytes)
+
+
+def test_checkpointed_decoder_steps_equal_the_plain_ones() -> None:
+    """With ``checkpoint_activations`` the whole model (encoder blocks and decoder steps, a
+    padded slot included) gives the same logits and gradients; the decoder steps keep fewer
+    tensors than with the encoder's blocks checkpointed alone."""
+    torch.manual_seed(0)
+    plain = RRIS.from_config(TINY).train()
+    encoder_only, checkpointed = copy.deepcopy(plain), copy.deepcopy(plain)
+    encoder_only.encoder.checkpoint_blocks()
+    checkpointed.checkpoint_activations()
+    images, text = inputs(2, 3)
+    valid = torch.tensor([[True, True, True], [True, False, True]])
+    masks = (images[:, :3] > 127).float()
+    logits, kept = [], []
+    for model in (plain, encoder_only, checkpointed):
+        sizes = []
+
+        def pack(tensor: torch.Tensor, sizes: list[int] = sizes) -> torch.Tensor:
+            sizes.append(tensor.numel() * tensor.element_size())
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            logits.append(model(images, text, valid))
+        soft_iou_loss(logits[-1], masks, valid).backward()
+        kept.append(sum(sizes))
+    torch.testing.assert_close(logits[2], logits[0], rtol=0, atol=0)
+    grads = dict(checkpointed.named_parameters())
+    for key, param in plain.named_parameters():
+        torch.testing.assert_close(grads[key].grad, param.grad, msg=key)
+    assert kept[2] < 0.8 * kept[1] and kept[1] < kept[0] / 5, kept
 
 
 @pytest.mark.parametrize(("batch", "steps"), [(1, 1), (1, 6), (3, 1), (3, 6)])

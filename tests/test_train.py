@@ -17,7 +17,7 @@ from rsis.inference import make_loader
 from rsis.metrics import MetricAccumulator
 from rsis.model import RRIS, soft_iou_loss
 from rsis.text import EmbeddingTable
-from rsis.train import Trainer, TrainingDiverged, compute_threads
+from rsis.train import Trainer, TrainingDiverged, compute_threads, train_step
 from tests.helpers import make_train_config
 
 
@@ -155,6 +155,41 @@ def test_encoder_lr_zero_freezes_the_resnet(demo_pipeline, tmp_path):
         if not torch.equal(param, decoder[name])
     ]
     assert len(changed) == len(decoder)
+
+
+def test_activation_checkpointing_follows_the_setting_and_changes_no_weight(
+    demo_pipeline, tmp_path
+):
+    """``auto`` checkpoints a model with a trainable encoder on CPU, not one with a frozen
+    encoder; a step with it ends with the weights and batch-norm statistics of a step
+    without it."""
+    trainers = {
+        mode: Trainer(
+            make_train_config(demo_pipeline, tmp_path / mode, checkpoint_activations=mode)
+        )
+        for mode in ("auto", "always", "never")
+    }
+    frozen = Trainer(make_train_config(demo_pipeline, tmp_path / "frozen", encoder_lr=0.0))
+    for mode, trainer in trainers.items():
+        assert trainer.model.encoder.checkpointed == trainer.model.checkpointed_steps
+        assert trainer.model.checkpointed_steps == (mode != "never"), mode
+    assert not frozen.model.encoder.checkpointed and not frozen.model.checkpointed_steps
+    batch = next(iter(make_loader(trainers["never"].train_set, batch_size=4)))
+    states = {}
+    for mode in ("always", "never"):
+        trainer = trainers[mode]
+        train_step(trainer.model.train(), trainer.optimizer, batch, trainer.device)
+        states[mode] = trainer.model.state_dict()
+    initial = trainers["auto"].model.state_dict()
+    for key, value in states["never"].items():
+        torch.testing.assert_close(states["always"][key], value, msg=key)
+    assert not torch.equal(states["never"]["encoder.bn1.weight"], initial["encoder.bn1.weight"])
+    assert not torch.equal(
+        states["never"]["encoder.bn1.running_mean"], initial["encoder.bn1.running_mean"]
+    )
+    expected = r"checkpoint_activations \(--checkpoint-activations\) is 'sometimes': give one of"
+    with pytest.raises(UserError, match=expected):
+        make_train_config(demo_pipeline, tmp_path, checkpoint_activations="sometimes")
 
 
 def test_steps_per_epoch_bounds_each_epoch(demo_pipeline, tmp_path):

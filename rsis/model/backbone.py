@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from rsis.errors import UserError
 
@@ -40,6 +44,7 @@ class ResNetEncoder(nn.Module):
             *(layer[-1].conv1.in_channels for layer in layers),
         )
         self.strides: tuple[int, ...] = (2, 4, 8, 16, 32)
+        self.checkpointed = False  # activation checkpointing (``checkpoint_blocks``)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), False)
 
@@ -59,11 +64,58 @@ class ResNetEncoder(nn.Module):
         Args:
             x: normalised images (B, 3, H, W).
         """
+        c1, x = self._run(self._stem, x, self.bn1)
+        features = [c1]
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in layer:
+                x = self._run(block, x, block)
+            features.append(x)
+        return features
+
+    def _stem(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """conv1 + BN + ReLU (the first feature map) and its max pooling (layer1's input)."""
         c1 = self.relu(self.bn1(self.conv1(x)))
-        l1 = self.layer1(self.maxpool(c1))
-        l2 = self.layer2(l1)
-        l3 = self.layer3(l2)
-        return [c1, l1, l2, l3, self.layer4(l3)]
+        return c1, self.maxpool(c1)
+
+    def checkpoint_blocks(self) -> None:
+        """Activation checkpointing: in training, keep only the output of the stem and of
+        each residual block, and recompute a block's inner activations when the backward
+        pass reaches it (one more forward pass of the encoder; without it ResNet-101 keeps
+        5.6 GB of activations for a batch of 16 at 240x427). Gradients and batch-norm running
+        statistics equal those of a run without it: the recomputation does not update the
+        statistics.
+        """
+        self.checkpointed = True
+
+    def _run(self, part: Callable[[torch.Tensor], Any], x: torch.Tensor, norms: nn.Module) -> Any:
+        """``part(x)``, checkpointed when enabled and a backward pass will need it.
+
+        Args:
+            norms: the module holding ``part``'s batch norms.
+        """
+        if not (self.checkpointed and self.training and torch.is_grad_enabled()):
+            return part(x)
+        return checkpoint(
+            part,
+            x,
+            use_reentrant=False,
+            context_fn=lambda: (contextlib.nullcontext(), _frozen_statistics(norms)),
+        )
+
+
+@contextlib.contextmanager
+def _frozen_statistics(module: nn.Module) -> Iterator[None]:
+    """Batch norm in ``module`` runs as in training (the batch's statistics, the same saved
+    tensors), and its running statistics are put back afterwards: the recomputation of a
+    checkpointed part must not update them a second time."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [[buffer.clone() for buffer in norm.buffers()] for norm in norms]
+    try:
+        yield
+    finally:
+        for norm, buffers in zip(norms, saved, strict=True):
+            for buffer, value in zip(norm.buffers(), buffers, strict=True):
+                buffer.copy_(value)
 
 
 def build_backbone(name: str = "resnet101", weights: str = "imagenet") -> ResNetEncoder:

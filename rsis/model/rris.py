@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from rsis.errors import UserError
 from rsis.model.backbone import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, build_backbone
@@ -129,6 +130,7 @@ class RRIS(nn.Module):
             self.text.load_pca(pca)
         self.decoder = RecurrentMaskDecoder(self.encoder.channels, self.text.out_dim, hidden)
         self.encoder_frozen = False
+        self.checkpointed_steps = False  # see ``checkpoint_activations``
 
     @classmethod
     def from_config(
@@ -150,6 +152,13 @@ class RRIS(nn.Module):
         if weights is not None:
             settings["weights"] = str(weights)
         return cls(**settings, pca=pca)
+
+    def checkpoint_activations(self) -> None:
+        """Activation checkpointing in training: the encoder keeps only its blocks' outputs
+        (``ResNetEncoder.checkpoint_blocks``) and each decoder step only its state; the
+        backward pass recomputes the rest (one more forward pass). Same gradients."""
+        self.encoder.checkpoint_blocks()
+        self.checkpointed_steps = True
 
     def freeze_encoder(self) -> None:
         """Freeze the ResNet as a fixed function of the image: no gradients, and eval mode
@@ -213,7 +222,7 @@ class RRIS(nn.Module):
         padded = [False] * steps if valid is None else _steps_to_mask(valid)
         finest = []
         for t in range(steps):
-            new_state = self.decoder.step(prepared, t, state)
+            new_state = self._step(prepared, t, state)
             finest.append(new_state[-1][0])
             if padded[t]:
                 keep = valid[:, t].view(batch, 1, 1, 1)
@@ -228,6 +237,13 @@ class RRIS(nn.Module):
         logits = self.decoder.head(channels_last(torch.stack(finest, 1).flatten(0, 1)))
         logits = logits.view(batch, steps, *logits.shape[-2:])
         return BilinearResize(logits.shape[-2:], images.shape[-2:], logits)(logits)
+
+    def _step(self, *args: typing.Any) -> typing.Any:
+        """``decoder.step(*args)``, checkpointed when enabled and a backward pass will need it
+        (the step holds no batch norm: recomputing it changes no state)."""
+        if self.checkpointed_steps and self.training and torch.is_grad_enabled():
+            return checkpoint(self.decoder.step, *args, use_reentrant=False)
+        return self.decoder.step(*args)
 
 
 def _steps_to_mask(valid: torch.Tensor) -> list[bool]:
