@@ -121,6 +121,8 @@ def train_settings_flags(wildcards):
 WEIGHTS = SETTING["weights"]
 WEIGHTS_FILES = [] if WEIGHTS in ("imagenet", "none") else [WEIGHTS]
 STORED_FEATURES = SETTING["encoder_lr"] == 0 and WEIGHTS != "none"
+# The demo's pretrained encoder is built (and probed) only where the setting loads it.
+PRETRAINED_DEMO_ENCODER = IS_DEMO and WEIGHTS == result("encoder/pretrained.pt")
 
 
 def weights_arg(wildcards, input):
@@ -304,5 +306,5 @@ def all_outputs():
             kind=["qualitative", "inverse_order"],
             split=FIGURE_SPLITS,
         ),
-        *([result("encoder/probe.json")] if IS_DEMO else []),
+        *([result("encoder/probe.json")] if PRETRAINED_DEMO_ENCODER else []),
     ]
