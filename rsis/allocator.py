@@ -25,7 +25,7 @@ def map_allocations_above(threshold_bytes: int) -> bool:
     libc_name = ctypes.util.find_library("c")
     libc = ctypes.CDLL(libc_name) if libc_name else None
     if libc is None or not hasattr(libc, "mallopt"):
-        log.info("allocator: no mallopt in the C library, the mapping threshold stays dynamic")
+        log.info("no mallopt in the C library, the mapping threshold stays dynamic")
         return False
     accepted = libc.mallopt(M_MMAP_THRESHOLD, threshold_bytes) == 1
     if accepted:
@@ -33,5 +33,5 @@ def map_allocations_above(threshold_bytes: int) -> bool:
             "allocator: allocations of %d bytes or more are mapped and unmapped", threshold_bytes
         )
     else:
-        log.info("allocator: mallopt refused a mapping threshold of %d bytes", threshold_bytes)
+        log.info("mallopt refused a mapping threshold of %d bytes", threshold_bytes)
     return accepted
