@@ -141,7 +141,8 @@ def test_bench_train_prints_both_paths_their_ratio_and_one_off_costs(demo_pipeli
     threads = torch.get_num_threads()
     argv = ["bench", "train", "--cache", str(demo_pipeline / "cache/train.h5"), "--text",
             str(demo_pipeline / "text/mean~pca~8.h5"), "--hidden", "16", "--batch-size", "4",
-            "--steps", "1", "--rounds", "1", "--warmup", "0", "--pretrain-scenes", "2"]  # fmt: skip
+            "--steps", "1", "--rounds", "1", "--warmup", "0", "--pretrain-scenes", "2",
+            "--bf16"]  # fmt: skip
     try:
         assert main(argv) == 0
     finally:
@@ -150,6 +151,8 @@ def test_bench_train_prints_both_paths_their_ratio_and_one_off_costs(demo_pipeli
     assert re.search(r"before: +[\d.]+ images/s", out) and re.search(r"after: +[\d.]+", out)
     assert re.search(r"ratio: [\d.]+x", out)
     assert re.search(r"CPU: [\d.]+ / [\d.]+ images per CPU second: [\d.]+x", out)
+    assert re.search(r"after-bf16: +[\d.]+ images/s", out)
+    assert re.search(r"bf16: [\d.]+x wall, [\d.]+x CPU", out)
     flops = re.search(r"FLOPs: before ([\d.]+), after ([\d.]+) GFLOP per image", out)
     assert float(flops[1]) > float(flops[2]) > 0  # the encoder runs before only
     assert re.search(r"GFLOP/s effective = [\d.]+% of the fp32 matmul peak", out)

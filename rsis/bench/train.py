@@ -24,6 +24,7 @@ to the configured run).
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import tempfile
 import time
@@ -178,6 +179,15 @@ def run(args: argparse.Namespace) -> None:
         return after(batch["image"], batch["text"], batch["valid"], features=features)
 
     paths = {"before": (before, run_before), "after": (after, run_after)}
+    if args.bf16:
+        after_bf16 = copy.deepcopy(after)
+
+        def run_after_bf16(batch: dict) -> torch.Tensor:
+            features = store.batch(batch["image_row"], device)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return after_bf16(batch["image"], batch["text"], batch["valid"], features=features)
+
+        paths["after-bf16"] = (after_bf16, run_after_bf16)
     optimizers = {
         name: torch.optim.Adam(model.decoder_parameters(), lr=1e-4)
         for name, (model, _) in paths.items()
@@ -210,12 +220,14 @@ def run(args: argparse.Namespace) -> None:
         f"batch {args.batch_size}, input {size[0]}x{size[1]}, {len(batches)} batches x "
         f"{args.rounds} alternating rounds, cache {args.cache}"
     )
-    for name, label in (
-        ("before", "live encoder (train-mode BN), step-by-step decoder"),
-        ("after", "stored features, decoder with per-sequence gate parts"),
-    ):
+    labels = {
+        "before": "live encoder (train-mode BN), step-by-step decoder",
+        "after": "stored features, decoder with per-sequence gate parts",
+        "after-bf16": "the same under CPU bf16 autocast",
+    }
+    for name in paths:
         spread = f"{min(rates[name]):.1f}-{max(rates[name]):.1f}"
-        print(f"{name:>7}: {median[name]:7.1f} images/s (rounds {spread})  {label}")
+        print(f"{name:>10}: {median[name]:7.1f} images/s (rounds {spread})  {labels[name]}")
     print(f"  ratio: {median['after'] / median['before']:.2f}x (after / before, medians)")
     cpu = {name: statistics.median(values) for name, values in cpu_rates.items()}
     print(
@@ -223,6 +235,11 @@ def run(args: argparse.Namespace) -> None:
         f"{cpu['after'] / cpu['before']:.2f}x (the ratio with the waits for other processes "
         "left out)"
     )
+    if "after-bf16" in paths:
+        print(
+            f"   bf16: {median['after-bf16'] / median['after']:.2f}x wall, "
+            f"{cpu['after-bf16'] / cpu['after']:.2f}x CPU (after-bf16 / after)"
+        )
     print(
         f"  FLOPs: before {flops['before'] / 1e9:.3f}, after {flops['after'] / 1e9:.3f} GFLOP "
         f"per image: {flops['before'] / flops['after']:.2f}x fewer (the ratio at equal GFLOP/s)"
@@ -264,4 +281,7 @@ def register(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--config-epochs", type=int, default=6, help="pretraining epochs to cost")
     p.add_argument("--max-objects", type=int, default=4, help="demo scene rule")
     p.add_argument("--colour-reuse", type=float, default=0.0, help="demo scene rule")
+    p.add_argument(
+        "--bf16", action="store_true", help="also time the after path under CPU bf16 autocast"
+    )
     p.set_defaults(func=run)
