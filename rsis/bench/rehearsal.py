@@ -3,7 +3,8 @@
 Reads Snakemake's ``benchmark:`` files of two runs of the rehearsal configuration
 (``rehearsal.yaml``; e.g. the 300-image demo and RefCOCO's counts) and prints, per rule: wall
 and CPU seconds, peak memory (``max_rss``), output size, the items it handled (images,
-expressions or training images) and the CPU seconds per item at both scales with their ratio.
+expressions; for a training run the images it trained on and validated) and the CPU
+seconds per item at both scales with their ratio.
 CPU seconds, not wall time, make the per-item ratio: the wall time of a shared machine depends
 on what else runs. They come from the ``resources used:`` line every ``rsis`` command ends its
 log with (exact, ``rsis.usage``); a rule whose log lacks it (a run of older code) falls back to
@@ -91,11 +92,13 @@ def _outputs(run: Path, name: str) -> _Output:
     if name.startswith("text/reduce/"):
         return _Output(results / f"text/{name.split('/')[-1]}.h5", _count(tokens, "sent_id"))
     if name.startswith("train/"):
-        folder = results / name  # bounded runs: epochs x steps x batch training images
+        # Bounded runs: each epoch trains steps x batch images, then validates the val split.
+        folder = results / name
         checkpoint = load_checkpoint(folder / "last.pt")
         epochs = len(pd.read_csv(folder / "metrics.csv"))
         steps = checkpoint["settings"].get("steps_per_epoch") or 0
-        return _Output(folder, epochs * steps * checkpoint["run"]["batch_size"])
+        val = _count(results / "cache/val.h5", "image_id")
+        return _Output(folder, epochs * (steps * checkpoint["run"]["batch_size"] + val))
     if name.startswith("evaluate/") or name == "baselines":  # both score the val split
         val = _count(results / "cache/val.h5", "image_id")
         if name == "baselines":
