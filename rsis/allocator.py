@@ -29,9 +29,7 @@ def map_allocations_above(threshold_bytes: int) -> bool:
         return False
     accepted = libc.mallopt(M_MMAP_THRESHOLD, threshold_bytes) == 1
     if accepted:
-        log.info(
-            "allocator: allocations of %d bytes or more are mapped and unmapped", threshold_bytes
-        )
+        log.info("allocations of %d bytes or more are mapped and unmapped", threshold_bytes)
     else:
         log.info("mallopt refused a mapping threshold of %d bytes", threshold_bytes)
     return accepted

@@ -77,6 +77,10 @@ def _outputs(run: Path, name: str) -> _Output:
     """The output of benchmark ``name`` and what it handled."""
     results = run / "results/demo"
     tokens = results / "text/tokens.h5"
+
+    def val_images() -> int:
+        return _count(results / "cache/val.h5", "image_id")
+
     if name == "demo_dataset":
         images = run / "resources/demo/images"
         count = sum(1 for _ in images.iterdir())
@@ -97,10 +101,9 @@ def _outputs(run: Path, name: str) -> _Output:
         checkpoint = load_checkpoint(folder / "last.pt")
         epochs = len(pd.read_csv(folder / "metrics.csv"))
         steps = checkpoint["settings"].get("steps_per_epoch") or 0
-        val = _count(results / "cache/val.h5", "image_id")
-        return _Output(folder, epochs * (steps * checkpoint["run"]["batch_size"] + val))
+        return _Output(folder, epochs * (steps * checkpoint["run"]["batch_size"] + val_images()))
     if name.startswith("evaluate/") or name == "baselines":  # both score the val split
-        val = _count(results / "cache/val.h5", "image_id")
+        val = val_images()
         if name == "baselines":
             return _Output(results / "tables/baselines.csv", val)
         return _Output(results / f"eval/{name.split('/')[1]}", val)

@@ -174,20 +174,18 @@ def run(args: argparse.Namespace) -> None:
     def run_before(batch: dict) -> torch.Tensor:
         return reference_forward(before, batch["image"], batch["text"], batch["valid"])
 
-    def run_after(batch: dict) -> torch.Tensor:
-        features = store.batch(batch["image_row"], device)
-        return after(batch["image"], batch["text"], batch["valid"], features=features)
+    def with_stored_features(model: RRIS, bf16: bool = False) -> Forward:
+        def forward(batch: dict) -> torch.Tensor:
+            features = store.batch(batch["image_row"], device)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                return model(batch["image"], batch["text"], batch["valid"], features=features)
 
-    paths = {"before": (before, run_before), "after": (after, run_after)}
+        return forward
+
+    paths = {"before": (before, run_before), "after": (after, with_stored_features(after))}
     if args.bf16:
         after_bf16 = copy.deepcopy(after)
-
-        def run_after_bf16(batch: dict) -> torch.Tensor:
-            features = store.batch(batch["image_row"], device)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                return after_bf16(batch["image"], batch["text"], batch["valid"], features=features)
-
-        paths["after-bf16"] = (after_bf16, run_after_bf16)
+        paths["after-bf16"] = (after_bf16, with_stored_features(after_bf16, bf16=True))
     optimizers = {
         name: torch.optim.Adam(model.decoder_parameters(), lr=1e-4)
         for name, (model, _) in paths.items()
