@@ -206,6 +206,9 @@ def train_processes():
 
 
 TRAIN_PROCESSES = train_processes()
+# CPUs per training process: the setting's own `train_cpus` (the demo's small runs train more
+# images per second side by side on one thread each), else resources.train.cpus.
+TRAIN_CPUS = SETTING.get("train_cpus", RESOURCES["train"]["cpus"])
 
 
 def train_launcher(wildcards):
