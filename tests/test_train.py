@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 from collections.abc import Callable
 
 import pandas as pd
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from rsis.checkpoint import load_checkpoint
+from rsis.cli import main
 from rsis.data.cache import SequenceDataset, collate_sequences
 from rsis.errors import UserError
 from rsis.evaluate import evaluate, load_model
@@ -310,3 +312,23 @@ def test_each_process_computes_with_its_share_of_the_job_cpus_less_its_workers()
     assert compute_threads(16, processes=2, workers=0) == 8  # torchrun, 2 GPUs
     assert compute_threads(2, processes=2, workers=0) == 1  # .ci/slurm's CPU torchrun
     assert compute_threads(2, processes=1, workers=8) == 1  # never below one thread
+
+
+def test_bench_train_continues_a_trained_run_with_its_weights_and_adam_state(
+    demo_pipeline, trained, capsys
+):
+    cfg, _ = trained
+    argv = ["bench", "train", "--cache", str(demo_pipeline / "cache/train.h5"), "--text",
+            str(cfg.text), "--batch-size", "4", "--steps", "1", "--rounds", "1",
+            "--warmup", "0", "--pretrain-scenes", "2",
+            "--start-from", str(cfg.out_dir / "last.pt")]  # fmt: skip
+    threads = torch.get_num_threads()
+    try:
+        assert main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "last.pt (epoch 1): the before path keeps subnormal floats" in out
+    assert re.search(r"ratio: [\d.]+x", out)
+    assert main([*argv, "--threads", "2"]) == 2
+    assert "--start-from with --threads 2" in capsys.readouterr().err

@@ -38,8 +38,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from rsis.data.cache import SequenceDataset
 from rsis.data.demo.scenes import SceneRules
 from rsis.data.pretext import PRETRAIN_STREAM, render_scenes
+from rsis.errors import UserError
+from rsis.evaluate import load_model
 from rsis.features import FeatureStore, cache_images, write_features
-from rsis.inference import make_loader, resolve_device
+from rsis.inference import make_loader, resolve_device, use_threads
 from rsis.model import RRIS, soft_iou_loss
 from rsis.model.backbone import build_backbone
 from rsis.model.convlstm import tiled_conv2d
@@ -102,6 +104,14 @@ def _train_step(model: RRIS, optimizer: torch.optim.Optimizer, forward: Forward,
     optimizer.step()
 
 
+def decoder_adam_state(saved: dict) -> dict:
+    """The decoder group of a training run's Adam state (``rsis train`` puts it first; a
+    trainable encoder's group follows), for an Adam over ``decoder_parameters`` alone."""
+    group = next(g for g in saved["param_groups"] if g.get("name") == "decoder")
+    state = {i: saved["state"][i] for i in group["params"] if i in saved["state"]}
+    return {"state": state, "param_groups": [group]}
+
+
 def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
     """fp32 ``torch.matmul`` GFLOP/s of this CPU at the current thread count (best of runs)."""
     a, b = torch.randn(size, size), torch.randn(size, size)
@@ -147,8 +157,12 @@ def _pretrain_seconds(args: argparse.Namespace, size: tuple[int, int]) -> dict[s
 
 def run(args: argparse.Namespace) -> None:
     """Time both paths in alternating rounds and print the comparison."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.start_from is not None and args.threads != 1:
+        raise UserError(
+            f"--start-from with --threads {args.threads}: the paths' subnormal handling is "
+            "switched per round, which torch sets per thread; use --threads 1"
+        )
+    use_threads(args.threads)
     device = resolve_device("cpu")
     text = EmbeddingTable.load(args.text)
     dataset = SequenceDataset(args.cache, text, order="random", expression="random")
@@ -160,12 +174,17 @@ def run(args: argparse.Namespace) -> None:
     size = tuple(batches[0]["image"].shape[-2:])
 
     torch.manual_seed(0)
-    before = RRIS(backbone=args.backbone, weights="none", hidden=args.hidden, text_dim=text.dim)
-    after = RRIS(backbone=args.backbone, weights="none", hidden=args.hidden, text_dim=text.dim)
-    after.load_state_dict(before.state_dict())
+    if args.start_from is None:
+        before = RRIS(backbone=args.backbone, weights="none", hidden=args.hidden, text_dim=text.dim)
+        trained = None
+    else:
+        before, trained = load_model(args.start_from, text)
+    after = copy.deepcopy(before)
     before.encoder.requires_grad_(False)  # frozen as before: no gradients, train-mode BN
     after.freeze_encoder()
-    calibration = _seconds(lambda: calibrate_batch_norm(after.encoder, cache_images(args.cache)))
+    # a trained run's encoder keeps its statistics: its calibration is timed on a copy
+    calibrated = after.encoder if trained is None else copy.deepcopy(after.encoder)
+    calibration = _seconds(lambda: calibrate_batch_norm(calibrated, cache_images(args.cache)))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "features.h5"
         caching = _seconds(lambda: write_features(after.encoder, args.cache, path))
@@ -190,13 +209,20 @@ def run(args: argparse.Namespace) -> None:
         name: torch.optim.Adam(model.decoder_parameters(), lr=1e-4)
         for name, (model, _) in paths.items()
     }
+    if trained is not None:  # Adam's moments as late in the run, and the run's learning rate
+        for optimizer in optimizers.values():
+            optimizer.load_state_dict(decoder_adam_state(trained["optimizer"]))
+    # from a trained run, the before path keeps subnormal floats, as rsis trained before
+    keeps_subnormals = {name: trained is not None and name == "before" for name in paths}
     for name, (model, forward) in paths.items():  # warm-up
+        torch.set_flush_denormal(not keeps_subnormals[name])
         model.train()
         for batch in batches[: args.warmup]:
             _train_step(model, optimizers[name], forward, batch)
 
     def one_round(name: str) -> Callable[[], object]:
         model, forward = paths[name]
+        torch.set_flush_denormal(not keeps_subnormals[name])
         return lambda: [_train_step(model, optimizers[name], forward, b) for b in batches]
 
     rates: dict[str, list[float]] = {name: [] for name in paths}
@@ -207,6 +233,7 @@ def run(args: argparse.Namespace) -> None:
             rates[name].append(images_per_round / _seconds(one_round(name)))
             cpu_rates[name].append(images_per_round / (time.process_time() - cpu_start))
     flops = {name: _flops(one_round(name)) / images_per_round for name in paths}
+    torch.set_flush_denormal(True)
     flops_per_image = flops["after"]
     peak = matmul_peak()
     pretrain = _pretrain_seconds(args, size)
@@ -218,6 +245,11 @@ def run(args: argparse.Namespace) -> None:
         f"batch {args.batch_size}, input {size[0]}x{size[1]}, {len(batches)} batches x "
         f"{args.rounds} alternating rounds, cache {args.cache}"
     )
+    if trained is not None:
+        print(
+            f"from {args.start_from} (epoch {trained['epoch']}): the before path keeps "
+            "subnormal floats (as rsis trained before), the others flush them"
+        )
     labels = {
         "before": "live encoder (train-mode BN), step-by-step decoder",
         "after": "stored features, decoder with per-sequence gate parts",
@@ -281,5 +313,12 @@ def register(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--colour-reuse", type=float, default=0.0, help="demo scene rule")
     p.add_argument(
         "--bf16", action="store_true", help="also time the after path under CPU bf16 autocast"
+    )
+    p.add_argument(
+        "--start-from",
+        type=Path,
+        help="a trained run's checkpoint (best.pt or last.pt; its model replaces --backbone "
+        "and --hidden): both paths continue its training, where the old path's arithmetic "
+        "meets subnormal floats, which it keeps as rsis did before (needs --threads 1)",
     )
     p.set_defaults(func=run)
