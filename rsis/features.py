@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from rsis.cli import add_command
+from rsis.cpu import use_threads
 from rsis.data.cache_file import SplitCache
 from rsis.errors import UserError
 from rsis.io import atomic_path
@@ -141,6 +142,7 @@ class FeatureStore:
 
 
 def _features_command(args: argparse.Namespace) -> None:
+    use_threads(0)  # torch's default threads, subnormal floats flushed
     if args.weights == "none":
         raise UserError(
             "--weights none: a random encoder's batch norms need calibrating before it can be "

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from rsis.bundle import load_bundle
 from rsis.cli import add_command
+from rsis.cpu import use_threads
 from rsis.data.cache import load_resized_image
 from rsis.errors import UserError
 from rsis.figures.palette import paint_referents
@@ -245,6 +246,7 @@ def output_stems(images: list[Path]) -> list[str]:
 
 
 def _predict_command(args: argparse.Namespace) -> None:
+    use_threads(0)  # torch's default threads, subnormal floats flushed
     jobs = _jobs(args)
     check_jobs(jobs, Path(args.out))
     if args.score_json and any(sent_ids is None for _, _, sent_ids in jobs):

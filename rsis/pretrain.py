@@ -28,10 +28,10 @@ from torch import nn
 from tqdm import tqdm
 
 from rsis.cli import add_command
+from rsis.cpu import add_threads_argument, use_threads
 from rsis.data.demo.writer import add_scene_arguments, rules_from_args
 from rsis.data.pretext import PRETRAIN_STREAM, TASKS, LabelledScenes, render_scenes
 from rsis.errors import UserError
-from rsis.inference import add_threads_argument, use_threads
 from rsis.io import atomic_path
 from rsis.model.backbone import BACKBONES, ResNetEncoder, build_backbone
 from rsis.model.frozen import calibrate_batch_norm

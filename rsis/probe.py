@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from rsis.cli import add_command
+from rsis.cpu import use_threads
 from rsis.data.demo.writer import add_scene_arguments, rules_from_args
 from rsis.data.pretext import PROBE_STREAM, TASKS, LabelledScenes, render_scenes
 from rsis.errors import UserError
@@ -150,6 +151,7 @@ def markdown_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
 
 
 def _probe_command(args: argparse.Namespace) -> None:
+    use_threads(0)  # torch's default threads, subnormal floats flushed
     encoders = _encoders(args.encoder)
     common = {
         "seed": args.seed,

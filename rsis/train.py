@@ -25,6 +25,7 @@ from rsis.bundle import export_bundle
 from rsis.checkpoint import load_checkpoint, require_compatible, save_checkpoint
 from rsis.cli import add_command
 from rsis.convergence import Convergence, patience_spent
+from rsis.cpu import use_threads
 from rsis.data.cache import SequenceDataset
 from rsis.errors import UserError
 from rsis.features import FeatureStore, cache_images
@@ -35,7 +36,6 @@ from rsis.inference import (
     resolve_device,
     stored_features,
     to_device,
-    use_threads,
 )
 from rsis.io import atomic_path, describe_differences
 from rsis.metrics import MetricAccumulator

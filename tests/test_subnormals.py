@@ -1,4 +1,4 @@
-"""Subnormal floats flushed to zero on every compute thread (rsis.inference.flush_subnormals)."""
+"""Subnormal floats flushed to zero on every compute thread (rsis.cpu.flush_subnormals)."""
 
 import platform
 import subprocess
@@ -16,7 +16,7 @@ torch.set_num_threads(2)
 if sys.argv[1] == "pool first":
     (torch.ones(1 << 22) * 2).sum()
 if sys.argv[1] != "torch alone":
-    from rsis.inference import use_threads
+    from rsis.cpu import use_threads
     use_threads(2)
 product = torch.full((1 << 22,), 1e-30) * 1e-10
 print(int((product != 0).sum()))

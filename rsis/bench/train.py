@@ -35,13 +35,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from rsis.cpu import use_threads
 from rsis.data.cache import SequenceDataset
 from rsis.data.demo.scenes import SceneRules
 from rsis.data.pretext import PRETRAIN_STREAM, render_scenes
 from rsis.errors import UserError
 from rsis.evaluate import load_model
 from rsis.features import FeatureStore, cache_images, write_features
-from rsis.inference import make_loader, resolve_device, use_threads
+from rsis.inference import make_loader, resolve_device
 from rsis.model import RRIS, soft_iou_loss
 from rsis.model.backbone import build_backbone
 from rsis.model.convlstm import tiled_conv2d

@@ -14,8 +14,9 @@ from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from rsis.cli import add_command
+from rsis.cpu import add_threads_argument, use_threads
 from rsis.errors import UserError
-from rsis.inference import add_threads_argument, resolve_device, use_threads
+from rsis.inference import resolve_device
 from rsis.io import atomic_path, check_identity
 from rsis.text.models import (
     load_model,
