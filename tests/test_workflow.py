@@ -64,10 +64,13 @@ def test_slurm_profile_dry_run():
     assert " --resume auto" in train and "last.pt" not in train
 
 
-def _dry_run_with_resources(tmp_path: Path, resources: dict) -> subprocess.CompletedProcess:
-    """``snakemake -n`` of the whole grid with ``resources`` laid over config.yaml."""
+def _dry_run_with_resources(
+    tmp_path: Path, resources: dict, **config: object
+) -> subprocess.CompletedProcess:
+    """``snakemake -n`` of the whole grid with ``resources`` (and any other top-level
+    ``config`` keys) laid over config.yaml."""
     overlay = tmp_path / "resources.yaml"
-    overlay.write_text(yaml.safe_dump({"resources": resources}))
+    overlay.write_text(yaml.safe_dump({"resources": resources, **config}))
     command = ["snakemake", "--cores", "2", "-n", "--forceall", "-p"]
     command += ["--configfile", "config.yaml", str(overlay)]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -80,6 +83,17 @@ def test_train_asks_its_processes_cpus_and_each_computes_with_its_share(tmp_path
     assert "threads: 2" in train  # 2 processes x 1 CPU: what a cluster job asks for
     assert "torchrun --standalone --nproc-per-node=2 -m rsis.cli train" in train
     assert "--cpus 2" in train
+
+
+def test_the_demo_setting_gives_each_training_its_own_cpus(tmp_path):
+    # settings.demo.train_cpus (1) wins over resources.train.cpus for the demo's runs
+    result = _dry_run_with_resources(tmp_path, {"train": {"cpus": 5}})
+    assert result.returncode == 0, result.stderr[-3000:]
+    train = result.stdout.split("rule train:")[1].split("rule ")[0]
+    assert "--cpus 1 " in train
+    result = _dry_run_with_resources(tmp_path, {}, settings={"demo": {"train_cpus": 2}})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "--cpus 2 " in result.stdout.split("rule train:")[1].split("rule ")[0]
 
 
 def test_train_processes_other_than_one_per_gpu_are_refused(tmp_path):
