@@ -29,9 +29,8 @@ def use_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def flush_subnormals() -> bool:
-    """Treat subnormal floats (below 1.2e-38) as zero, in and out, on the CPU; True if every
-    compute thread does.
+def flush_subnormals() -> None:
+    """Treat subnormal floats (below 1.2e-38) as zero, in and out, on every CPU compute thread.
 
     Training drives some of the decoder's values into the subnormal range, where x86 CPUs
     compute dozens of times slower: the demo's trainer fell from about 100 to 17-24 images/s
@@ -42,12 +41,10 @@ def flush_subnormals() -> bool:
     """
     if not torch.set_flush_denormal(True):
         log.warning("this CPU cannot flush subnormal floats: training may slow down over a run")
-        return False
+        return
     tiny = torch.full((1 << 20,), torch.finfo(torch.float32).tiny) * 0.5  # split over threads
     if bool(tiny.any()):
         log.warning(
             "subnormal floats are flushed on this thread only: torch's thread pool started "
             "before rsis.cpu.flush_subnormals"
         )
-        return False
-    return True

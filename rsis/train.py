@@ -530,8 +530,11 @@ def _train_command(args: argparse.Namespace) -> None:
         device=args.device,
     )
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
-    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    use_threads(compute_threads(args.cpus, processes, cfg.settings.workers) if args.cpus else 0)
+    threads = 0  # torch's default
+    if args.cpus:
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        threads = compute_threads(args.cpus, processes, cfg.settings.workers)
+    use_threads(threads)
     exit_with_parent()
     # One writer per run folder: rank 0 (the only rank that writes) holds the lock.
     first_rank = os.environ.get("RANK", "0") == "0"
