@@ -28,6 +28,7 @@ localrules:
     reduce,
     tables,
     baselines,
+    expression_types,
     convergence,
     findings,
     summary,

@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("rsis.score", "score any model's predicted masks under a peer's protocol"),
     "tables": ("rsis.tables", "the paper's Table 1 and Table 2 beside our numbers"),
     "baselines": ("rsis.baselines", "picture-blind demo baselines"),
+    "types": ("rsis.expression_types", "IoU per demo expression type of every run over seeds"),
     "convergence": ("rsis.convergence", "best epoch and stopping reason of every run"),
     "findings": ("rsis.findings", "the paper's claims checked on our runs over seeds"),
     "summary": ("rsis.summary", "results block for README from the pipeline's output"),

@@ -159,7 +159,7 @@ def _number(value: float) -> str:
     return MISSING if pd.isna(value) else f"{value:.2f}"
 
 
-def _ours(mean: float, sd: float) -> str:
+def mean_sd_cell(mean: float, sd: float) -> str:
     """``mean ± sd`` over seeds (just the mean for one seed)."""
     return _number(mean) if pd.isna(sd) else f"{mean:.2f} ± {sd:.2f}"
 
@@ -175,7 +175,7 @@ def display_table(numbers: pd.DataFrame, table: GridTable) -> pd.DataFrame:
     for metric, title in METRICS.items():
         for split in SPLITS:
             means, sds = numbers[f"{metric}_{split}_mean"], numbers[f"{metric}_{split}_sd"]
-            ours = pd.Series([_ours(m, s) for m, s in zip(means, sds, strict=True)])
+            ours = pd.Series([mean_sd_cell(m, s) for m, s in zip(means, sds, strict=True)])
             paper = numbers[f"{metric}_{split}_paper"].map(_number)
             shown[f"{title} {split}"] = ours + " (" + paper + ")"
     return shown

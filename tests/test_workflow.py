@@ -152,6 +152,10 @@ def test_tiny_run_produces_tables_and_figures(tiny_workflow):
     assert "Seeds: 0, 1." in findings
     summary = (tiny_workflow / "results/demo/summary.md").read_text()
     assert "#### The paper's claims, checked on our runs" in summary and "Table 1" in summary
+    types = pd.read_csv(tables / "expression_types.csv")
+    assert set(types["run"]) == {"mean-pca-8-random-bs4", "mean-pca-8-area-bs4"}
+    assert (types["instance_iou_testA_n"] == 2).all()  # both seeds, per expression type
+    assert "#### Results per expression type" in summary
     assert job_counts(_snakemake(tiny_workflow, "-n")) == {}
 
 
@@ -189,6 +193,7 @@ def test_changing_a_training_value_reruns_training_and_what_follows(tiny_workflo
         "tables": 1,
         "convergence": 1,
         "findings": 1,
+        "expression_types": 1,
         "summary": 1,
         "figures": 1,
         "curves": 2,
@@ -208,6 +213,7 @@ def test_changing_one_run_reruns_only_that_run(tiny_workflow):
         "tables": 1,
         "convergence": 1,
         "findings": 1,
+        "expression_types": 1,
         "summary": 1,
         "curves": 1,
         "all": 1,

@@ -302,7 +302,11 @@ def all_outputs():
         result("tables/convergence.md"),
         result("findings.md"),
         result("summary.md"),
-        *([result("tables/baselines.md")] if IS_DEMO else []),
+        *(
+            [result("tables/baselines.md"), result("tables/expression_types.md")]
+            if IS_DEMO
+            else []
+        ),
         *expand(result("figures/curves_{table}.png"), table=["table1", "table2"]),
         *expand(
             result("figures/{kind}_{split}.png"),

@@ -160,11 +160,44 @@ rule findings:
         "rsis findings --metrics {input:q} --grid {params.grid:q} --out {output:q} > {log:q} 2>&1"
 
 
+if IS_DEMO:
+
+    rule expression_types:
+        input:
+            expand(
+                result("eval/{run}/seed{seed}/{split}~{expression}.json"),
+                run=RUNS,
+                seed=SEEDS,
+                split=EVAL_SPLITS,
+                expression=TABLE_EXPRESSION,
+            ),
+        output:
+            report(
+                result("tables/expression_types.md"),
+                caption="../report/expression_types.rst",
+                category="Tables",
+            ),
+            result("tables/expression_types.csv"),
+        log:
+            log_path("expression_types"),
+        benchmark:
+            benchmark_path("expression_types")
+        conda:
+            ENV
+        params:
+            out_dir=output_dir,
+            expression=TABLE_EXPRESSION,
+        shell:
+            "rsis types --metrics {input:q} --expression {params.expression}"
+            " --out-dir {params.out_dir:q} > {log:q} 2>&1"
+
+
 rule summary:
     input:
         result("tables/table1.md"),
         result("tables/table2.md"),
         *([result("tables/baselines.md")] if IS_DEMO else []),
+        *([result("tables/expression_types.md")] if IS_DEMO else []),
         result("tables/convergence.md"),
         result("findings.md"),
     output:
