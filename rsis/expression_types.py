@@ -22,7 +22,7 @@ from rsis.errors import UserError
 from rsis.io import atomic_path
 from rsis.metrics import read_metrics_json
 from rsis.runs import RunSpec
-from rsis.tables import METRICS, MISSING, SPLITS, mean_sd_cell, run_seed
+from rsis.tables import METRICS, MISSING, SPLITS, mean_sd_cell, over_seeds, run_seed
 
 log = logging.getLogger(__name__)
 
@@ -52,25 +52,22 @@ def expression_type_table(records: Sequence[tuple[Path, dict]], expression: str)
                     "pass one metrics file per run, seed, split and expression"
                 )
             by_seed[seed] = metrics
+    pairs = sorted(
+        {(run, kind) for run, kind, _ in values},
+        key=lambda pair: (pair[0], TEMPLATES.index(pair[1])),  # the generator's type order
+    )
     rows = []
-    runs = sorted({run for run, _, _ in values})
-    kinds = [kind for kind in TEMPLATES if any(k == kind for _, k, _ in values)]
-    for run in runs:
-        for kind in kinds:
-            row: dict[str, object] = {"run": run, "expression_type": kind}
-            for split in SPLITS:
-                by_seed = values.get((run, kind, split), {})
-                for metric in METRICS:
-                    seeds = [100.0 * m[metric] for m in by_seed.values()]
-                    row[f"{metric}_{split}_mean"] = float(np.mean(seeds)) if seeds else np.nan
-                    row[f"{metric}_{split}_sd"] = (
-                        float(np.std(seeds, ddof=1)) if len(seeds) > 1 else np.nan
-                    )
-                    row[f"{metric}_{split}_n"] = len(seeds)
-                counts = {m["n_referents"] for m in by_seed.values()}
-                row[f"referents_{split}"] = counts.pop() if len(counts) == 1 else np.nan
-            if any(row[f"referents_{split}"] == row[f"referents_{split}"] for split in SPLITS):
-                rows.append(row)
+    for run, kind in pairs:
+        row: dict[str, object] = {"run": run, "expression_type": kind}
+        for split in SPLITS:
+            by_seed = values.get((run, kind, split), {})
+            for metric in METRICS:
+                stats = over_seeds([100.0 * m[metric] for m in by_seed.values()])
+                row[f"{metric}_{split}_mean"], row[f"{metric}_{split}_sd"] = stats[:2]
+                row[f"{metric}_{split}_n"] = stats[2]
+            counts = {m["n_referents"] for m in by_seed.values()}
+            row[f"referents_{split}"] = counts.pop() if len(counts) == 1 else np.nan
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -90,7 +87,7 @@ def expression_type_markdown(table: pd.DataFrame, expression: str) -> str:
                     table[f"{metric}_{split}_mean"], table[f"{metric}_{split}_sd"], strict=True
                 )
             ]
-    shown["Referents val / testA / testB"] = [
+    shown[f"Referents {' / '.join(SPLITS)}"] = [
         " / ".join(MISSING if np.isnan(n) else str(int(n)) for n in counts)
         for counts in zip(*(table[f"referents_{split}"] for split in SPLITS), strict=True)
     ]

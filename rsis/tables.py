@@ -123,6 +123,14 @@ def _our_values(
     return values
 
 
+def over_seeds(values: Sequence[float]) -> tuple[float, float, int]:
+    """Mean, sample standard deviation (NaN below two values) and count of one cell's seeds;
+    the mean is NaN when there is none."""
+    mean = float(np.mean(values)) if len(values) else np.nan
+    sd = float(np.std(values, ddof=1)) if len(values) > 1 else np.nan
+    return mean, sd, len(values)
+
+
 def numeric_table(
     table: GridTable,
     records: Sequence[tuple[Path, dict]],
@@ -144,11 +152,9 @@ def numeric_table(
         for metric in METRICS:
             for split in SPLITS:
                 seeds = [value for value, _ in ours.get((key, metric, split), {}).values()]
-                row[f"{metric}_{split}_mean"] = float(np.mean(seeds)) if seeds else None
-                row[f"{metric}_{split}_sd"] = (
-                    float(np.std(seeds, ddof=1)) if len(seeds) > 1 else None
-                )
-                row[f"{metric}_{split}_n"] = len(seeds)
+                stats = over_seeds(seeds)
+                row[f"{metric}_{split}_mean"], row[f"{metric}_{split}_sd"] = stats[:2]
+                row[f"{metric}_{split}_n"] = stats[2]
                 row[f"{metric}_{split}_paper"] = theirs.get((key, metric, split))
         rows.append(row)
     numbers = ("_mean", "_sd", "_paper")

@@ -196,8 +196,11 @@ rule summary:
     input:
         result("tables/table1.md"),
         result("tables/table2.md"),
-        *([result("tables/baselines.md")] if IS_DEMO else []),
-        *([result("tables/expression_types.md")] if IS_DEMO else []),
+        *(
+            [result("tables/baselines.md"), result("tables/expression_types.md")]
+            if IS_DEMO
+            else []
+        ),
         result("tables/convergence.md"),
         result("findings.md"),
     output:
