@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from rsis import __version__
-from rsis.checkpoint import load_checkpoint, save_checkpoint
+from rsis.checkpoint import load_checkpoint, save_checkpoint, trained_model
 from rsis.cli import add_command
 from rsis.errors import UserError
 from rsis.io import describe_differences
@@ -52,7 +52,7 @@ def export_bundle(checkpoint: Path, text: Path, out: Path) -> None:
     bundle = {
         "kind": BUNDLE_KIND,
         "rsis_version": __version__,
-        "model": payload["model"],
+        "model": trained_model(payload, checkpoint).state_dict(),
         "model_config": payload["model_config"],
         "text": identity,
         "pca": pca,

@@ -9,8 +9,12 @@ import torch
 
 from rsis.errors import UserError
 from rsis.io import atomic_path, describe_differences
+from rsis.model import RRIS, ModelConfig
 
-FORMAT_VERSION = 2  # 2: the run spec, its settings and the input spec replace train_config
+# 2: the run spec, its settings and the input spec replace train_config. 3: a frozen encoder
+# that its weights file rebuilds is left out, named by ``encoder_digest`` (2 still reads).
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (2, 3)
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -28,9 +32,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except Exception as error:  # torch raises several types for corrupt or unsafe files
         raise UserError(f"{path}: not a readable rsis checkpoint ({error})") from error
     version = payload.get("format_version") if isinstance(payload, dict) else None
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise UserError(
-            f"{path}: checkpoint format {version!r}, this rsis reads format {FORMAT_VERSION}; "
+            f"{path}: checkpoint format {version!r}, this rsis reads formats "
+            f"{', '.join(map(str, READABLE_VERSIONS))}; "
             "retrain or export it with a matching rsis version"
         )
     return payload
@@ -45,3 +50,31 @@ def require_compatible(
     )
     if differences:
         raise UserError(f"{path} does not match this configuration: " + "; ".join(differences))
+
+
+def load_trained_model(path: Path, text: dict[str, Any]) -> tuple[RRIS, dict[str, Any]]:
+    """Rebuild the model of a training checkpoint, checked against the text pipeline ``text``
+    (``text_identity``); return it and the checkpoint's other entries."""
+    payload = load_checkpoint(path)
+    require_compatible(
+        path, payload, ModelConfig.from_dict(payload["model_config"]).to_dict(), text
+    )
+    return trained_model(payload, path), payload
+
+
+def trained_model(payload: dict[str, Any], path: Path) -> RRIS:
+    """The model of a loaded training checkpoint (read from ``path``); a frozen encoder left
+    out of it is rebuilt from the weights file it was trained with."""
+    digest = payload.get("encoder_digest")
+    if digest is None:
+        model = RRIS.from_config(payload["model_config"], weights="none")
+    else:
+        try:
+            model = RRIS.from_config(payload["model_config"])
+        except UserError as error:
+            raise UserError(
+                f"{path} leaves its frozen encoder to the weights it was trained with "
+                f"({payload['model_config']['weights']}), which cannot be loaded here: {error}"
+            ) from error
+    model.load_trained_state(payload["model"], digest, path)
+    return model

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from rsis.breakdowns import sample_labels
-from rsis.checkpoint import load_checkpoint, require_compatible
+from rsis.checkpoint import load_trained_model
 from rsis.cli import add_command
 from rsis.cpu import add_threads_argument, use_threads
 from rsis.data.cache import EXPRESSIONS, SequenceDataset, resize_mask
@@ -21,7 +21,7 @@ from rsis.features import FeatureStore
 from rsis.inference import make_loader, predict_batches, resolve_device
 from rsis.io import atomic_path
 from rsis.metrics import MetricAccumulator, resize_scores, write_metrics_json
-from rsis.model import RRIS, ModelConfig
+from rsis.model import RRIS
 from rsis.model.frozen import encoder_digest
 from rsis.predictions import Predictions, encode_masks, save_predictions
 from rsis.protocols import PROTOCOLS, Protocol, get_protocol
@@ -31,16 +31,6 @@ from rsis.text import EmbeddingTable
 from rsis.text.identity import text_identity
 
 log = logging.getLogger(__name__)
-
-
-def load_model(checkpoint: Path, text: EmbeddingTable) -> tuple[RRIS, dict]:
-    """Rebuild a trained model (no pretrained download) and check it matches ``text``."""
-    payload = load_checkpoint(checkpoint)
-    config = ModelConfig.from_dict(payload["model_config"])
-    require_compatible(checkpoint, payload, config.to_dict(), text_identity(text))
-    model = RRIS.from_config(config, weights="none")
-    model.load_state_dict(payload["model"])
-    return model, payload
 
 
 def run_description(payload: dict) -> dict[str, object]:
@@ -84,7 +74,7 @@ def evaluate(
     Every sentence is then scored exactly once.
 
     Args:
-        model: the trained model (``load_model``), on its device.
+        model: the trained model (``load_trained_model``), on its device.
         payload: its checkpoint.
         cache: the split's cache file.
         text: the embeddings the model was trained with.
@@ -206,7 +196,7 @@ def _evaluate_command(args: argparse.Namespace) -> None:
         protocol = protocol.with_overrides(resolution="original")
     refer = refer_from_args(args) if args.refs_root else None
     text = EmbeddingTable.load(args.text)
-    model, payload = load_model(args.checkpoint, text)
+    model, payload = load_trained_model(args.checkpoint, text_identity(text))
     model.to(resolve_device(args.device))
     split_caches = [SplitCache(cache) for cache in args.cache]
     require_input_size(args.checkpoint, payload, split_caches)

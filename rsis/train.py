@@ -236,6 +236,10 @@ class Trainer:
             # Memory-bound CPU training: freed activations go back to the system at once
             # rather than fragmenting the heap (rsis.allocator).
             map_allocations_above(MAPPED_ALLOCATION_BYTES)
+        # A frozen encoder that its weights file rebuilds stays out of the checkpoints.
+        self.encoder_digest = (
+            encoder_digest(self.model.encoder) if self.model.rebuilds_encoder() else None
+        )
         self.train_features, self.val_features = self._feature_stores()
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -263,7 +267,7 @@ class Trainer:
                 "--train-features and --val-features go together and need --encoder-lr 0 "
                 "(a frozen encoder); a trainable encoder runs on the images"
             )
-        digest = encoder_digest(self.model.encoder)
+        digest = self.encoder_digest or encoder_digest(self.model.encoder)
         log.info("stored encoder features %s and %s: the encoder is not run", *given)
         return (
             FeatureStore(given[0], self.cfg.train_cache, digest),
@@ -324,7 +328,9 @@ class Trainer:
                 raise
             log.warning("starting over: %s", error)
             return
-        self.model.load_state_dict(payload["model"])
+        self.model.load_trained_state(
+            payload["model"], payload.get("encoder_digest"), self.last_path
+        )
         self.optimizer.load_state_dict(payload["optimizer"])
         torch.set_rng_state(payload["rng"]["torch"])
         self.start_epoch = payload["epoch"] + 1
@@ -389,7 +395,8 @@ class Trainer:
 
     def _checkpoint(self, epoch: int) -> dict[str, Any]:
         return {
-            "model": self.model.state_dict(),
+            "model": self.model.trained_state(),
+            "encoder_digest": self.encoder_digest,
             "optimizer": self.optimizer.state_dict(),
             "scaler": {},  # bf16 autocast needs no gradient scaler; kept for the format
             "epoch": epoch,

@@ -9,11 +9,13 @@ import pandas as pd
 import pytest
 
 from rsis.breakdowns import expression_template
+from rsis.checkpoint import load_trained_model
 from rsis.cli import main
 from rsis.data.cache_file import SplitCache
 from rsis.data.demo.scenes import make_scene
-from rsis.evaluate import evaluate, load_model
+from rsis.evaluate import evaluate
 from rsis.text import EmbeddingTable
+from rsis.text.identity import text_identity
 from rsis.train import Trainer
 from tests.helpers import make_train_config
 
@@ -29,7 +31,7 @@ def run_dir(demo_pipeline, tmp_path_factory):
 def test_all_scores_every_sentence_once(demo_pipeline, run_dir):
     cache = demo_pipeline / "cache/val.h5"
     text = EmbeddingTable.load(demo_pipeline / "text/mean~pca~8.h5")
-    model, payload = load_model(run_dir / "best.pt", text)
+    model, payload = load_trained_model(run_dir / "best.pt", text_identity(text))
     every, _, _, original = evaluate(model, payload, cache, text, expression="all")
     first, _, _, _ = evaluate(model, payload, cache, text, expression="first")
     split_cache = SplitCache(cache)

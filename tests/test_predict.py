@@ -13,13 +13,15 @@ import torch
 from PIL import Image
 
 from rsis.bundle import export_bundle, load_bundle
+from rsis.checkpoint import load_trained_model
 from rsis.cli import main
 from rsis.errors import UserError
-from rsis.evaluate import evaluate, load_model
+from rsis.evaluate import evaluate
 from rsis.figures.panels import GAP_PX
 from rsis.figures.text import LINE_PX
 from rsis.predict import Prediction, Predictor, write_outputs
 from rsis.text import EmbeddingTable
+from rsis.text.identity import text_identity
 from rsis.train import Trainer
 from tests.helpers import SAMPLE_ROOT, make_train_config
 
@@ -73,7 +75,7 @@ def test_predict_and_evaluate_give_identical_masks(demo_pipeline, run_dir):
 
     cache = demo_pipeline / "cache/val.h5"
     text = EmbeddingTable.load(demo_pipeline / "text/mean~pca~8.h5")
-    model, payload = load_model(run_dir / "best.pt", text)
+    model, payload = load_trained_model(run_dir / "best.pt", text_identity(text))
     _, _, predictions, _ = evaluate(model, payload, cache, text, expression="first")
     demo = demo_pipeline / "resources/demo"
     refer = load_refer(demo, "demo", "unc", demo / "images")
@@ -194,7 +196,7 @@ def test_a_pca_fitted_elsewhere_is_refused(demo_pipeline, run_dir, tmp_path):
     with pytest.raises(UserError, match=r"not the text pipeline .*pca_hash: checkpoint has"):
         export_bundle(run_dir / "best.pt", other, tmp_path / "b.pt")
     with pytest.raises(UserError, match="does not match this configuration: pca_hash"):
-        load_model(run_dir / "best.pt", EmbeddingTable.load(other))
+        load_trained_model(run_dir / "best.pt", text_identity(EmbeddingTable.load(other)))
     assert not (tmp_path / "b.pt").exists()
 
 

@@ -10,15 +10,16 @@ import pandas as pd
 import pytest
 import torch
 
-from rsis.checkpoint import load_checkpoint
+from rsis.checkpoint import load_checkpoint, load_trained_model
 from rsis.cli import main
 from rsis.data.cache import SequenceDataset, collate_sequences
 from rsis.errors import UserError
-from rsis.evaluate import evaluate, load_model
+from rsis.evaluate import evaluate
 from rsis.inference import make_loader
 from rsis.metrics import MetricAccumulator
 from rsis.model import RRIS, soft_iou_loss
 from rsis.text import EmbeddingTable
+from rsis.text.identity import text_identity
 from rsis.train import Trainer, TrainingDiverged, compute_threads, train_step
 from tests.helpers import make_train_config
 
@@ -107,7 +108,7 @@ def test_checkpoints_load_without_unpickling_objects(tmp_path):
 def test_evaluate_scores_every_referent(demo_pipeline, trained):
     cfg, history = trained
     text = EmbeddingTable.load(cfg.text)
-    model, payload = load_model(cfg.out_dir / "best.pt", text)
+    model, payload = load_trained_model(cfg.out_dir / "best.pt", text_identity(text))
     accumulator, _, predictions, _ = evaluate(
         model, payload, demo_pipeline / "cache/val.h5", text, expression="first"
     )
@@ -297,7 +298,7 @@ def test_trained_model_uses_the_language_on_validation_data(learnable_demo, tmp_
     )
     Trainer(cfg).run()
     text = EmbeddingTable.load(cfg.text)
-    model, _ = load_model(cfg.out_dir / "best.pt", text)
+    model, _ = load_trained_model(cfg.out_dir / "best.pt", text_identity(text))
     val = SequenceDataset(learnable_demo / "cache/val.h5", text, order="dataset")
     batches = list(make_loader(val, batch_size=8))
     everything = _instance_iou(batches, _every_shape)

@@ -35,12 +35,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from rsis.checkpoint import load_trained_model
 from rsis.cpu import use_threads
 from rsis.data.cache import SequenceDataset
 from rsis.data.demo.scenes import SceneRules
 from rsis.data.pretext import PRETRAIN_STREAM, render_scenes
 from rsis.errors import UserError
-from rsis.evaluate import load_model
 from rsis.features import FeatureStore, cache_images, write_features
 from rsis.inference import make_loader, resolve_device
 from rsis.model import RRIS, soft_iou_loss
@@ -49,6 +49,7 @@ from rsis.model.convlstm import tiled_conv2d
 from rsis.model.frozen import calibrate_batch_norm, encoder_digest
 from rsis.pretrain import pretrain_encoder
 from rsis.text import EmbeddingTable
+from rsis.text.identity import text_identity
 
 Forward = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 
@@ -179,7 +180,7 @@ def run(args: argparse.Namespace) -> None:
         before = RRIS(backbone=args.backbone, weights="none", hidden=args.hidden, text_dim=text.dim)
         trained = None
     else:
-        before, trained = load_model(args.start_from, text)
+        before, trained = load_trained_model(args.start_from, text_identity(text))
     after = copy.deepcopy(before)
     before.encoder.requires_grad_(False)  # frozen as before: no gradients, train-mode BN
     after.freeze_encoder()

@@ -15,6 +15,7 @@ from torch.utils.checkpoint import checkpoint
 from rsis.errors import UserError
 from rsis.model.backbone import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, build_backbone
 from rsis.model.decoder import RecurrentMaskDecoder, decoder_channels
+from rsis.model.frozen import encoder_digest
 from rsis.model.resize import BilinearResize
 from rsis.model.text import TextProjection, projected_dim
 from rsis.text.pca import PcaSolution
@@ -88,6 +89,9 @@ class ModelConfig:
         if unknown:
             raise UserError(f"unknown model setting(s) {unknown}: known are {sorted(known)}")
         return cls(**data)
+
+
+ENCODER_PREFIX = "encoder."  # state-dict keys of the ResNet
 
 
 class RRIS(nn.Module):
@@ -167,6 +171,37 @@ class RRIS(nn.Module):
         self.encoder.requires_grad_(False)
         self.encoder_frozen = True
         self.encoder.eval()
+
+    def rebuilds_encoder(self) -> bool:
+        """Whether ``weights`` alone rebuilds the encoder: frozen and loaded from a file or
+        ImageNet (a random one, ``none``, is calibrated in training and must be stored)."""
+        return self.encoder_frozen and self.config.weights != "none"
+
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        """What a training checkpoint keeps: the state dict, less an encoder that ``weights``
+        rebuilds (45 MB for ResNet-18, per checkpoint; ``encoder_digest`` stands for it)."""
+        state = self.state_dict()
+        if not self.rebuilds_encoder():
+            return state
+        return {k: v for k, v in state.items() if not k.startswith(ENCODER_PREFIX)}
+
+    def load_trained_state(
+        self, state: Mapping[str, torch.Tensor], digest: str | None, source: Path
+    ) -> None:
+        """Load ``trained_state`` output. ``digest``: ``encoder_digest`` of the encoder left out
+        of ``state`` (None: ``state`` holds it); this model's encoder must have those weights."""
+        if digest is None:
+            self.load_state_dict(state)
+            return
+        if encoder_digest(self.encoder) != digest:
+            raise UserError(
+                f"{source} was trained on the frozen encoder {self.config.weights}, which now "
+                "holds other weights: restore the file it was trained with, or retrain"
+            )
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        foreign = unexpected + [k for k in missing if not k.startswith(ENCODER_PREFIX)]
+        if foreign:
+            raise UserError(f"{source}: weights do not fit this model (keys {foreign[:5]})")
 
     def train(self, mode: bool = True) -> RRIS:
         """Set training mode; a frozen encoder stays in eval mode."""

@@ -5,6 +5,7 @@
 rule evaluate:
     input:
         checkpoint=result(f"train/{RUN_DIR}/best.pt"),
+        weights=WEIGHTS_FILES,  # a frozen encoder's weights are not in the checkpoint
         caches=expand(result("cache/{split}.h5"), split=EVAL_SPLITS),
         features=features_files(EVAL_SPLITS),
         text=lambda wildcards: text_file(RUNS[wildcards.run]),
@@ -43,6 +44,7 @@ rule evaluate:
 rule evaluate_inverse_order:
     input:
         checkpoint=result(f"train/{RUN_DIR}/best.pt"),
+        weights=WEIGHTS_FILES,
         cache=result("cache/{split}.h5"),
         features=lambda wildcards: features_files([wildcards.split]),
         text=lambda wildcards: text_file(RUNS[wildcards.run]),
