@@ -27,9 +27,10 @@ EARLY_STOP = "early stop"
 EPOCH_CAP = "epoch cap"
 
 
-def patience_spent(epoch: int, best_epoch: int, patience: int) -> bool:
-    """The early-stopping rule: ``patience`` epochs have passed without a better one."""
-    return epoch - best_epoch >= patience
+def patience_spent(epoch: int, best_epoch: int, patience: int, min_epochs: int) -> bool:
+    """The early-stopping rule after epoch ``epoch`` (from 0): ``patience`` epochs have passed
+    without a better one, and at least ``min_epochs`` epochs have run."""
+    return epoch + 1 >= min_epochs and epoch - best_epoch >= patience
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Convergence:
         epoch_cap: the most epochs the run was allowed.
         patience: epochs without improvement that stop it.
         reason: ``EARLY_STOP`` or ``EPOCH_CAP``.
+        min_epochs: the fewest epochs early stopping lets it run.
     """
 
     run: str
@@ -55,20 +57,27 @@ class Convergence:
     epoch_cap: int
     patience: int
     reason: str
+    min_epochs: int = 1  # records written before the setting existed
 
     @classmethod
     def of_history(
-        cls, run: str, seed: int, val_ious: Sequence[float], epoch_cap: int, patience: int
+        cls,
+        run: str,
+        seed: int,
+        val_ious: Sequence[float],
+        epoch_cap: int,
+        patience: int,
+        min_epochs: int,
     ) -> Convergence:
         """Read how a run ended from its per-epoch validation instance IoU.
 
         A run stopped early when its last epoch lies ``patience`` epochs after its best one
-        (the trainer's rule); otherwise it ran into the cap.
+        and it ran at least ``min_epochs`` (the trainer's rule); otherwise it ran into the cap.
         """
         if not val_ious:
             raise UserError(f"run {run} seed {seed} has no finished epoch")
         best = max(range(len(val_ious)), key=lambda epoch: (val_ious[epoch], -epoch))
-        stopped = patience_spent(len(val_ious) - 1, best, patience)
+        stopped = patience_spent(len(val_ious) - 1, best, patience, min_epochs)
         return cls(
             run=run,
             seed=seed,
@@ -78,6 +87,7 @@ class Convergence:
             epoch_cap=epoch_cap,
             patience=patience,
             reason=EARLY_STOP if stopped else EPOCH_CAP,
+            min_epochs=min_epochs,
         )
 
     def write(self, path: Path) -> None:
@@ -104,6 +114,7 @@ def convergence_markdown(records: Iterable[Convergence]) -> str:
                 "Best epoch": str(r.best_epoch + 1),
                 "Epochs run": f"{r.epochs_run} of {r.epoch_cap}",
                 "Patience": str(r.patience),
+                "Min epochs": str(r.min_epochs),
                 "Best val instance IoU": f"{100 * r.best_val_instance_iou:.2f}",
                 "Stopped by": r.reason,
             }
@@ -118,8 +129,9 @@ def convergence_markdown(records: Iterable[Convergence]) -> str:
     )
     return (
         "# Convergence: best epoch and stopping reason per run and seed\n\n"
-        "Early stopping on validation instance IoU; epochs count from 1. The epoch cap and "
-        "patience are ours (the paper gives neither): config.yaml, settings.\n\n"
+        "Early stopping on validation instance IoU, never before the minimum epochs; epochs "
+        "count from 1. The epoch cap, patience and minimum are ours (the paper gives none): "
+        "config.yaml, settings.\n\n"
         f"{verdict}\n\n{table.to_markdown(index=False, disable_numparse=True)}\n"
     )
 

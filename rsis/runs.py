@@ -198,6 +198,9 @@ class TrainSettings:
     patience: int = _setting(
         5, "early stopping: epochs without a better validation IoU", at_least=1
     )
+    min_epochs: int = _setting(
+        1, "early stopping ends a run only after this many epochs", at_least=1
+    )
     max_referents: int = _setting(6, "longest referent sequence per image", at_least=1)
     seed: int = _setting(0, "seeds initialisation, shuffling and expression choice")
     workers: int = _setting(0, "DataLoader worker processes", at_least=0)
@@ -211,7 +214,7 @@ class TrainSettings:
     # Settings a resumed run may change: they do not alter what was learned so far
     # (checkpointing gives the same gradients and batch-norm statistics).
     RESUMABLE: typing.ClassVar[frozenset[str]] = frozenset(
-        {"epochs", "patience", "workers", "checkpoint_activations"}
+        {"epochs", "patience", "min_epochs", "workers", "checkpoint_activations"}
     )
 
     def __post_init__(self) -> None:

@@ -315,6 +315,7 @@ class Trainer:
             val_ious=[row["val_instance_iou"] for row in self.history],
             epoch_cap=self.cfg.settings.epochs,
             patience=self.cfg.settings.patience,
+            min_epochs=self.cfg.settings.min_epochs,
         )
 
     def _resume(self, restart_if_changed: bool) -> None:
@@ -339,8 +340,10 @@ class Trainer:
         self.history = payload["history"]
         self.saved_epoch = payload["epoch"]
         # Early stopping is final: a resumed run that had stopped only re-exports.
-        patience = payload["settings"]["patience"]
-        self.stopped_early = patience_spent(payload["epoch"], self.best_epoch, patience)
+        settings = payload["settings"]
+        self.stopped_early = patience_spent(
+            payload["epoch"], self.best_epoch, settings["patience"], settings.get("min_epochs", 1)
+        )
         if self.ddp.is_main:
             self._restore_best()
         log.info("resumed from %s at epoch %d", self.last_path, self.start_epoch)
@@ -481,7 +484,8 @@ class Trainer:
                 save_checkpoint(self.last_path, payload)
                 self.saved_epoch = epoch
                 self._write_metrics()
-            if patience_spent(epoch, self.best_epoch, self.cfg.settings.patience):
+            settings = self.cfg.settings
+            if patience_spent(epoch, self.best_epoch, settings.patience, settings.min_epochs):
                 log.info(
                     "early stop: no better validation instance IoU for %d epochs",
                     epoch - self.best_epoch,

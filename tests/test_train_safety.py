@@ -15,6 +15,7 @@ import pytest
 import rsis.train
 from rsis.checkpoint import load_checkpoint
 from rsis.cli import build_parser, main
+from rsis.convergence import EARLY_STOP, Convergence
 from rsis.errors import UserError
 from rsis.train import Trainer, TrainingDiverged
 from tests.helpers import make_train_config, process_alive
@@ -91,6 +92,14 @@ def test_resume_after_an_early_stop_only_exports(demo_pipeline, tmp_path, monkey
     assert load_checkpoint(tmp_path / "bundle.pt")["source"]["epoch"] == 0
     assert list(pd.read_csv(tmp_path / "metrics.csv")["epoch"]) == [0, 1]
     assert (tmp_path / "convergence.json").exists()
+
+
+def test_a_plateau_from_the_start_runs_the_minimum_epochs(demo_pipeline, tmp_path, monkeypatch):
+    _constant_validation(monkeypatch)
+    cfg = make_train_config(demo_pipeline, tmp_path, epochs=6, patience=1, min_epochs=3)
+    assert [row["epoch"] for row in Trainer(cfg).run()] == [0, 1, 2]  # patience alone: [0, 1]
+    record = Convergence.read(tmp_path / "convergence.json")
+    assert (record.reason, record.min_epochs, record.best_epoch) == (EARLY_STOP, 3, 0)
 
 
 def test_resume_restores_best_deleted_by_a_failed_job(demo_pipeline, tmp_path, monkeypatch):
