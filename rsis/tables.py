@@ -152,9 +152,9 @@ def numeric_table(
         for metric in METRICS:
             for split in SPLITS:
                 seeds = [value for value, _ in ours.get((key, metric, split), {}).values()]
-                stats = over_seeds(seeds)
-                row[f"{metric}_{split}_mean"], row[f"{metric}_{split}_sd"] = stats[:2]
-                row[f"{metric}_{split}_n"] = stats[2]
+                mean, sd, count = over_seeds(seeds)
+                row[f"{metric}_{split}_mean"], row[f"{metric}_{split}_sd"] = mean, sd
+                row[f"{metric}_{split}_n"] = count
                 row[f"{metric}_{split}_paper"] = theirs.get((key, metric, split))
         rows.append(row)
     numbers = ("_mean", "_sd", "_paper")

@@ -123,6 +123,12 @@ WEIGHTS_FILES = [] if WEIGHTS in ("imagenet", "none") else [WEIGHTS]
 STORED_FEATURES = SETTING["encoder_lr"] == 0 and WEIGHTS != "none"
 # The demo's pretrained encoder is built (and probed) only where the setting loads it.
 PRETRAINED_DEMO_ENCODER = IS_DEMO and WEIGHTS == result("encoder/pretrained.pt")
+# The tables only the generated demo has: picture-blind baselines and IoU per expression type.
+DEMO_TABLES = (
+    [result("tables/baselines.md"), result("tables/expression_types.md")]
+    if IS_DEMO
+    else []
+)
 
 
 def weights_arg(wildcards, input):
@@ -302,11 +308,7 @@ def all_outputs():
         result("tables/convergence.md"),
         result("findings.md"),
         result("summary.md"),
-        *(
-            [result("tables/baselines.md"), result("tables/expression_types.md")]
-            if IS_DEMO
-            else []
-        ),
+        *DEMO_TABLES,
         *expand(result("figures/curves_{table}.png"), table=["table1", "table2"]),
         *expand(
             result("figures/{kind}_{split}.png"),

@@ -196,11 +196,7 @@ rule summary:
     input:
         result("tables/table1.md"),
         result("tables/table2.md"),
-        *(
-            [result("tables/baselines.md"), result("tables/expression_types.md")]
-            if IS_DEMO
-            else []
-        ),
+        *DEMO_TABLES,
         result("tables/convergence.md"),
         result("findings.md"),
     output:
