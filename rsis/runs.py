@@ -31,6 +31,9 @@ EMBEDDINGS: tuple[str, ...] = ("pooled", "mean")
 TEXT_TRANSFORMS: tuple[str, ...] = ("none", "pca", "linear", "linear_pca")
 LEARNED_TRANSFORMS: tuple[str, ...] = ("linear", "linear_pca")
 TRAIN_ORDERS: tuple[str, ...] = ("area", "random", "dataset")  # orders a run trains with
+PAPER_DECODER = "paper"
+# the decoder a run trains: the paper's, or ours with x, y coordinate channels at every scale
+DECODERS: tuple[str, ...] = (PAPER_DECODER, "coord")
 
 # (field, how it reads in the id, pattern it matches): joined by "-" into the run id.
 ID_PARTS: tuple[tuple[str, str, str], ...] = (
@@ -40,8 +43,10 @@ ID_PARTS: tuple[tuple[str, str, str], ...] = (
     ("order", "{}", r"[a-z]+"),
     ("batch_size", "bs{}", r"\d+"),
 )
+# a decoder other than the paper's ends the id (``...-bs16-coord``); the paper's adds nothing
 _ID_PATTERN = re.compile(
     "-".join(f"{form.format(f'(?P<{name}>{pattern})')}" for name, form, pattern in ID_PARTS)
+    + rf"(?:-(?P<decoder>{'|'.join(DECODERS[1:])}))?"
 )
 
 
@@ -57,6 +62,8 @@ class RunSpec:
             output size for ``linear`` and ``linear_pca``.
         order: referent order while training (``area``, ``random`` or ``dataset``).
         batch_size: images per training batch.
+        decoder: ``paper`` (every paper row) or ``coord``, ours: x and y coordinate channels
+            join the skip feature at every scale (docs/model.md, "Our decoder variant").
     """
 
     embedding: str
@@ -64,6 +71,7 @@ class RunSpec:
     dim: int | str
     order: str
     batch_size: int
+    decoder: str = PAPER_DECODER
 
     def __post_init__(self) -> None:
         if self.embedding not in EMBEDDINGS:
@@ -72,6 +80,8 @@ class RunSpec:
             raise UserError(f"run transform {self.transform!r}: use one of {TEXT_TRANSFORMS}")
         if self.order not in TRAIN_ORDERS:
             raise UserError(f"run order {self.order!r}: use one of {TRAIN_ORDERS}")
+        if self.decoder not in DECODERS:
+            raise UserError(f"run decoder {self.decoder!r}: use one of {DECODERS}")
         if (self.transform == "none") != (self.dim == NATIVE):
             raise UserError(
                 f"run dim {self.dim!r} with transform {self.transform!r}: transform none "
@@ -84,8 +94,9 @@ class RunSpec:
 
     @property
     def id(self) -> str:
-        """File-name form, e.g. ``mean-pca-64-random-bs32``."""
-        return "-".join(form.format(getattr(self, name)) for name, form, _ in ID_PARTS)
+        """File-name form, e.g. ``mean-pca-64-random-bs32`` (``...-bs32-coord``)."""
+        parts = [form.format(getattr(self, name)) for name, form, _ in ID_PARTS]
+        return "-".join(parts + ([self.decoder] if self.decoder != PAPER_DECODER else []))
 
     @classmethod
     def from_id(cls, run_id: str) -> RunSpec:
@@ -94,10 +105,11 @@ class RunSpec:
         if match is None:
             raise UserError(
                 f"run id {run_id!r} is not of the form "
-                "<embedding>-<transform>-<dim>-<order>-bs<batch size>, "
-                "e.g. mean-pca-64-random-bs32"
+                "<embedding>-<transform>-<dim>-<order>-bs<batch size>[-<decoder>], "
+                "e.g. mean-pca-64-random-bs32 or mean-pca-64-random-bs32-coord"
             )
-        return cls.from_dict(match.groupdict())
+        coordinates = {name: value for name, value in match.groupdict().items() if value}
+        return cls.from_dict(coordinates)
 
     def to_dict(self) -> dict[str, object]:
         """Plain dict of the coordinates (JSON and checkpoint friendly)."""
@@ -317,7 +329,10 @@ def grid_tables(grid: Mapping) -> tuple[GridTable, GridTable]:
     for name, fields, shared, block, runs in layouts:
         fixed = {key: block[key] for key in shared}
         fits = [run for run in _extra(grid) if all(getattr(run, k) == v for k, v in fixed.items())]
-        tables.append(GridTable(name, fields, fixed, tuple(dict.fromkeys(runs + fits))))
+        rows = tuple(dict.fromkeys(runs + fits))
+        if any(run.decoder != PAPER_DECODER for run in rows):  # our decoder: a row field too
+            fields = (*fields, "decoder")
+        tables.append(GridTable(name, fields, fixed, rows))
     return tables[0], tables[1]
 
 

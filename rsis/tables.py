@@ -42,6 +42,7 @@ LABELS: dict[str, dict[object, str]] = {
         "linear_pca": "Linear (PCA init)",
     },
     "order": {"area": "Sorted by size", "random": "Random", "dataset": "RefCOCO"},
+    "decoder": {"paper": "RRIS (paper)", "coord": "RRIS + x, y channels (ours)"},
 }
 COLUMN_TITLES: dict[str, str] = {
     "embedding": "BERT embedding",
@@ -49,6 +50,7 @@ COLUMN_TITLES: dict[str, str] = {
     "dim": "Dim",
     "order": "Referent order",
     "batch_size": "Batch size",
+    "decoder": "Decoder",
 }
 TITLES: dict[str, str] = {
     "table1": "Table 1: results for different text embedding configurations",

@@ -114,6 +114,7 @@ class TrainConfig:
             text_dim=text_dim,
             text_transform=self.run.transform,
             proj_dim=self.run.proj_dim,
+            decoder=self.run.decoder,
         )
 
 

@@ -52,7 +52,7 @@ def hand_made_frame() -> pd.DataFrame:
                                        instance_iou=instance, overall_iou=overall))  # fmt: skip
                 drift = 0.2 if seed % 2 else -0.3  # |random - first| = 0.2 or 0.3 < 1: agrees
                 rows.append(rows[-1] | dict(expression="random", overall_iou=overall + drift))
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).assign(decoder="paper")  # the paper's decoder, as every grid row
 
 
 def test_every_claim_gets_its_known_verdict():

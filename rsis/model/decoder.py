@@ -29,6 +29,19 @@ def decoder_channels(hidden: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return skips, (*skips[1:], hidden // 16)
 
 
+COORDINATE_CHANNELS = 2  # x, y
+
+
+def coordinate_maps(like: torch.Tensor) -> torch.Tensor:
+    """(B, 2, H, W) maps of each pixel's x (channel 0) and y (channel 1), from -1 at the
+    first column or row to 1 at the last, with ``like``'s batch, size, dtype and layout."""
+    batch, _, height, width = like.shape
+    ys = torch.linspace(-1.0, 1.0, height, dtype=like.dtype, device=like.device)
+    xs = torch.linspace(-1.0, 1.0, width, dtype=like.dtype, device=like.device)
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"))  # (2, H, W): x, then y
+    return grid.expand(batch, -1, -1, -1).contiguous(memory_format=_layout(like))
+
+
 def skip_projection(in_channels: int, out_channels: int) -> nn.Sequential:
     """3x3 convolution + batch norm, no ReLU (as RSIS's ``sk*``/``bn*`` pairs)."""
     return nn.Sequential(
@@ -47,9 +60,18 @@ class RecurrentMaskDecoder(nn.Module):
         feature_channels: encoder channels, fine to coarse (conv1, layer1, ..., layer4).
         text_dim: size of the expression embedding at the decoder.
         hidden: H of ``decoder_channels``.
+        coordinates: ours, not the paper's: two more channels join every skip feature, each
+            pixel's x and y in -1..1 (CoordConv, Liu et al. 2018), so that the gates can tell
+            left from right ("the leftmost star").
     """
 
-    def __init__(self, feature_channels: Sequence[int], text_dim: int, hidden: int) -> None:
+    def __init__(
+        self,
+        feature_channels: Sequence[int],
+        text_dim: int,
+        hidden: int,
+        coordinates: bool = False,
+    ) -> None:
         super().__init__()
         skip_channels, state_channels = decoder_channels(hidden)
         coarse_to_fine = tuple(reversed(feature_channels))
@@ -57,16 +79,22 @@ class RecurrentMaskDecoder(nn.Module):
             skip_projection(c_in, c_out)
             for c_in, c_out in zip(coarse_to_fine, skip_channels, strict=True)
         )
+        self.coordinates = coordinates
+        extra = COORDINATE_CHANNELS if coordinates else 0
         below = (0, *state_channels[:-1])  # channels of the upsampled state from the scale above
         self.cells = nn.ModuleList(
-            ConvLSTMCell(c_skip, c_up, text_dim, c_state)
+            ConvLSTMCell(c_skip + extra, c_up, text_dim, c_state)
             for c_skip, c_up, c_state in zip(skip_channels, below, state_channels, strict=True)
         )
         self.head = nn.Conv2d(state_channels[-1], 1, 3, padding=1)
 
     def project(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Skip projections of the encoder features (fine to coarse in), coarse to fine out."""
-        return [skip(x) for skip, x in zip(self.skips, reversed(features), strict=True)]
+        """Skip projections of the encoder features (fine to coarse in), coarse to fine out;
+        with ``coordinates``, each followed by its x and y channels."""
+        skips = [skip(x) for skip, x in zip(self.skips, reversed(features), strict=True)]
+        if not self.coordinates:
+            return skips
+        return [torch.cat([skip, coordinate_maps(skip)], dim=1) for skip in skips]
 
     def prepare(self, skips: Sequence[torch.Tensor], text: torch.Tensor) -> list[PreparedCell]:
         """Per scale, what does not depend on the recurrent state (``ConvLSTMCell.prepare``),

@@ -18,6 +18,7 @@ from rsis.model.decoder import RecurrentMaskDecoder, decoder_channels
 from rsis.model.frozen import encoder_digest
 from rsis.model.resize import BilinearResize
 from rsis.model.text import TextProjection, projected_dim
+from rsis.runs import DECODERS, PAPER_DECODER
 from rsis.text.pca import PcaSolution
 
 
@@ -56,6 +57,8 @@ class ModelConfig:
         text_dim: size of the embeddings given to the model.
         text_transform: ``none``, ``pca``, ``linear`` or ``linear_pca``.
         proj_dim: output size of a learned text projection (unset for ``none``/``pca``).
+        decoder: ``paper``, or ``coord`` (ours: x, y channels at every scale); one of
+            ``DECODERS``. Checkpoints written before it existed hold the paper's.
     """
 
     backbone: str = "resnet101"
@@ -64,6 +67,7 @@ class ModelConfig:
     text_dim: int = 768
     text_transform: str = "none"
     proj_dim: int | None = None
+    decoder: str = PAPER_DECODER
 
     def __post_init__(self) -> None:
         for field, kind in typing.get_type_hints(ModelConfig).items():
@@ -74,6 +78,8 @@ class ModelConfig:
             raise UserError(
                 f"unknown backbone {self.backbone!r}: use one of {', '.join(BACKBONES)}"
             )
+        if self.decoder not in DECODERS:
+            raise UserError(f"model decoder {self.decoder!r}: use one of {DECODERS}")
         decoder_channels(self.hidden)
         projected_dim(self.text_transform, self.text_dim, self.proj_dim)
 
@@ -104,6 +110,7 @@ class RRIS(nn.Module):
         text_dim: size of the embeddings passed to ``forward``.
         text_transform: ``none``, ``pca``, ``linear`` or ``linear_pca``.
         proj_dim: output size of a learned text projection.
+        decoder: ``paper`` or ``coord`` (``ModelConfig.decoder``).
         pca: the PCA solution a ``linear_pca`` projection starts from; leave it
             unset only when a state dict is loaded next.
     """
@@ -117,6 +124,7 @@ class RRIS(nn.Module):
         text_dim: int = ModelConfig.text_dim,
         text_transform: str = ModelConfig.text_transform,
         proj_dim: int | None = ModelConfig.proj_dim,
+        decoder: str = ModelConfig.decoder,
         pca: PcaSolution | None = None,
     ) -> None:
         super().__init__()
@@ -127,12 +135,15 @@ class RRIS(nn.Module):
             text_dim=text_dim,
             text_transform=text_transform,
             proj_dim=proj_dim,
+            decoder=decoder,
         )
         self.encoder = build_backbone(backbone, str(weights))
         self.text = TextProjection(text_transform, text_dim, proj_dim)
         if pca is not None:
             self.text.load_pca(pca)
-        self.decoder = RecurrentMaskDecoder(self.encoder.channels, self.text.out_dim, hidden)
+        self.decoder = RecurrentMaskDecoder(
+            self.encoder.channels, self.text.out_dim, hidden, coordinates=decoder != PAPER_DECODER
+        )
         self.encoder_frozen = False
         self.checkpointed_steps = False  # see ``checkpoint_activations``
 
