@@ -99,9 +99,11 @@ def test_the_findings_leave_coord_runs_out():
     frame = hand_made_frame()
     expected = check_claims(frame, TABLE1_FIXED, TABLE2_FIXED)
     ours = frame[(frame["order"] == "random") & (frame["batch_size"] == 16)]
-    ours = ours.assign(decoder="coord", instance_iou=99.0)  # would reverse the batch trend
+    # would reverse the batch trend and move the first-vs-random gap by 40 points
+    ours = ours.assign(decoder="coord", instance_iou=99.0)
+    ours.loc[ours["expression"] == "random", "overall_iou"] = 99.0
     mixed = pd.concat([frame, ours], ignore_index=True)
-    assert check_claims(mixed, TABLE1_FIXED, TABLE2_FIXED)[:-1] == expected[:-1]
+    assert check_claims(mixed, TABLE1_FIXED, TABLE2_FIXED) == expected
 
 
 def test_the_workflow_trains_a_coord_extra_run_per_seed(tmp_path):
