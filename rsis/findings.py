@@ -1,6 +1,7 @@
 """The paper's claims (supplement Sections 3.2, 3.4, 3.5) checked against our runs over seeds.
 
-Each claim compares groups of grid runs. Per seed, a group's value is the mean instance IoU
+Each claim compares groups of grid runs of the paper's decoder (our variant's runs,
+``decoder: coord``, claim nothing). Per seed, a group's value is the mean instance IoU
 (percent) over its runs and over the test splits (every evaluated split but ``val``, which
 picked the best epoch; ``val`` when there is no other), first expression per referent. The
 tests, at level ``ALPHA``:
