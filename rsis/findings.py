@@ -287,7 +287,7 @@ def check_claims(
         table2_fixed: what every Table 2 row shares (embedding, transform, dim).
         metric: the metric the comparisons use.
     """
-    frame = _select(frame, {"decoder": PAPER_DECODER})  # the paper's model: our variant's rows
+    frame = _select(frame, {"decoder": PAPER_DECODER})  # our variant's rows claim nothing
     scored = _select(frame, {"expression": "first", "split": tuple(test_splits(frame))})
     table1 = _select(_select(scored, table1_fixed), {"transform": PAPER_TRANSFORMS})
     table2 = _select(scored, table2_fixed)
