@@ -338,7 +338,7 @@ def test_cli(tmp_path, capsys):
     assert info["rules"]["templates"] == ["attribute"] and info["rules"]["max_objects"] == 4
     assert main([*args, "--out", str(tmp_path / "shapes"), "--difficulty", "shapes"]) == 0
     info = json.loads((tmp_path / "shapes" / "demo" / "instances.json").read_text())["info"]
-    assert info["rules"] == {"max_objects": 6, "colour_reuse": 0.75, "templates": ["attribute"]}
+    assert info["rules"] == {"max_objects": 6, "colour_reuse": 0.9, "templates": ["attribute"]}
     named = ["--difficulty", "colour", "--max-objects", "5"]  # a flag overrides the name
     assert main([*args, "--out", str(tmp_path / "five"), *named]) == 0
     info = json.loads((tmp_path / "five" / "demo" / "instances.json").read_text())["info"]
