@@ -151,6 +151,14 @@ def test_bench_train_prints_both_paths_their_ratio_and_one_off_costs(demo_pipeli
     assert re.search(r"before: +[\d.]+ images/s", out) and re.search(r"after: +[\d.]+", out)
     assert re.search(r"ratio: [\d.]+x", out)
     assert re.search(r"CPU: [\d.]+ / [\d.]+ images per CPU second: [\d.]+x", out)
+    assert re.search(r"whole-batch: +[\d.]+ images/s", out)
+    ended = re.search(
+        r"ended sequences: [\d.]+x wall, [\d.]+x CPU, ([\d.]+)x fewer FLOPs .*, (\d+) of (\d+) "
+        r"slots padding",
+        out,
+    )
+    assert float(ended[1]) >= 1 and (float(ended[1]) > 1) == (int(ended[2]) > 0)
+    assert int(ended[3]) > 0
     assert re.search(r"after-bf16: +[\d.]+ images/s", out)
     assert re.search(r"bf16: [\d.]+x wall, [\d.]+x CPU", out)
     flops = re.search(r"FLOPs: before ([\d.]+), after ([\d.]+) GFLOP per image", out)

@@ -520,3 +520,38 @@ def test_every_backbone_and_text_transform_trains(backbone: str, transform: str)
     soft_iou_loss(logits, (images[:, :2, :32, :32] > 127).float()).backward()
     missing = [name for name, p in model.named_parameters() if p.grad is None]
     assert missing == []
+
+
+def test_ended_sequences_take_no_steps(model: RRIS, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each decoder step runs on the sequences that still have a valid slot there or later
+    only (a batch out of that order is reordered and put back), and every sequence's logits
+    equal those it gets alone."""
+    images, text = inputs(batch=3, steps=4)
+    valid = torch.tensor(
+        [[True, True, False, False], [True, True, True, True], [True, False, True, False]]
+    )
+    rows_per_step = []
+    step = model.decoder.step
+
+    def counting_step(prepared, t, state, rows):
+        rows_per_step.append(rows)
+        return step(prepared, t, state, rows)
+
+    monkeypatch.setattr(model.decoder, "step", counting_step)
+    with torch.no_grad():
+        logits = model(images, text, valid)
+    assert rows_per_step == [3, 3, 2, 1]  # the sequences ending at slots 2, 4 and 3
+    assert logits.shape == (3, 4, *images.shape[-2:])
+    assert not logits[0, 2:].any() and not logits[2, 3].any()  # after their last valid slot
+    with torch.no_grad():
+        for row in range(3):
+            last = int(valid[row].nonzero().max()) + 1
+            alone = model(
+                images[row : row + 1], text[row : row + 1, :last], valid[row : row + 1, :last]
+            )
+            torch.testing.assert_close(
+                logits[row, :last][valid[row, :last]],
+                alone[0][valid[row, :last]],
+                atol=1e-5,
+                rtol=1e-4,
+            )

@@ -9,7 +9,12 @@ the same batches of a split cache, in one process with the same thread count:
   (``reference_forward``, kept here as the baseline and as the reference of the equivalence
   test);
 - **after**: the encoder's features come from ``rsis features`` (eval mode, stored once) and
-  the decoder computes what does not depend on the recurrent state once per sequence.
+  the decoder computes what does not depend on the recurrent state once per sequence, and
+  a sequence takes no steps after its last referent.
+
+A third path, **whole-batch**, is "after" with every step on every sequence of the batch (the
+model is not told which slots are padding; the loss still is), as before ended sequences were
+dropped: after / whole-batch is what dropping them gains.
 
 Rounds alternate between the two paths so that a load change on a shared machine hits both;
 the ratio of their medians is the figure, in wall-clock time and in this process's CPU time
@@ -195,15 +200,21 @@ def run(args: argparse.Namespace) -> None:
     def run_before(batch: dict) -> torch.Tensor:
         return reference_forward(before, batch["image"], batch["text"], batch["valid"])
 
-    def with_stored_features(model: RRIS, bf16: bool = False) -> Forward:
+    def with_stored_features(model: RRIS, bf16: bool = False, whole: bool = False) -> Forward:
         def forward(batch: dict) -> torch.Tensor:
             features = store.batch(batch["image_row"], device)
+            valid = None if whole else batch["valid"]  # trailing padding: same valid logits
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                return model(batch["image"], batch["text"], batch["valid"], features=features)
+                return model(batch["image"], batch["text"], valid, features=features)
 
         return forward
 
-    paths = {"before": (before, run_before), "after": (after, with_stored_features(after))}
+    whole_batch = copy.deepcopy(after)
+    paths = {
+        "before": (before, run_before),
+        "after": (after, with_stored_features(after)),
+        "whole-batch": (whole_batch, with_stored_features(whole_batch, whole=True)),
+    }
     if args.bf16:
         after_bf16 = copy.deepcopy(after)
         paths["after-bf16"] = (after_bf16, with_stored_features(after_bf16, bf16=True))
@@ -255,6 +266,7 @@ def run(args: argparse.Namespace) -> None:
     labels = {
         "before": "live encoder (train-mode BN), step-by-step decoder",
         "after": "stored features, decoder with per-sequence gate parts",
+        "whole-batch": "after, every step on every sequence of the batch",
         "after-bf16": "the same under CPU bf16 autocast",
     }
     for name in paths:
@@ -266,6 +278,15 @@ def run(args: argparse.Namespace) -> None:
         f"    CPU: {cpu['before']:.1f} / {cpu['after']:.1f} images per CPU second: "
         f"{cpu['after'] / cpu['before']:.2f}x (the ratio with the waits for other processes "
         "left out)"
+    )
+    referents = sum(int(batch["valid"].sum()) for batch in batches)
+    slots = sum(batch["valid"].numel() for batch in batches)
+    print(
+        f"  ended sequences: {median['after'] / median['whole-batch']:.2f}x wall, "
+        f"{cpu['after'] / cpu['whole-batch']:.2f}x CPU, "
+        f"{flops['whole-batch'] / flops['after']:.2f}x fewer FLOPs (after / whole-batch; "
+        f"{referents / images_per_round:.2f} referents per image, {slots - referents} of "
+        f"{slots} slots padding)"
     )
     if "after-bf16" in paths:
         print(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,16 +35,24 @@ class PreparedCell:
     weight: torch.Tensor
     resize: BilinearResize | None
 
+    def first_rows(self, rows: int) -> PreparedCell:
+        """The same for the first ``rows`` sequences of the batch only (views, no copies)."""
+        if rows == self.fixed.shape[0]:
+            return self
+        return dataclasses.replace(self, fixed=self.fixed[:rows])
+
     def base(self, t: int) -> torch.Tensor:
         """Step ``t``'s gate pre-activations that do not depend on the state (B, 4S, H, W),
-        in ``fixed``'s memory format: ``fixed + text[t] @ taps`` per image."""
+        in ``fixed``'s memory format: ``fixed + text[t] @ taps`` per image (B: the rows of
+        ``fixed``, which ``first_rows`` may have cut)."""
         batch, channels, height, width = self.fixed.shape
+        step_text = self.text[t][:batch]
         if is_channels_last(self.fixed):  # (B, H*W, 4S) in memory
             fixed = self.fixed.permute(0, 2, 3, 1).flatten(1, 2)
             taps = self.taps.T.expand(batch, -1, -1)
-            base = torch.baddbmm(fixed, taps, self.text[t].transpose(1, 2))
+            base = torch.baddbmm(fixed, taps, step_text.transpose(1, 2))
             return base.view(batch, height, width, channels).permute(0, 3, 1, 2)
-        text = self.text[t].reshape(batch * channels, -1)
+        text = step_text.reshape(batch * channels, -1)
         base = torch.addmm(self.fixed.view(batch * channels, -1), text, self.taps)
         return base.view(self.fixed.shape)
 

@@ -122,20 +122,27 @@ class RecurrentMaskDecoder(nn.Module):
             state.append((zeros, zeros))
         return state
 
-    def step(self, prepared: Sequence[PreparedCell], t: int, state: State | None) -> State:
-        """Decode referent ``t``: the new state of every scale.
+    def step(
+        self, prepared: Sequence[PreparedCell], t: int, state: State | None, rows: int
+    ) -> State:
+        """Decode referent ``t`` of the first ``rows`` sequences: their new state per scale.
 
         Args:
-            prepared: this sequence's ``prepare``, coarse to fine.
+            prepared: this batch's ``prepare``, coarse to fine.
             t: the referent's index.
-            state: ``(h, c)`` per scale after the previous referent; None before the first
-                (the zero state, equal to ``initial_state`` but never convolved).
+            state: ``(h, c)`` per scale after the previous referent, of at least ``rows``
+                sequences (the first ``rows`` are used); None before the first (the zero
+                state, equal to ``initial_state`` but never convolved).
+            rows: how many sequences, from the first, take this step (the batch's others
+                have ended).
         """
         new_state: State = []
         h = None
         previous = [None] * len(self.cells) if state is None else state
         for cell, ready, prev in zip(self.cells, prepared, previous, strict=True):
-            h, c = cell(ready, t, h, prev)
+            if prev is not None:
+                prev = (prev[0][:rows], prev[1][:rows])
+            h, c = cell(ready.first_rows(rows), t, h, prev)
             new_state.append((h, c))
         return new_state
 

@@ -239,12 +239,16 @@ class RRIS(nn.Module):
     ) -> torch.Tensor:
         """Predict one mask per referent.
 
+        Each step runs only on the sequences that still have a valid slot at it or later: the
+        batch is taken longest first (and put back in its order at the end), so those are its
+        first rows and the ended ones cost nothing.
+
         Args:
             images: (B, 3, H, W), uint8 in 0..255 or float in 0..1 (RGB, not normalised).
             text: expression embeddings (B, R, text_dim), in referent order.
             valid: (B, R) bool; False marks padded slots, whose step leaves the decoder
-                state unchanged when a valid slot follows (their logits are computed but
-                meaningless).
+                state unchanged when a valid slot follows; their logits are meaningless
+                (0 after a sequence's last valid slot).
             features: the encoder's output for ``images`` computed beforehand (``rsis
                 features``); the encoder is then skipped. Only for a frozen encoder.
 
@@ -258,31 +262,56 @@ class RRIS(nn.Module):
             raise ValueError(f"text {tuple(text.shape)} must be (B, R>=1, {self.config.text_dim})")
         if valid is not None and valid.shape != (batch, steps):
             raise ValueError(f"valid {tuple(valid.shape)} must be (B, R) = {(batch, steps)}")
+        if features is not None and not self.encoder_frozen:
+            raise ValueError("precomputed features need a frozen encoder (freeze_encoder())")
+        if valid is None:
+            valid = torch.ones(batch, steps, dtype=torch.bool, device=text.device)
+        order, live = _longest_first(valid)
+        if order is not None:
+            if features is None:
+                images = images[order]
+            else:
+                features = [x[order] for x in features]
+            text, valid = text[order], valid[order]
         if features is None:
             features = self.encoder.encode_images(images)
-        elif not self.encoder_frozen:
-            raise ValueError("precomputed features need a frozen encoder (freeze_encoder())")
         skips = self.decoder.project(features)
         prepared = self.decoder.prepare(skips, self.text(text))
         state = None  # the zero state: the first step convolves none of it
-        padded = [False] * steps if valid is None else _steps_to_mask(valid)
+        padded = _steps_to_mask(valid)
         finest = []
-        for t in range(steps):
-            new_state = self._step(prepared, t, state)
+        for t, rows in enumerate(live):
+            new_state = self._step(prepared, t, state, rows)
             finest.append(new_state[-1][0])
             if padded[t]:
-                keep = valid[:, t].view(batch, 1, 1, 1)
+                keep = valid[:rows, t].view(rows, 1, 1, 1)
                 zero = new_state[0][0].new_zeros(())
-                old = [(zero, zero)] * len(new_state) if state is None else state
+                old = [(zero, zero)] * len(new_state)
+                if state is not None:
+                    old = [(h0[:rows], c0[:rows]) for h0, c0 in state]
                 new_state = [
                     (torch.where(keep, h, h0), torch.where(keep, c, c0))
                     for (h, c), (h0, c0) in zip(new_state, old, strict=True)
                 ]
             state = new_state
-        # the head is per-pixel linear and independent of the step: one call for every step
-        logits = self.decoder.head(channels_last(torch.stack(finest, 1).flatten(0, 1)))
-        logits = logits.view(batch, steps, *logits.shape[-2:])
+        logits = self._logits(finest, batch, steps, skips[-1])
+        if order is not None:
+            logits = logits[torch.argsort(order)]
         return BilinearResize(logits.shape[-2:], images.shape[-2:], logits)(logits)
+
+    def _logits(
+        self, finest: list[torch.Tensor], batch: int, steps: int, like: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, R, h, w) logits of the finest states of every step (step t's of its first
+        rows), 0 where a sequence had ended; the head is per-pixel linear and independent of
+        the step, so one call computes every step's."""
+        logits = like.new_zeros(batch, steps, *like.shape[-2:])
+        if not finest:
+            return logits
+        heads = self.decoder.head(channels_last(torch.cat(finest)))[:, 0]
+        for t, head in enumerate(heads.split([len(h) for h in finest])):
+            logits[: len(head), t] = head
+        return logits
 
     def _step(self, *args: typing.Any) -> typing.Any:
         """``decoder.step(*args)``, checkpointed when enabled and a backward pass will need it
@@ -290,6 +319,24 @@ class RRIS(nn.Module):
         if self.checkpointed_steps and self.training and torch.is_grad_enabled():
             return checkpoint(self.decoder.step, *args, use_reentrant=False)
         return self.decoder.step(*args)
+
+
+def _longest_first(valid: torch.Tensor) -> tuple[torch.Tensor | None, list[int]]:
+    """The batch's sequences in order of their last valid slot, latest first, and per step
+    how many of them have a valid slot there or later (the rows that take the step; steps
+    after every sequence's last are dropped).
+
+    Returns:
+        The permutation (None when the batch is in that order already) and the rows per step.
+    """
+    steps = valid.shape[1]
+    position = torch.arange(1, steps + 1, device=valid.device)
+    ends = (valid * position).amax(1)  # 1 + the last valid slot's index; 0 for none
+    ordered, order = torch.sort(ends, descending=True, stable=True)
+    live = (ordered[None, :] > torch.arange(steps, device=valid.device)[:, None]).sum(1)
+    live = [rows for rows in live.tolist() if rows]
+    in_order = bool((ends[1:] <= ends[:-1]).all())
+    return (None if in_order else order), live
 
 
 def _steps_to_mask(valid: torch.Tensor) -> list[bool]:
