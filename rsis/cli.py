@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convergence": ("rsis.convergence", "best epoch and stopping reason of every run"),
     "findings": ("rsis.findings", "the paper's claims checked on our runs over seeds"),
     "summary": ("rsis.summary", "results block for README from the pipeline's output"),
+    "reproduce": ("rsis.reproduce", "a rerun's table cells against README's, with a test"),
     "figures": ("rsis.figures.command", "qualitative figures (paper Fig. 2/3 and Fig. 4)"),
     "curves": ("rsis.figures.curves", "training curves (validation IoU, loss) of a table's runs"),
     "export": ("rsis.bundle", "write a self-contained model bundle for predict"),
