@@ -1,8 +1,10 @@
 """``rsis predict``: segment a user's photo from a list of expressions with a model bundle.
 
 Expressions are embedded exactly as in training (same text model, verified by its file hash,
-same tokenizer, same pooling, same PCA). The photo is resized to the bundle's input size like
-the training cache, and the masks are upsampled back to the photo's size. More expressions
+same tokenizer, same pooling, same PCA). The photo is turned upright as its EXIF orientation tag
+says (as photo viewers show it; ``--orientation stored`` keeps the stored pixel order that
+dataset annotations use), resized to the bundle's input size like the training cache, and the
+masks are upsampled back to the photo's size. More expressions
 than the model's longest sequence are processed in consecutive chunks; as in training, where
 an image with more referents becomes several sequences, each chunk starts from a fresh
 recurrent state.
@@ -18,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import ExifTags, Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from rsis.bundle import load_bundle
 from rsis.cli import add_command
 from rsis.cpu import use_threads
-from rsis.data.cache import load_resized_image
+from rsis.data.cache import open_rgb, resize_rgb
 from rsis.errors import UserError
 from rsis.figures.palette import paint_referents
 from rsis.figures.panels import Row, compose, legend
@@ -82,6 +84,8 @@ class TextPipeline:
 class Prediction:
     """Masks of one image: at the photo's size, and at the network's input size."""
 
+    photo: np.ndarray  # (H, W, 3) uint8 RGB: the photo as segmented
+    orientation: str  # "exif" (turned upright as its EXIF tag says) or "stored" (pixel order)
     expressions: list[str]
     masks: np.ndarray  # (N, H, W) bool at the photo's size
     network_masks: np.ndarray  # (N, h, w) bool at the bundle's input size
@@ -94,10 +98,13 @@ class Predictor:
     Args:
         bundle: path of a file written by ``rsis export`` (or training).
         device: ``auto``, ``cpu`` or ``cuda``.
+        upright: turn each photo as its EXIF orientation tag says before segmenting it
+            (``rsis.data.cache.open_rgb``); masks and overlay are then in that orientation.
     """
 
-    def __init__(self, bundle: Path, device: str = "auto") -> None:
+    def __init__(self, bundle: Path, device: str = "auto", upright: bool = True) -> None:
         self.device = resolve_device(device)
+        self.upright = upright
         model, self.bundle = load_bundle(Path(bundle))
         self.model = model.to(self.device)
         self.text = TextPipeline(self.bundle["text"], self.bundle["pca"], self.device)
@@ -109,9 +116,9 @@ class Predictor:
         """Segment ``image_path`` once per expression, in order."""
         if not expressions:
             raise UserError("no expressions given: pass at least one --expr")
-        pixels = load_resized_image(image_path, self.height, self.width)  # clear error if bad
-        with Image.open(image_path) as photo:
-            original = (photo.height, photo.width)
+        photo = open_rgb(image_path, upright=self.upright)  # clear error if bad
+        original = (photo.height, photo.width)
+        pixels = resize_rgb(photo, self.height, self.width)
         image = torch.from_numpy(pixels).permute(2, 0, 1)[None].to(self.device)
         text = self.text(expressions).to(self.device)
         logits = []
@@ -126,6 +133,8 @@ class Predictor:
         area = masks.sum(dim=(1, 2)).clamp(min=1)
         scores = (probabilities * masks).sum(dim=(1, 2)) / area
         return Prediction(
+            photo=np.asarray(photo),
+            orientation="exif" if self.upright else "stored",
             expressions=list(expressions),
             masks=masks.cpu().numpy(),
             network_masks=(logits > 0).cpu().numpy(),
@@ -160,10 +169,11 @@ def write_outputs(
             }
         )
     overlay = out_dir / f"{stem}_overlay.png"
-    _write_overlay(image_path, prediction, overlay)
+    _write_overlay(prediction, overlay)
     result = {
         "image": str(image_path),
         "overlay": overlay.name,
+        "orientation": prediction.orientation,
         "score": "mean foreground probability inside the mask (logit > 0)",
         "masks": records,
     }
@@ -172,12 +182,10 @@ def write_outputs(
     return result
 
 
-def _write_overlay(image_path: Path, prediction: Prediction, out: Path) -> None:
+def _write_overlay(prediction: Prediction, out: Path) -> None:
     """The photo with each mask painted in its colour (outline and light fill) and, under it,
     a legend of the numbered expressions wrapped to the photo's width."""
-    with Image.open(image_path) as photo:
-        pixels = np.asarray(photo.convert("RGB"))
-    painted = paint_referents(pixels, prediction.masks)
+    painted = paint_referents(prediction.photo, prediction.masks)
     compose([Row([painted], legend(prediction.expressions))], None, out)
 
 
@@ -245,13 +253,29 @@ def output_stems(images: list[Path]) -> list[str]:
     return stems
 
 
+def turned_by_exif(path: Path) -> bool:
+    """Whether the file's EXIF orientation tag turns its pixels (a tag other than 1)."""
+    try:
+        with Image.open(path) as image:
+            return image.getexif().get(ExifTags.Base.Orientation, 1) != 1
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
+        return False  # not an image: open_rgb refuses it, naming the file, in its turn
+
+
 def _predict_command(args: argparse.Namespace) -> None:
     use_threads(0)  # torch's default threads, subnormal floats flushed
     jobs = _jobs(args)
     check_jobs(jobs, Path(args.out))
     if args.score_json and any(sent_ids is None for _, _, sent_ids in jobs):
         raise UserError("--score-json needs --batch lines that give sent_ids for every expression")
-    predictor = Predictor(args.model, args.device)
+    if args.score_json and args.orientation == "exif":
+        for image, _, _ in jobs:
+            if turned_by_exif(image):
+                raise UserError(
+                    f"{image} has an EXIF orientation tag: its dataset annotations refer to the "
+                    "stored pixel order, so --score-json needs --orientation stored"
+                )
+    predictor = Predictor(args.model, args.device, upright=args.orientation == "exif")
     samples: list[tuple[int, int | None, dict]] = []
     stems = output_stems([image for image, _, _ in jobs])
     for (image_path, expressions, sent_ids), stem in tqdm(
@@ -284,4 +308,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default="predictions", help="output folder")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument(
+        "--orientation",
+        choices=("exif", "stored"),
+        default="exif",
+        help="exif: turn each photo upright as its EXIF orientation tag says, as photo viewers "
+        "show it (default); stored: keep the stored pixel order, which dataset annotations "
+        "(COCO, RefCOCO) refer to",
+    )
     p.set_defaults(func=_predict_command)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import ExifTags, Image
 
 from rsis.bundle import export_bundle, load_bundle
 from rsis.checkpoint import load_trained_model
@@ -89,6 +89,53 @@ def test_predict_and_evaluate_give_identical_masks(demo_pipeline, run_dir):
     np.testing.assert_array_equal(got.network_masks, predictions.masks(rows))
 
 
+def _tagged_photo(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """The real photo's pixels saved (lossless) with EXIF orientation 6, "turn 90 degrees
+    clockwise to view", as phones store portrait photos; and those stored pixels."""
+    with Image.open(PHOTO) as photo:
+        stored = np.asarray(photo.convert("RGB"))
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    tagged = tmp_path / "portrait.png"
+    Image.fromarray(stored).save(tagged, exif=exif.tobytes())
+    return tagged, stored
+
+
+def test_predict_turns_a_photo_upright_as_its_exif_tag_says(run_dir, tmp_path):
+    tagged, stored = _tagged_photo(tmp_path)
+    upright = np.rot90(stored, -1)  # what a photo viewer shows
+    plain = tmp_path / "upright.png"
+    Image.fromarray(upright).save(plain)
+    expressions = ["the dog", "sky"]
+    predictor = Predictor(run_dir / "bundle.pt", device="cpu")
+    got = predictor(tagged, expressions)
+    assert got.orientation == "exif"
+    np.testing.assert_array_equal(got.photo, upright)
+    assert got.masks.shape == (2, *upright.shape[:2])
+    np.testing.assert_array_equal(got.masks, predictor(plain, expressions).masks)
+    as_stored = Predictor(run_dir / "bundle.pt", device="cpu", upright=False)(tagged, expressions)
+    np.testing.assert_array_equal(as_stored.photo, stored)
+    assert as_stored.masks.shape == (2, *stored.shape[:2])
+    result = write_outputs(tagged, got, tmp_path / "out")
+    assert result["orientation"] == "exif"
+    with Image.open(tmp_path / "out" / result["overlay"]) as overlay:
+        assert overlay.size[0] == upright.shape[1] + 2 * GAP_PX
+
+
+def test_scoring_a_tagged_photo_needs_the_stored_orientation(run_dir, tmp_path, capsys):
+    tagged, stored = _tagged_photo(tmp_path)
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"image": str(tagged), "expressions": ["sky"], "sent_ids": [7]}))
+    args = ["predict", "--model", str(run_dir / "bundle.pt"), "--batch", str(jobs)]
+    args += ["--score-json", str(tmp_path / "preds.json"), "--out", str(tmp_path / "out")]
+    assert main(args) == 2
+    assert "portrait.png has an EXIF orientation tag" in capsys.readouterr().err
+    assert not (tmp_path / "preds.json").exists()
+    assert main([*args, "--orientation", "stored"]) == 0
+    (sample,) = json.loads((tmp_path / "preds.json").read_text())
+    assert sample["segmentation"]["size"] == list(stored.shape[:2])
+
+
 def test_clear_errors(run_dir, tmp_path):
     predictor = Predictor(run_dir / "bundle.pt", device="cpu")
     with pytest.raises(UserError, match="no expressions"):
@@ -119,7 +166,10 @@ def test_overlay_legend_wraps_a_long_expression_on_a_narrow_photo(tmp_path):
     long = " ".join(["the", "small", "red", "circle", "to", "the", "left", "of", "the", "big"] * 2)
     masks = np.zeros((2, 300, 359), bool)
     masks[0, 50:150, 50:150] = masks[1, 200:250, 200:300] = True
-    prediction = Prediction([long, "sky"], masks, masks[:, ::5, ::5], np.ones(2))
+    photo_pixels = np.full((300, 359, 3), 90, np.uint8)
+    prediction = Prediction(
+        photo_pixels, "stored", [long, "sky"], masks, masks[:, ::5, ::5], np.ones(2)
+    )
     result = write_outputs(photo, prediction, tmp_path / "out")
     with Image.open(tmp_path / "out" / result["overlay"]) as png:
         pixels = np.asarray(png.convert("RGB"))

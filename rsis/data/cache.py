@@ -15,7 +15,7 @@ from typing import Protocol
 import h5py
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from rsis.cli import add_command
@@ -35,29 +35,48 @@ ORDERS = (*TRAIN_ORDERS, "reverse")  # reverse: evaluation only (the paper's Fig
 EXPRESSIONS = ("first", "random", "all")
 
 
+def open_rgb(path: Path, upright: bool = False) -> Image.Image:
+    """Decode an image as a loaded RGB Pillow image; a file Pillow cannot read is a
+    ``UserError`` naming it.
+
+    Args:
+        upright: turn the pixels as the file's EXIF orientation tag says, as photo viewers
+            show it (a phone's portrait photo is often stored landscape with such a tag);
+            otherwise keep the stored pixel order, which dataset annotations (COCO, RefCOCO)
+            refer to.
+    """
+    try:
+        with Image.open(path) as image:
+            return (ImageOps.exif_transpose(image) if upright else image).convert("RGB")
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
+        raise UserError(f"cannot decode image {path}: {error}. Replace or remove it.") from error
+
+
+def resize_rgb(image: Image.Image, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of an RGB image to (height, width, 3) uint8, aspect ratio not kept."""
+    resized = image.resize((width, height), Image.Resampling.BILINEAR)
+    return np.array(resized, dtype=np.uint8)
+
+
 def load_resized_image(
     path: Path, height: int, width: int, expected_hw: tuple[int, int] | None = None
 ) -> np.ndarray:
-    """Read an image as RGB and resize it to (height, width, 3) uint8.
+    """Read an image as RGB (stored pixel order) and resize it to (height, width, 3) uint8.
 
     Args:
         expected_hw: the (height, width) instances.json gives the image; a decoded image of
             another size (a rotated or replaced file) is refused, since its masks would no
             longer line up with it.
     """
-    try:
-        with Image.open(path) as image:
-            found = (image.height, image.width)
-            if expected_hw is not None and found != tuple(expected_hw):
-                raise UserError(
-                    f"image {path} decodes to {found[0]}x{found[1]} but instances.json gives "
-                    f"{expected_hw[0]}x{expected_hw[1]}: its masks would not line up. Replace "
-                    "it with the original file (a rotated or re-encoded copy?)"
-                )
-            rgb = image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
-        raise UserError(f"cannot decode image {path}: {error}. Replace or remove it.") from error
-    return np.array(rgb, dtype=np.uint8)
+    image = open_rgb(path)
+    found = (image.height, image.width)
+    if expected_hw is not None and found != tuple(expected_hw):
+        raise UserError(
+            f"image {path} decodes to {found[0]}x{found[1]} but instances.json gives "
+            f"{expected_hw[0]}x{expected_hw[1]}: its masks would not line up. Replace "
+            "it with the original file (a rotated or re-encoded copy?)"
+        )
+    return resize_rgb(image, height, width)
 
 
 def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
