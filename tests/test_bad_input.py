@@ -292,3 +292,20 @@ def test_decompression_bomb_is_refused_naming_the_image(tmp_path, monkeypatch):
     Image.new("1", (200, 200)).save(bomb)
     with pytest.raises(UserError, match=rf"cannot decode image {bomb}: Image size \(40000"):
         load_resized_image(bomb, 32, 48)
+
+
+def test_sixteen_bit_grey_keeps_its_picture_and_wider_pixels_are_refused(tmp_path):
+    """Pillow's own RGB conversion clips a 16-bit grey PNG at 255 (a ramp turns white)."""
+    from rsis.data.cache import open_rgb
+    from rsis.errors import UserError
+
+    ramp = np.linspace(0, 65535, 60 * 100).reshape(60, 100).astype(np.uint16)
+    sixteen = tmp_path / "ramp16.png"
+    Image.fromarray(ramp).save(sixteen)
+    rgb = np.asarray(open_rgb(sixteen))
+    assert rgb.shape == (60, 100, 3)
+    np.testing.assert_array_equal(rgb[..., 1], ramp >> 8)
+    floats = tmp_path / "depth.tiff"
+    Image.fromarray(ramp.astype(np.float32) / 65535).save(floats)
+    with pytest.raises(UserError, match=r"depth\.tiff has 32-bit float pixels \(Pillow mode F\)"):
+        open_rgb(floats)

@@ -47,9 +47,24 @@ def open_rgb(path: Path, upright: bool = False) -> Image.Image:
     """
     try:
         with Image.open(path) as image:
-            return (ImageOps.exif_transpose(image) if upright else image).convert("RGB")
+            return _eight_bit_rgb(ImageOps.exif_transpose(image) if upright else image, path)
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
         raise UserError(f"cannot decode image {path}: {error}. Replace or remove it.") from error
+
+
+def _eight_bit_rgb(image: Image.Image, path: Path) -> Image.Image:
+    """``image`` as 8-bit RGB. Pillow's own conversion clips 16-bit grey (a 16-bit PNG) at 255,
+    which turns most of it white, so those keep their top 8 bits; 32-bit integer or float
+    pixels have no range to map from and are refused."""
+    if image.mode.startswith("I;16"):
+        top_bits = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
+        return Image.fromarray(top_bits, "L").convert("RGB")
+    if image.mode in ("I", "F"):
+        raise UserError(
+            f"image {path} has 32-bit {'float' if image.mode == 'F' else 'integer'} pixels "
+            f"(Pillow mode {image.mode}), whose range rsis cannot know: save it as 8-bit RGB"
+        )
+    return image.convert("RGB")
 
 
 def resize_rgb(image: Image.Image, height: int, width: int) -> np.ndarray:
