@@ -127,18 +127,22 @@ class Predictor:
                 out = self.model(image, text[None, start : start + self.chunk])
             logits.append(out[0].float())
         logits = torch.cat(logits)
-        full = resize_scores(logits, original)
-        probabilities = torch.sigmoid(full)
-        masks = full > 0
-        area = masks.sum(dim=(1, 2)).clamp(min=1)
-        scores = (probabilities * masks).sum(dim=(1, 2)) / area
+        # One expression at a time: a 24-megapixel photo's float map is 96 MB per expression.
+        masks = np.empty((len(expressions), *original), bool)
+        scores = np.zeros(len(expressions), np.float32)
+        for index, logit in enumerate(logits):
+            full = resize_scores(logit[None], original)[0]
+            mask = full > 0
+            masks[index] = mask.cpu().numpy()
+            if masks[index].any():
+                scores[index] = torch.sigmoid(full[mask]).mean().item()
         return Prediction(
             photo=np.asarray(photo),
             orientation="exif" if self.upright else "stored",
             expressions=list(expressions),
-            masks=masks.cpu().numpy(),
+            masks=masks,
             network_masks=(logits > 0).cpu().numpy(),
-            scores=scores.cpu().numpy(),
+            scores=scores,
         )
 
 

@@ -63,6 +63,8 @@ def test_predict_on_a_real_photo(run_dir, tmp_path):
             assert mask.size == size
             assert int((np.asarray(mask) > 0).sum()) == record["area"]
         assert record["rle"]["size"] == [size[1], size[0]]
+        # mean probability over pixels whose logit is > 0: above one half, or 0 when empty
+        assert 0.5 < record["score"] <= 1 if record["area"] else record["score"] == 0
     with Image.open(tmp_path / result["overlay"]) as overlay:
         assert overlay.size[0] == size[0] + 2 * GAP_PX and overlay.size[1] > size[1]
 
