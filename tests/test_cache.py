@@ -33,6 +33,22 @@ def val_cache(sample_refer, tmp_path_factory):
     return path
 
 
+def test_mask_rows_and_picks_read_like_the_whole_split_and_survive_pickling(val_cache):
+    """Masks are read chunk by chunk through a kept handle; a pickled cache (what a
+    DataLoader worker receives) drops the handle and opens its own."""
+    import pickle
+
+    cache = SplitCache(val_cache)
+    every = cache.masks(slice(None))
+    np.testing.assert_array_equal(cache.masks(slice(3, 9)), every[3:9])
+    np.testing.assert_array_equal(cache.masks(slice(3, 9), np.array([4, 0])), every[[7, 3]])
+    copy = pickle.loads(pickle.dumps(cache))  # after a read: the open handle is not pickled
+    np.testing.assert_array_equal(copy.masks(slice(10, 13)), every[10:])
+    np.testing.assert_array_equal(copy.image(2), cache.image(2))
+    cache.close()
+    np.testing.assert_array_equal(cache.masks(slice(0, 2)), every[:2])  # reopens
+
+
 def test_cache_round_trips_direct_decoding(sample_refer, val_cache):
     from rsis.data.cache import load_resized_image, resize_mask
 

@@ -73,6 +73,7 @@ class SplitCache:
         self.image_id: np.ndarray = index["image_id"]
         self.image_hw: np.ndarray = index["image_hw"]
         self._file: h5py.File | None = None
+        self._pixels: tuple[h5py.Dataset, h5py.Dataset] | None = None  # images, masks
 
     @property
     def split(self) -> str:
@@ -116,24 +117,30 @@ class SplitCache:
             )
         return np.asarray([row_of[int(ref)] for ref in ref_ids], np.int64)
 
-    def _handle(self) -> h5py.File:
-        if self._file is None:
+    def _datasets(self) -> tuple[h5py.Dataset, h5py.Dataset]:
+        """The images and masks datasets, opened on first use and kept (a group lookup costs
+        as much as reading an image)."""
+        if self._pixels is None:
             self._file = h5py.File(self.path, "r")
-        return self._file
+            self._pixels = (self._file["images"], self._file["masks"])
+        return self._pixels
 
     def image(self, row: int) -> np.ndarray:
         """Image row ``row`` as (H, W, 3) uint8 RGB.
 
-        Each image is one uncompressed chunk: reading the chunk's bytes directly skips h5py's
-        selection machinery (several times faster per call).
+        Each image (and each mask) is one uncompressed chunk: reading the chunk's bytes
+        directly skips h5py's selection machinery (several times faster per call).
         """
-        images = self._handle()["images"]
+        images, _ = self._datasets()
         _, raw = images.id.read_direct_chunk((row, 0, 0, 0))
         return np.frombuffer(raw, np.uint8).reshape(images.shape[1:])
 
     def masks(self, rows: slice, pick: np.ndarray | None = None) -> np.ndarray:
         """Masks of the referent rows ``rows`` (then ``pick`` among them): (N, H, W) uint8 0/1."""
-        packed = self._handle()["masks"][rows]
+        _, masks = self._datasets()
+        chunks = range(*rows.indices(masks.shape[0]))
+        raw = b"".join(masks.id.read_direct_chunk((row, 0, 0))[1] for row in chunks)
+        packed = np.frombuffer(raw, np.uint8).reshape(len(chunks), *masks.shape[1:])
         if pick is not None:
             packed = packed[pick]
         return np.unpackbits(packed, axis=-1, count=self.size[1])
@@ -141,7 +148,7 @@ class SplitCache:
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
-            self._file = None
+            self._file = self._pixels = None
 
     def __enter__(self) -> SplitCache:
         return self
@@ -151,4 +158,4 @@ class SplitCache:
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle without the HDF5 handle: each DataLoader worker opens its own."""
-        return {**self.__dict__, "_file": None}
+        return {**self.__dict__, "_file": None, "_pixels": None}
