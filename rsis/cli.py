@@ -1,4 +1,4 @@
-"""The ``rsis`` command: one subcommand per pipeline step.
+"""The rsis command: one subcommand per pipeline step.
 
 Only the module of the chosen subcommand is imported, so ``rsis prepare`` does not pay for
 importing transformers and ``rsis --help`` answers at once.
