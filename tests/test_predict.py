@@ -163,15 +163,13 @@ def test_export_refuses_another_text_pipeline(demo_pipeline, run_dir, tmp_path):
 
 def test_overlay_legend_wraps_a_long_expression_on_a_narrow_photo(tmp_path):
     """A 359-pixel-wide photo and a 20-word expression: the legend wraps, nothing is cut."""
+    grey = np.full((300, 359, 3), 90, np.uint8)
     photo = tmp_path / "narrow.png"
-    Image.fromarray(np.full((300, 359, 3), 90, np.uint8)).save(photo)
+    Image.fromarray(grey).save(photo)
     long = " ".join(["the", "small", "red", "circle", "to", "the", "left", "of", "the", "big"] * 2)
     masks = np.zeros((2, 300, 359), bool)
     masks[0, 50:150, 50:150] = masks[1, 200:250, 200:300] = True
-    photo_pixels = np.full((300, 359, 3), 90, np.uint8)
-    prediction = Prediction(
-        photo_pixels, "stored", [long, "sky"], masks, masks[:, ::5, ::5], np.ones(2)
-    )
+    prediction = Prediction(grey, "stored", [long, "sky"], masks, masks[:, ::5, ::5], np.ones(2))
     result = write_outputs(photo, prediction, tmp_path / "out")
     with Image.open(tmp_path / "out" / result["overlay"]) as png:
         pixels = np.asarray(png.convert("RGB"))
