@@ -29,7 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "features": ("rsis.features", "a frozen encoder's features of every split image, once"),
     "train": ("rsis.train", "train one RRIS configuration"),
     "evaluate": ("rsis.evaluate", "score a checkpoint on one or more splits"),
-    "score": ("rsis.score", "score any model's predicted masks under a peer's protocol"),
+    "score": (
+        "rsis.score",
+        "score any model's predicted masks (JSON of sent_id + RLE) under a peer's protocol",
+    ),
     "tables": ("rsis.tables", "the paper's Table 1 and Table 2 beside our numbers"),
     "baselines": ("rsis.baselines", "picture-blind demo baselines"),
     "types": ("rsis.expression_types", "IoU per demo expression type of every run over seeds"),

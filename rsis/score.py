@@ -21,6 +21,7 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from rsis.breakdowns import sample_labels
+from rsis.cli import add_command
 from rsis.data.cache import resize_mask
 from rsis.data.refer import Refer, add_refer_arguments, decode_segmentation, refer_from_args
 from rsis.errors import UserError
@@ -257,9 +258,7 @@ def _score_command(args: argparse.Namespace) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``rsis score``."""
-    p = subparsers.add_parser(
-        "score", help="score predicted masks (JSON of sent_id + RLE) under a peer's protocol"
-    )
+    p = add_command(subparsers, "score")
     add_refer_arguments(p)
     p.add_argument("--split", nargs="+", required=True, help="split(s) scored together, e.g. val")
     p.add_argument(
