@@ -102,6 +102,57 @@ def test_train_processes_other_than_one_per_gpu_are_refused(tmp_path):
     assert "resources.train.processes 2 with gpu 1" in result.stdout + result.stderr
 
 
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (
+            {"figures": {"splits": ["testa"]}},
+            "config.yaml: figures.splits 'testa' is no evaluated split of any dataset "
+            "(test, testA, testB, val): fix its name",
+        ),
+        (
+            {"datasets": {"demo": {"splits": ["train"]}}},
+            "config.yaml: datasets.demo.splits has no split but train",
+        ),
+        (
+            {"datasets": {"demo": {"splits": ["train", "testA", "testB"]}}},
+            "config.yaml: datasets.demo.splits (train, testA, testB) has no val split, "
+            "which training stops early on",
+        ),
+        (
+            {
+                "datasets": {"demo": {"splits": ["val", "testA", "testB"]}},
+                "language": {"fit_split": "val"},
+            },
+            "config.yaml: datasets.demo.splits (val, testA, testB) has no train split, "
+            "which training learns on",
+        ),
+    ],
+    ids=["figure-split", "no-eval-split", "no-val", "no-train"],
+)
+def test_config_that_cannot_finish_is_refused(tmp_path, config, message):
+    result = _dry_run_with_resources(tmp_path, {}, **config)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("config", "where"),
+    [({"foo": 1}, "foo"), ({"settings": {"demo": {"epoch": 3}}}, "settings.demo.epoch")],
+)
+def test_schema_error_is_one_line_naming_the_key(tmp_path, config, where):
+    result = _dry_run_with_resources(tmp_path, {}, **config)
+    assert result.returncode != 0
+    key = where.split(".")[-1]
+    line = (
+        f"config.yaml: {where}: unexpected key ('{key}' was unexpected); "
+        "see workflow/schemas/config.schema.yaml"
+    )
+    output = result.stdout + result.stderr
+    assert line in output.splitlines()
+    assert "$schema" not in output  # not the whole schema and config
+
+
 @pytest.fixture(scope="module")
 def tiny_workflow(tmp_path_factory):
     """A copy of the workflow with a tiny demo config, run once to the end."""

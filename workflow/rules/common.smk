@@ -4,11 +4,34 @@ import re
 import shlex
 from pathlib import Path
 
+from jsonschema import ValidationError
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from rsis.runs import EMBEDDINGS, NATIVE, TrainSettings, expand_grid, grid_tables
 
-validate(config, schema="../schemas/config.schema.yaml")
+
+def schema_error(error):
+    """One line for a schema violation: the key path and the problem."""
+    path = ".".join(str(key) for key in error.absolute_path)
+    problem = error.message
+    if error.validator == "additionalProperties":  # name the unexpected keys themselves
+        known = error.schema.get("properties", {})
+        extra = [str(key) for key in error.instance if key not in known]
+        path = ", ".join(f"{path}.{key}" if path else key for key in extra)
+        # jsonschema: "Additional properties are not allowed ('foo' was unexpected)"
+        _, paren, rest = problem.partition("(")
+        problem = f"unexpected key {paren}{rest}".rstrip()
+    where = f"{path}: " if path else ""
+    return f"config.yaml: {where}{problem}; see workflow/schemas/config.schema.yaml"
+
+
+try:  # also fills in the schema's defaults
+    validate(config, schema="../schemas/config.schema.yaml")
+except WorkflowError as error:
+    if not isinstance(error.__context__, ValidationError):
+        raise
+    raise ValueError(schema_error(error.__context__)) from None
 
 DATASET = config["dataset"]
 if DATASET not in config["datasets"]:
@@ -164,7 +187,15 @@ def text_file(run):
 
 
 def train_inputs(wildcards):
-    """Caches and text files one training run needs."""
+    """Caches and text files one training run needs (refused, naming the split, where the
+    dataset has no train or val split: evaluation-only datasets build no training)."""
+    for split, use in (("train", "learns on"), ("val", "stops early on")):
+        if split not in DS["splits"]:
+            raise ValueError(
+                f"config.yaml: datasets.{DATASET}.splits ({', '.join(DS['splits'])}) has no "
+                f"{split} split, which training {use}: add it, or ask only for targets that "
+                "need no training"
+            )
     run = RUNS[wildcards.run]
     inputs = {
         "train": result("cache/train.h5"),
@@ -257,6 +288,20 @@ wildcard_constraints:
 
 
 EVAL_SPLITS = [split for split in DS["splits"] if split != "train"]
+if not EVAL_SPLITS:
+    raise ValueError(
+        f"config.yaml: datasets.{DATASET}.splits has no split but train: the tables score "
+        "the runs on every other split; add val or a test split"
+    )
+KNOWN_SPLITS = {split for ds in config["datasets"].values() for split in ds["splits"]}
+for split in config["figures"]["splits"]:
+    if split not in KNOWN_SPLITS - {"train"}:
+        raise ValueError(
+            f"config.yaml: figures.splits {split!r} is no evaluated split of any dataset "
+            f"({', '.join(sorted(KNOWN_SPLITS - {'train'}))}): fix its name"
+        )
+# a split the chosen dataset lacks (testA for RefCOCOg) is skipped: switching datasets needs
+# no edit here
 FIGURE_SPLITS = [s for s in config["figures"]["splits"] if s in EVAL_SPLITS]
 FIGURE_RUN = config["figures"]["run"]
 if FIGURE_RUN not in RUNS:
