@@ -38,6 +38,11 @@ def export_bundle(checkpoint: Path, text: Path, out: Path) -> None:
         out: the bundle file.
     """
     payload = load_checkpoint(checkpoint)
+    if payload.get("kind") == BUNDLE_KIND:
+        raise UserError(
+            f"{checkpoint} is a model bundle (what `rsis export` writes), not a training "
+            "checkpoint: give the run's best.pt or last.pt as --checkpoint"
+        )
     table = EmbeddingTable.load(text)
     identity = text_identity(table)
     differences = describe_differences(payload["text"], identity)

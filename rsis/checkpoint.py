@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pickle
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ from rsis.model import RRIS, ModelConfig
 # that its weights file rebuilds is left out, named by ``encoder_digest`` (2 still reads).
 FORMAT_VERSION = 3
 READABLE_VERSIONS = (2, 3)
+NOT_RSIS_FILE = "not a checkpoint or bundle written by rsis (best.pt, last.pt or bundle.pt)"
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -25,12 +29,16 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True`` (no arbitrary objects are built)."""
+    if Path(path).is_dir():
+        raise UserError(f"{path} is a folder: give a checkpoint or bundle file (.pt)")
     if not Path(path).is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # the error below says all; torch adds its own advice
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for corrupt or unsafe files
-        raise UserError(f"{path}: not a readable rsis checkpoint ({error})") from error
+        raise UserError(f"{path}: {_unreadable(error)}") from error
     version = payload.get("format_version") if isinstance(payload, dict) else None
     if version not in READABLE_VERSIONS:
         raise UserError(
@@ -39,6 +47,20 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             "retrain or export it with a matching rsis version"
         )
     return payload
+
+
+def _unreadable(error: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in one line."""
+    text = str(error)
+    unsafe = re.search(r"GLOBAL ([\w.]+)", text)
+    if unsafe:
+        return (
+            f"refused unread: it would build the Python object {unsafe.group(1)}, which no "
+            "rsis file holds; do not load it unrestricted"
+        )
+    if isinstance(error, pickle.UnpicklingError):  # torch's advice there does not apply
+        return f"{NOT_RSIS_FILE}: corrupt or not a torch file"
+    return f"{NOT_RSIS_FILE}: {type(error).__name__} {text.split('. ')[0][:160]}"
 
 
 def require_compatible(

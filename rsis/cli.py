@@ -55,6 +55,17 @@ def add_command(subparsers: argparse._SubParsersAction, name: str) -> argparse.A
     return subparsers.add_parser(name, help=help_text, description=help_text)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """Parser with every subcommand listed; only ``command``'s module is imported.
 
@@ -90,6 +101,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.func(args)
     except (UserError, IdentityMismatchError, FileNotFoundError) as error:
         print(f"rsis {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except (PermissionError, IsADirectoryError, NotADirectoryError) as error:
+        print(
+            f"rsis {args.command}: error: {error.filename}: {error.strerror}; check this path",
+            file=sys.stderr,
+        )
         return 2
     logging.getLogger("rsis").info(usage_line())
     return 0

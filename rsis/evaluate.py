@@ -11,7 +11,7 @@ import torch
 
 from rsis.breakdowns import sample_labels
 from rsis.checkpoint import load_trained_model
-from rsis.cli import add_command
+from rsis.cli import add_command, positive_int
 from rsis.cpu import add_threads_argument, use_threads
 from rsis.data.cache import EXPRESSIONS, SequenceDataset, resize_mask
 from rsis.data.cache_file import SplitCache
@@ -282,7 +282,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     add_threads_argument(p)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument(
         "--original-size",
         action="store_true",

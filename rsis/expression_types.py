@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from rsis.cli import add_command
+from rsis.data.cache import EXPRESSIONS
 from rsis.data.demo.grammar import TEMPLATES
 from rsis.errors import UserError
 from rsis.io import atomic_path
@@ -117,6 +118,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--metrics", nargs="+", required=True, type=Path, help="metrics .json files"
     )
-    parser.add_argument("--expression", default="first", help="first, random or all")
+    parser.add_argument(
+        "--expression",
+        default="first",
+        choices=EXPRESSIONS,
+        help="whose metrics files to read: first, random or all (as rsis evaluate wrote them)",
+    )
     parser.add_argument("--out-dir", required=True, type=Path, help="folder for the tables")
     parser.set_defaults(func=_types_command)

@@ -18,7 +18,10 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise UserError(f"--device {name!r}: give auto, cpu, cuda or cuda:<index>") from error
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {name!r} requested but no CUDA GPU is visible; use --device cpu")
     return device

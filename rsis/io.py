@@ -85,9 +85,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     so. Temporaries of ``path`` left by a killed writer are removed first.
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(final)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    if final.is_dir():
+        raise UserError(f"{final} is a folder: give a file name for this output")
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(final)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    except OSError as error:
+        raise UserError(f"cannot write {final}: {_unwritable(final.parent, error)}") from error
     os.close(fd)
     tmp = Path(tmp_name)
     umask = os.umask(0)
@@ -107,6 +112,33 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def require_writable_folder(folder: str | os.PathLike, what: str) -> None:
+    """Check, creating nothing, that files can be written in ``folder`` (or, where it does not
+    exist yet, in the nearest folder above it), so that a long job refuses a bad output path
+    before it starts, not at its end.
+
+    Args:
+        what: how the user named it, e.g. ``--out photos/``.
+    """
+    folder = Path(folder).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise UserError(f"{what}: {_unwritable(folder, error)}") from error
+
+
+def _unwritable(folder: Path, error: OSError) -> str:
+    """Why nothing can be written in ``folder``, and what to do."""
+    blocker = next((p for p in (folder, *folder.parents) if p.exists()), folder)
+    if not blocker.is_dir():
+        return f"{blocker} is a file, not a folder; give another path"
+    return f"{folder} is not writable ({error.strerror}); give an output path in a writable folder"
 
 
 def plain_attrs(attrs: h5py.AttributeManager) -> dict[str, object]:
@@ -131,10 +163,32 @@ def open_hdf5(path: str | os.PathLike, *, writer: str) -> h5py.File:
         ) from error
 
 
-def read_attrs(path: str | os.PathLike) -> dict[str, object]:
-    """Return the root attributes of an HDF5 file as plain Python values."""
-    with open_hdf5(path, writer="the rsis step that writes it") as f:
+def read_attrs(path: str | os.PathLike, *, writer: str) -> dict[str, object]:
+    """Return the root attributes of an HDF5 file as plain Python values.
+
+    Args:
+        writer: the command that writes such files, e.g. ``rsis embed``.
+    """
+    with open_hdf5(path, writer=writer) as f:
         return plain_attrs(f.attrs)
+
+
+def require_members(
+    f: h5py.File, datasets: Iterable[str], attrs: Iterable[str], *, kind: str, writer: str
+) -> None:
+    """Refuse an HDF5 file that lacks any of the datasets or root attributes that ``writer``
+    always writes (another step's output given by mistake), naming what it lacks.
+
+    Args:
+        kind: what the file should be, e.g. ``a tokens file``.
+    """
+    missing = [name for name in datasets if name not in f]
+    missing += [f"attribute {name}" for name in attrs if name not in f.attrs]
+    if missing:
+        raise UserError(
+            f"{f.filename} is not {kind} from `{writer}` (it lacks {', '.join(missing)}): "
+            f"give the file that `{writer}` writes"
+        )
 
 
 def describe_differences(
@@ -158,18 +212,23 @@ def describe_differences(
     ]
 
 
-def check_identity(path: str | os.PathLike, expected: Mapping[str, object]) -> None:
+def check_identity(path: str | os.PathLike, expected: Mapping[str, object], *, writer: str) -> None:
     """Raise ``IdentityMismatchError`` if ``path``'s attributes differ from ``expected``.
 
     Args:
         path: an HDF5 file written by this package.
         expected: attribute names and the values the caller needs.
+        writer: the command that writes such files, e.g. ``rsis embed``.
     """
     differences = describe_differences(
-        read_attrs(path), expected, found_as="file has", expected_as="expected", keys=expected
+        read_attrs(path, writer=writer),
+        expected,
+        found_as="file has",
+        expected_as="expected",
+        keys=expected,
     )
     if differences:
         raise IdentityMismatchError(
             f"{path} was written by a different pipeline ({'; '.join(differences)}). "
-            "Delete it or rerun the step that writes it."
+            f"Delete it or rerun `{writer}`."
         )

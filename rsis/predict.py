@@ -31,7 +31,7 @@ from rsis.errors import UserError
 from rsis.figures.palette import paint_referents
 from rsis.figures.panels import Row, compose, legend
 from rsis.inference import autocast, resolve_device
-from rsis.io import atomic_path
+from rsis.io import atomic_path, require_writable_folder
 from rsis.metrics import resize_scores
 from rsis.predictions import encode_masks
 from rsis.score import write_predictions_json
@@ -202,7 +202,11 @@ def _jobs(args: argparse.Namespace) -> list[tuple[Path, list[str], list[int] | N
                 continue
             try:
                 record = json.loads(line)
-                expressions = list(record["expressions"])
+                expressions = record["expressions"]
+                if not isinstance(expressions, list) or not all(
+                    isinstance(e, str) for e in expressions
+                ):
+                    raise TypeError("expressions must be a list of strings")
                 sent_ids = record.get("sent_ids")
                 if sent_ids is not None and (
                     len(sent_ids) != len(expressions)
@@ -216,6 +220,8 @@ def _jobs(args: argparse.Namespace) -> list[tuple[Path, list[str], list[int] | N
                     '{"image": "photo.jpg", "expressions": ["...", ...], "sent_ids": [optional]} '
                     f"({error})"
                 ) from error
+        if not jobs:
+            raise UserError(f"{args.batch} holds no jobs: write one JSON object per line")
         return jobs
     if not args.image:
         raise UserError("give --image with --expr, or --batch FILE.jsonl")
@@ -224,14 +230,15 @@ def _jobs(args: argparse.Namespace) -> list[tuple[Path, list[str], list[int] | N
 
 def check_jobs(jobs: list[tuple[Path, list[str], list[int] | None]], out_dir: Path) -> None:
     """Refuse, before any model is loaded, what would fail late: a missing image, an empty
-    expression, an ``--out`` that is a file."""
+    expression, an ``--out`` that is a file or cannot be written."""
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} is a file: give a folder (it is created if missing)")
+    require_writable_folder(out_dir, f"--out {out_dir}")
     for number, (image, expressions, _) in enumerate(jobs, 1):
         if not image.is_file():
             raise UserError(f"job {number}: image {image} not found")
         if not expressions:
-            raise UserError(f"job {number} ({image}): no expressions; give at least one --expr")
+            raise UserError(f"job {number} ({image}): no expressions; give at least one")
         for index, expression in enumerate(expressions, 1):
             if not expression.strip():
                 raise UserError(
@@ -272,6 +279,10 @@ def _predict_command(args: argparse.Namespace) -> None:
     check_jobs(jobs, Path(args.out))
     if args.score_json and any(sent_ids is None for _, _, sent_ids in jobs):
         raise UserError("--score-json needs --batch lines that give sent_ids for every expression")
+    if args.score_json:
+        if Path(args.score_json).is_dir():
+            raise UserError(f"--score-json {args.score_json} is a folder: give a .json file name")
+        require_writable_folder(Path(args.score_json).parent, f"--score-json {args.score_json}")
     if args.score_json and args.orientation == "exif":
         for image, _, _ in jobs:
             if turned_by_exif(image):

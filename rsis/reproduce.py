@@ -25,6 +25,7 @@ from scipy import stats
 from rsis.cli import add_command
 from rsis.errors import UserError
 from rsis.io import atomic_path
+from rsis.summary import read_markdown
 
 TABLES = ("Table 1", "Table 2")
 RULE_SDS = 2.0
@@ -45,11 +46,10 @@ class Cell:
 def read_cells(path: Path) -> dict[tuple[str, str, str], Cell]:
     """Every ``mean ± sd`` cell of Table 1 and Table 2 in a results block, keyed by
     (table, row labels joined by " / ", column title)."""
-    if not path.is_file():
-        raise UserError(f"{path}: no such file; give README.md or a run's summary.md")
+    text = read_markdown(path, "README.md or a run's summary.md")
     cells: dict[tuple[str, str, str], Cell] = {}
     table, header, seeds = None, None, 0
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         if line.startswith("#### "):
             table, header, seeds = line[5:].strip(), None, 0
             continue
@@ -139,6 +139,19 @@ def report(comparison: pd.DataFrame, level: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def level_argument(text: str) -> float:
+    """argparse type of ``--level``: a number strictly between 0 and 1."""
+    try:
+        level = float(text)
+    except ValueError:
+        level = float("nan")
+    if not 0 < level < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a test level: give a number between 0 and 1 (exclusive), e.g. 0.05"
+        )
+    return level
+
+
 def _reproduce_command(args: argparse.Namespace) -> None:
     comparison = compare(read_cells(args.reference), read_cells(args.rerun), args.level)
     text = report(comparison, args.level)
@@ -153,6 +166,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = add_command(subparsers, "reproduce")
     p.add_argument("--reference", type=Path, required=True, help="e.g. README.md")
     p.add_argument("--rerun", type=Path, required=True, help="e.g. results/demo/summary.md")
-    p.add_argument("--level", type=float, default=0.05, help="Welch test level (0.05)")
+    p.add_argument(
+        "--level", type=level_argument, default=0.05, help="Welch test level, in (0, 1) (0.05)"
+    )
     p.add_argument("--out", type=Path, help="also write the report here (markdown)")
     p.set_defaults(func=_reproduce_command)

@@ -21,7 +21,7 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from rsis.breakdowns import sample_labels
-from rsis.cli import add_command
+from rsis.cli import add_command, positive_int
 from rsis.data.cache import resize_mask
 from rsis.data.refer import Refer, add_refer_arguments, decode_segmentation, refer_from_args
 from rsis.errors import UserError
@@ -277,7 +277,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--network-size",
-        type=int,
+        type=positive_int,
         nargs=2,
         default=(240, 427),
         metavar=("H", "W"),

@@ -29,6 +29,36 @@ PARTS: tuple[tuple[str, str], ...] = (
     ("convergence.md", "Convergence"),
     ("findings.md", "Findings"),
 )
+# The command that writes each part, named when a part is empty.
+WRITERS = {
+    "table1.md": "rsis tables",
+    "table2.md": "rsis tables",
+    "baselines.md": "rsis baselines",
+    "expression_types.md": "rsis types",
+    "convergence.md": "rsis convergence",
+    "findings.md": "rsis findings",
+}
+
+
+def read_markdown(path: Path, what: str) -> str:
+    """The text of a Markdown file the user named; a missing, folder or non-UTF-8 path is a
+    ``UserError`` naming it.
+
+    Args:
+        what: what the file should be, for the message (e.g. ``a results part``).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder: give {what} (a Markdown file)")
+    if not path.is_file():
+        raise UserError(f"{path}: no such file; give {what}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise UserError(
+            f"{path} is not UTF-8 text (byte {error.start}: {error.reason}): give {what} "
+            "(a Markdown file)"
+        ) from error
 
 
 def machine() -> str:
@@ -73,7 +103,15 @@ def summary_markdown(parts: Sequence[Path], where: str, revision: str) -> str:
     names = dict(PARTS)
     sections = []
     for path in parts:
-        text = Path(path).read_text().strip()
+        text = read_markdown(path, "a results part written by the pipeline").strip()
+        if not text:
+            writer = WRITERS.get(Path(path).name)
+            fix = (
+                f"rerun `{writer}` (or snakemake) to write it"
+                if writer
+                else "write its content or leave it out of --parts"
+            )
+            raise UserError(f"results part {path} is empty: {fix}")
         title = names.get(Path(path).name, Path(path).stem)
         sections.append(text if text.startswith("# ") else f"#### {title}\n\n{text}")
     body = "\n\n".join(_demote(section) for section in sections)
@@ -97,11 +135,14 @@ def splice(readme: str, block: str, path: Path) -> str:
 
 
 def _summary_command(args: argparse.Namespace) -> None:
+    """Check every input (parts, README and its markers) before writing anything."""
     block = summary_markdown(args.parts, machine(), commit())
+    if args.readme:
+        readme = read_markdown(args.readme, "README.md with the results markers")
+        updated = splice(readme, block, args.readme)
     with atomic_path(args.out) as tmp:
         tmp.write_text(block)
     if args.readme:
-        updated = splice(args.readme.read_text(), block, args.readme)
         with atomic_path(args.readme) as tmp:
             tmp.write_text(updated)
 

@@ -406,14 +406,43 @@ def write_tables(
         tmp.write_text(expression_check(records))
 
 
+# The keys of config.yaml's grid that the tables read (workflow/schemas/config.schema.yaml).
+GRID_KEYS: dict[str, tuple[str, ...]] = {
+    "table1": ("embeddings", "transforms", "dims", "order", "batch_size"),
+    "table2": ("embedding", "transform", "dim", "runs"),
+}
+GRID_RUN_KEYS = ("order", "batch_size")  # of each grid.table2.runs entry
+
+
+def _require_keys(value: object, keys: Sequence[str], where: str) -> None:
+    """Refuse a grid block that is not a mapping or lacks one of ``keys``, naming it."""
+    if not isinstance(value, dict):
+        raise UserError(
+            f"--grid: grid.{where} must be a mapping with {', '.join(keys)}, got {value!r}"
+        )
+    missing = [key for key in keys if key not in value]
+    if missing:
+        raise UserError(
+            f"--grid: grid.{where} lacks {', '.join(missing)}: pass config.yaml's whole "
+            "`grid` as JSON"
+        )
+
+
 def parse_grid(text: str) -> dict:
-    """``--grid``: the grid as JSON (or YAML) text."""
+    """``--grid``: the grid as JSON (or YAML) text, with every key the tables read."""
     try:
         grid = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise UserError(f"--grid is not JSON or YAML ({error})") from error
     if not isinstance(grid, dict) or not {"table1", "table2"} <= set(grid):
         raise UserError("--grid must be config.yaml's `grid` mapping, with table1 and table2")
+    for table, keys in GRID_KEYS.items():
+        _require_keys(grid[table], keys, table)
+    runs = grid["table2"]["runs"]
+    if not isinstance(runs, list):
+        raise UserError(f"--grid: grid.table2.runs must be a list of runs, got {runs!r}")
+    for number, run in enumerate(runs):
+        _require_keys(run, GRID_RUN_KEYS, f"table2.runs[{number}]")
     return grid
 
 

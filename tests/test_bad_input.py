@@ -309,3 +309,13 @@ def test_sixteen_bit_grey_keeps_its_picture_and_wider_pixels_are_refused(tmp_pat
     Image.fromarray(ramp.astype(np.float32) / 65535).save(floats)
     with pytest.raises(UserError, match=r"depth\.tiff has 32-bit float pixels \(Pillow mode F\)"):
         open_rgb(floats)
+
+
+def test_prepare_names_a_wrong_image_folder_before_reading(sample_copy, tmp_path, capsys):
+    out = tmp_path / "val.h5"
+    assert _prepare(sample_copy, out, images=tmp_path / "nodir") == 2
+    assert f"--images {tmp_path / 'nodir'} does not exist" in _error(capsys)
+    (tmp_path / "empty").mkdir()
+    assert _prepare(sample_copy, out, images=tmp_path / "empty") == 2
+    assert f"image folder {tmp_path / 'empty'} holds none of the" in _error(capsys)
+    assert _nothing_written(out)

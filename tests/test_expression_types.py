@@ -8,6 +8,7 @@ import math
 import pandas as pd
 import pytest
 
+from rsis.cli import main
 from rsis.errors import UserError
 from rsis.expression_types import register
 from rsis.metrics import CONVENTIONS, write_metrics_json
@@ -101,3 +102,13 @@ def test_types_refuse_two_files_for_one_seed_and_split(tmp_path):
     copy.write_text(first.read_text())
     with pytest.raises(UserError, match="seed 0 split val appears twice"):
         _run_types([first, copy], tmp_path)
+
+
+def test_types_refuse_an_expression_evaluate_does_not_write(tmp_path, capsys):
+    path = _write(tmp_path, 0, "val", {"attribute": (0.5, 0.5, 2)})
+    argv = ["types", "--metrics", str(path), "--out-dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--expression", "bogus"])
+    assert exit_.value.code == 2
+    assert "argument --expression: invalid choice: 'bogus'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rsis.bundle import export_bundle, load_bundle
-from rsis.checkpoint import FORMAT_VERSION, load_checkpoint, load_trained_model
+from rsis.bundle import BUNDLE_KIND, export_bundle, load_bundle
+from rsis.checkpoint import FORMAT_VERSION, load_checkpoint, load_trained_model, save_checkpoint
 from rsis.cli import main
 from rsis.errors import UserError
 from rsis.model import RRIS
@@ -124,3 +124,16 @@ def test_a_format_2_checkpoint_with_the_whole_model_still_loads(
     assert isinstance(model, RRIS)
     for key, value in trainer.model.state_dict().items():
         torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_export_refuses_a_bundle_as_its_checkpoint(demo_pipeline, tmp_path, capsys):
+    bundle = tmp_path / "bundle.pt"
+    save_checkpoint(bundle, {"kind": BUNDLE_KIND, "model": {}, "text": {}})
+    argv = ["export", "--checkpoint", str(bundle), "--out", str(tmp_path / "again.pt")]
+    assert main([*argv, "--text", str(demo_pipeline / "text/mean~pca~8.h5")]) == 2
+    error = capsys.readouterr().err
+    assert (
+        f"rsis export: error: {bundle} is a model bundle (what `rsis export` writes), not a "
+        "training checkpoint: give the run's best.pt or last.pt" in error
+    )
+    assert not (tmp_path / "again.pt").exists()

@@ -13,7 +13,7 @@ import torch
 
 from rsis.cli import main
 from rsis.errors import UserError
-from rsis.io import atomic_path
+from rsis.io import atomic_path, require_writable_folder
 from tests.conftest import SAMPLE_ROOT
 
 IMAGES = SAMPLE_ROOT / "images/mscoco/images/train2014"
@@ -111,3 +111,26 @@ def test_prepare_on_a_really_full_disk(tiny_filesystem, capsys):
     error = capsys.readouterr().err
     assert f"disk full: {out} needs about 1.4 MiB but {tiny_filesystem} has 0.2 MiB free" in error
     assert list(tiny_filesystem.iterdir()) == []
+
+
+def test_an_output_path_that_cannot_be_written_is_named(tmp_path):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    deeper = a_file / "deeper" / "out.md"
+    with pytest.raises(UserError, match=r"notes\.txt is a file, not a folder"), atomic_path(deeper):
+        pass
+    with pytest.raises(UserError, match="is a folder: give a file name"), atomic_path(tmp_path):
+        pass
+    with pytest.raises(UserError, match=r"--out x: .*notes\.txt is a file, not a folder"):
+        require_writable_folder(a_file / "masks", "--out x")
+    before = sorted(tmp_path.iterdir())
+    require_writable_folder(tmp_path / "new" / "folder", "--out y")
+    assert sorted(tmp_path.iterdir()) == before  # nothing created, the probe file gone
+
+
+def test_a_folder_given_for_an_input_file_is_one_line(tmp_path, capsys):
+    out = tmp_path / "convergence.md"
+    assert main(["convergence", "--records", str(tmp_path), "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == f"rsis convergence: error: {tmp_path}: Is a directory; check this path"
+    assert not out.exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -152,6 +153,34 @@ def test_clear_errors(run_dir, tmp_path):
     bad.write_text('{"image": "x.jpg"}\n')
     args = ["predict", "--model", str(run_dir / "bundle.pt"), "--batch", str(bad)]
     assert main(args) == 2
+
+
+def test_bad_jobs_and_outputs_are_refused_before_the_model_runs(run_dir, tmp_path, capsys):
+    model = ["predict", "--model", str(run_dir / "bundle.pt")]
+    empty, one_string = tmp_path / "empty.jsonl", tmp_path / "string.jsonl"
+    empty.write_text("\n\n")
+    one_string.write_text(json.dumps({"image": str(PHOTO), "expressions": "red"}) + "\n")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    photo = ["--image", str(PHOTO), "--expr", "the dog"]
+    cases = [
+        ([*model, "--batch", str(empty), "--out", str(tmp_path)], "holds no jobs"),
+        (
+            [*model, "--batch", str(one_string), "--out", str(tmp_path)],
+            "line 1: expected .* \\(expressions must be a list of strings\\)",
+        ),
+        ([*model, *photo, "--out", str(a_file / "out")], "notes.txt is a file, not a folder"),
+        ([*model, *photo, "--out", str(tmp_path), "--device", "gpu0"], "--device 'gpu0': give"),
+    ]
+    for args, message in cases:
+        assert main(args) == 2
+        assert re.search(message, capsys.readouterr().err), message
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"image": str(PHOTO), "expressions": ["sky"], "sent_ids": [7]}))
+    args = [*model, "--batch", str(jobs), "--out", str(tmp_path / "out")]
+    assert main([*args, "--score-json", str(tmp_path)]) == 2
+    assert "is a folder: give a .json file name" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before any mask was written
 
 
 def test_export_refuses_another_text_pipeline(demo_pipeline, run_dir, tmp_path):

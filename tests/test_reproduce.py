@@ -123,3 +123,20 @@ def test_missing_cells_and_blocks_without_tables_are_refused(tmp_path: Path) -> 
     ragged = write(tmp_path, "ragged.md", block(["| Random | 16 | 70.00 ± 1.00 (1) |"]))
     with pytest.raises(UserError, match="a row of Table 2 has 3 cells, its header 4"):
         read_cells(ragged)
+
+
+def test_a_level_outside_0_1_and_a_non_utf8_block_are_refused(tmp_path: Path, capsys) -> None:
+    reference = write(
+        tmp_path, "ref.md", block(["| Random | 32 | 50.00 ± 0.50 (1) | 60.00 ± 2.00 (1) |"])
+    )
+    argv = ["reproduce", "--reference", str(reference), "--rerun", str(reference)]
+    for level in ("2", "-0.1", "0", "1"):
+        with pytest.raises(SystemExit) as exit_:
+            main([*argv, f"--level={level}"])
+        assert exit_.value.code == 2
+        assert f"argument --level: '{level}' is not a test level" in capsys.readouterr().err
+    binary = tmp_path / "bin.md"
+    binary.write_bytes(b"#### Table 2\n\xff\xfe\x00 not text")
+    rerun = ["reproduce", "--reference", str(reference), "--rerun", str(binary)]
+    assert main(rerun) == 2
+    assert f"rsis reproduce: error: {binary} is not UTF-8 text" in capsys.readouterr().err

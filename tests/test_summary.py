@@ -33,3 +33,28 @@ def test_summary_writes_the_parts_and_replaces_only_readmes_block(tmp_path):
 def test_a_readme_without_markers_is_refused(tmp_path):
     with pytest.raises(UserError, match="needs one"):
         splice("# no markers\n", "block\n", tmp_path / "README.md")
+
+
+def test_summary_checks_every_input_before_writing(tmp_path, capsys):
+    part = tmp_path / "table1.md"
+    part.write_text("Table 1 caption\n\n| a |\n|:--|\n| 1 |\n")
+    no_markers = tmp_path / "README.md"
+    no_markers.write_text("# Title\n\nno results block\n")
+    empty, binary, folder = tmp_path / "table2.md", tmp_path / "bin.md", tmp_path / "folder"
+    empty.write_text("\n")
+    binary.write_bytes(b"# Findings\n\xff\xfe\x00")
+    folder.mkdir()
+    out = tmp_path / "summary.md"
+    cases = [
+        (["--parts", str(part), "--readme", str(tmp_path / "missing.md")], "missing.md: no such"),
+        (["--parts", str(part), "--readme", str(no_markers)], "README.md needs one"),
+        (["--parts", str(part), str(empty)], f"results part {empty} is empty: rerun `rsis tables`"),
+        (["--parts", str(binary)], f"{binary} is not UTF-8 text"),
+        (["--parts", str(folder)], f"{folder} is a folder: give a results part"),
+    ]
+    for argv, message in cases:
+        assert main(["summary", *argv, "--out", str(out)]) == 2, argv
+        error = capsys.readouterr().err
+        assert "rsis summary: error: " in error and message in error, error
+        assert not out.exists(), argv
+    assert no_markers.read_text() == "# Title\n\nno results block\n"

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from rsis.cli import main
 from rsis.errors import UserError
 from rsis.metrics import CONVENTIONS, write_metrics_json
 from rsis.runs import RunSpec, expand_grid, grid_tables
@@ -226,3 +227,20 @@ def test_cells_over_seeds_show_mean_and_sd(tmp_path):
         in (out / "table2.md").read_text()
     )
     assert "mean ± sd over seeds 0, 1" in (out / "table2.md").read_text()
+
+
+def test_a_grid_without_the_keys_the_tables_read_is_refused(tmp_path, capsys):
+    paths = write_fixture(tmp_path, FIXTURE[:1])
+    argv = ["tables", "--metrics", *map(str, paths), "--out-dir", str(tmp_path / "out")]
+    argv += ["--dataset-label", "RefCOCO sample", "--grid"]
+    table2_run = {**GRID, "table2": {**GRID["table2"], "runs": [{"order": "area"}]}}
+    cases = [
+        ({"table1": {}, "table2": {}}, "grid.table1 lacks embeddings, transforms, dims, order"),
+        ({**GRID, "table2": {"runs": []}}, "grid.table2 lacks embedding, transform, dim:"),
+        (table2_run, "grid.table2.runs[0] lacks batch_size:"),
+    ]
+    for grid, message in cases:
+        assert main([*argv, json.dumps(grid)]) == 2
+        error = capsys.readouterr().err
+        assert f"rsis tables: error: --grid: {message}" in error, error
+    assert not (tmp_path / "out").exists()

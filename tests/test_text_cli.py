@@ -102,6 +102,74 @@ def test_tokenize_with_an_unavailable_hub_model_fails_clearly(tmp_path, capsys):
     assert "HF_HOME" in capsys.readouterr().err
 
 
+def _error(capsys) -> str:
+    """The one ``rsis <cmd>: error:`` line of the last command."""
+    lines = [line for line in capsys.readouterr().err.splitlines() if ": error: " in line]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_embed_and_reduce_name_the_step_that_writes_each_input(text_dir, tmp_path, capsys):
+    empty, missing = tmp_path / "empty.h5", tmp_path / "missing.h5"
+    empty.write_bytes(b"")
+    split_cache = tmp_path / "val.h5"  # an HDF5 file of another step (rsis prepare)
+    with h5py.File(split_cache, "w") as f:
+        f.create_dataset("images", data=np.zeros((1, 2, 2, 3), np.uint8))
+        f.attrs["split"] = "val"
+    tokens, embeddings = str(text_dir / "tokens.h5"), str(text_dir / "embeddings.h5")
+    embed = ["embed", "--model", "minilm", "--out", str(tmp_path / "e.h5"), "--tokens"]
+    reduce = ["reduce", "--embedding", "mean", "--transform", "none", "--dim", "native"]
+    reduce += ["--out", str(tmp_path / "r.h5")]
+    cases = [
+        ([*embed, str(empty)], f"{empty} is not a readable HDF5 file", "rerun `rsis tokenize`"),
+        ([*embed, str(missing)], f"{missing} not found", "run `rsis tokenize`"),
+        (
+            [*embed, str(split_cache)],
+            f"{split_cache} is not a tokens file from `rsis tokenize`",
+            "give the file that `rsis tokenize` writes",
+        ),
+        (
+            [*reduce, "--tokens", tokens, "--embeddings", str(empty)],
+            f"{empty} is not a readable HDF5 file",
+            "rerun `rsis embed`",
+        ),
+        (
+            [*reduce, "--tokens", str(empty), "--embeddings", embeddings],
+            f"{empty} is not a readable HDF5 file",
+            "rerun `rsis tokenize`",
+        ),
+        (
+            [*reduce, "--tokens", tokens, "--embeddings", tokens],
+            f"{tokens} is not an embeddings file from `rsis embed` (it lacks pooled, mean",
+            "give the file that `rsis embed` writes",
+        ),
+    ]
+    for argv, what, fix in cases:
+        assert main(argv) == 2, argv
+        error = _error(capsys)
+        assert what in error and fix in error and "the rsis step" not in error, error
+    assert not (tmp_path / "e.h5").exists() and not (tmp_path / "r.h5").exists()
+
+
+def test_tokenize_with_a_folder_without_a_tokenizer_fails_clearly(tmp_path, capsys):
+    sample = ["--refs-root", str(SAMPLE_ROOT), "--dataset", "refcoco", "--split-by", "unc"]
+    bare, config_only = tmp_path / "bare", tmp_path / "config_only"
+    bare.mkdir()
+    config_only.mkdir()  # transformers makes a BERT tokenizer of 5 special tokens from this
+    (config_only / "config.json").write_text('{"model_type": "bert"}')
+    reasons = {
+        bare: "holds no tokenizer transformers can load",
+        config_only: "holds no tokenizer vocabulary",
+    }
+    for folder, reason in reasons.items():
+        argv = ["tokenize", *sample, "--model", str(folder), "--out", str(tmp_path / "t.h5")]
+        assert main(argv) == 2
+        error = _error(capsys)
+        assert f"model '{folder}': {folder} {reason}" in error
+        assert "save_pretrained" in error
+    assert not (tmp_path / "t.h5").exists()
+
+
 @pytest.fixture
 def restore_threads():
     threads = torch.get_num_threads()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -94,15 +95,38 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(demo_pipeline, tmp_pa
     assert (tmp_path / "last.pt").read_bytes() == good
 
 
-def test_checkpoints_load_without_unpickling_objects(tmp_path):
-    class Payload:
-        def __reduce__(self):
-            return (print, ("executed",))
+class _TouchesAFile:
+    """Unpickling it would create ``path``: proof that code ran."""
 
-    path = tmp_path / "evil.pt"
-    path.write_bytes(pickle.dumps({"format_version": 1, "x": Payload()}))
-    with pytest.raises(UserError, match="not a readable rsis checkpoint"):
-        load_checkpoint(path)
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_checkpoints_load_without_unpickling_objects(tmp_path):
+    """torch's zip format names the object it refuses; a bare pickle is refused as not a
+    torch file; neither runs the payload's code."""
+    ran = tmp_path / "ran"
+    zipped, bare = tmp_path / "evil.pt", tmp_path / "evil-pickle.pt"
+    torch.save({"format_version": 3, "x": _TouchesAFile(ran)}, zipped)
+    bare.write_bytes(pickle.dumps({"format_version": 3, "x": _TouchesAFile(ran)}))
+    with pytest.raises(
+        UserError, match=r"evil\.pt: refused unread: it would build the Python object"
+    ):
+        load_checkpoint(zipped)
+    with pytest.raises(UserError, match=r"evil-pickle\.pt: not a checkpoint .*: corrupt or not a"):
+        load_checkpoint(bare)
+    assert not ran.exists()
+
+
+def test_a_folder_or_text_file_is_no_checkpoint(tmp_path):
+    (tmp_path / "notes.pt").write_text("hello")
+    with pytest.raises(UserError, match="is a folder: give a checkpoint or bundle file"):
+        load_checkpoint(tmp_path)
+    with pytest.raises(UserError, match=r"notes\.pt: not a checkpoint or bundle written by rsis"):
+        load_checkpoint(tmp_path / "notes.pt")
 
 
 def test_evaluate_scores_every_referent(demo_pipeline, trained):

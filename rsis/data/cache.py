@@ -338,8 +338,27 @@ def collate_sequences(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.T
     return batch
 
 
+def _check_image_folder(refer: Refer, split: str) -> None:
+    """Refuse an image folder that holds none of the split's images (the wrong folder)."""
+    names = [refer.images[i]["file_name"] for i in refer.refs_by_image(split) if i in refer.images]
+    folder = refer.image_dir
+    if names and folder.is_dir() and not any((folder / name).is_file() for name in names):
+        raise UserError(
+            f"image folder {folder} holds none of the {len(names)} images of split {split!r} "
+            f"(e.g. {names[0]}): give the folder that holds them as --images (the dataset's "
+            "`images` in config.yaml)"
+        )
+
+
 def _prepare_command(args: argparse.Namespace) -> None:
+    if args.images and not Path(args.images).is_dir():  # checked before anything is read
+        state = "is not a folder" if Path(args.images).exists() else "does not exist"
+        raise UserError(
+            f"--images {args.images} {state}: give the folder that holds the dataset's images "
+            "(the dataset's `images` in config.yaml)"
+        )
     refer = refer_from_args(args)
+    _check_image_folder(refer, args.split)
     counts = write_cache(refer, args.split, Path(args.out), args.height, args.width)
     log.info("wrote %s: %s", args.out, counts)
 

@@ -127,11 +127,13 @@ def embed_sequences(
 
 def _embed_command(args: argparse.Namespace) -> None:
     """Embed every expression of a tokens file with the model that tokenized it."""
+    table = read_tokens(args.tokens)  # first: a wrong file is named before any model loads
     source = resolve_model(args.model)
     tokenizer = load_tokenizer(source)
     identity = tokenizer_identity(args.model, tokenizer)
-    check_identity(args.tokens, {k: identity[k] for k in ("vocab_hash", "lowercase")})
-    table = read_tokens(args.tokens)
+    check_identity(
+        args.tokens, {k: identity[k] for k in ("vocab_hash", "lowercase")}, writer="rsis tokenize"
+    )
     model = load_model(source)
     limit = model.config.max_position_embeddings
     if table.lengths.max() > limit:

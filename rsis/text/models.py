@@ -71,8 +71,30 @@ def resolve_model(name: str) -> ModelSource:
 
 
 def load_tokenizer(source: ModelSource) -> PreTrainedTokenizerBase:
-    """Load the model's tokenizer from its directory."""
-    return AutoTokenizer.from_pretrained(source.path)
+    """Load the model's tokenizer from its directory.
+
+    Raises:
+        UserError: the directory holds no tokenizer ``transformers`` can load, or one with no
+            vocabulary beyond its special tokens (only a ``config.json``, say).
+    """
+    fix = (
+        "give a model directory saved with its tokenizer (tokenizer.json or vocab.txt, from "
+        f"`tokenizer.save_pretrained`), a hub id in the Hugging Face cache, or {MINILM}"
+    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.path)
+    except Exception as error:  # transformers raises ValueError, OSError, KeyError, ...
+        first_line = (str(error).strip().splitlines() or [""])[0].rstrip(" :")[:120]
+        raise UserError(
+            f"model {source.name!r}: {source.path} holds no tokenizer transformers can load "
+            f"({type(error).__name__}: {first_line}); {fix}"
+        ) from error
+    if not set(tokenizer.get_vocab()) - set(tokenizer.all_special_tokens):
+        raise UserError(
+            f"model {source.name!r}: {source.path} holds no tokenizer vocabulary (only "
+            f"{len(tokenizer.get_vocab())} special tokens); {fix}"
+        )
+    return tokenizer
 
 
 def load_model(source: ModelSource) -> PreTrainedModel:

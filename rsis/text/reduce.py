@@ -13,7 +13,7 @@ from sklearn.decomposition import PCA
 
 from rsis.cli import add_command
 from rsis.errors import UserError
-from rsis.io import atomic_path, check_identity, read_attrs
+from rsis.io import atomic_path, check_identity, open_hdf5, plain_attrs, require_members
 from rsis.runs import EMBEDDINGS, NATIVE
 from rsis.text.pca import PcaSolution
 from rsis.text.tokenize import read_tokens
@@ -21,6 +21,8 @@ from rsis.text.tokenize import read_tokens
 log = logging.getLogger(__name__)
 
 TRANSFORMS = ("none", "pca")
+# Attributes of an ``rsis embed`` output that reduce reads or copies.
+EMBEDDINGS_ATTRS = ("model", "model_revision", "model_hash", "hidden_size", "tokens_hash")
 
 
 @dataclass
@@ -86,18 +88,35 @@ def reduce_embeddings(
     return Reduction(solution.project(vectors).astype(np.float32), pca)
 
 
+def read_embeddings(path: Path, embedding: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """sent_id, the ``embedding`` vectors and the attributes of an ``rsis embed`` output.
+
+    Raises:
+        UserError: ``path`` is missing, not HDF5, or not an embeddings file (another step's
+            output); the message names it and ``rsis embed``.
+    """
+    with open_hdf5(path, writer="rsis embed") as f:
+        require_members(
+            f,
+            ("sent_id", *EMBEDDINGS),
+            EMBEDDINGS_ATTRS,
+            kind="an embeddings file",
+            writer="rsis embed",
+        )
+        return f["sent_id"][:], f[embedding][:], plain_attrs(f.attrs)
+
+
 def _reduce_command(args: argparse.Namespace) -> None:
     """Reduce one embedding of an embeddings file and write ``<embedding>~<transform>~<dim>``."""
     dim = parse_dim(args.transform, args.dim)
     table = read_tokens(args.tokens)
-    check_identity(args.embeddings, {"tokens_hash": table.attrs["tokens_hash"]})
-    with h5py.File(args.embeddings, "r") as f:
-        sent_id = f["sent_id"][:]
-        vectors = f[args.embedding][:]
+    sent_id, vectors, source = read_embeddings(args.embeddings, args.embedding)
+    check_identity(
+        args.embeddings, {"tokens_hash": table.attrs["tokens_hash"]}, writer="rsis embed"
+    )
     if not np.array_equal(sent_id, table.sent_id):
         raise UserError(f"{args.embeddings} and {args.tokens} list different sentences")
     reduction = reduce_embeddings(vectors, table.split, args.transform, dim, args.fit_split)
-    source = read_attrs(args.embeddings)
     with atomic_path(args.out) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("sent_id", data=sent_id)
         f.create_dataset("embedding", data=reduction.embedding)

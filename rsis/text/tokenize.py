@@ -17,10 +17,14 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from rsis.cli import add_command
 from rsis.data.refer import add_refer_arguments, refer_from_args
 from rsis.errors import UserError
-from rsis.io import atomic_path, plain_attrs
+from rsis.io import atomic_path, open_hdf5, plain_attrs, require_members
 from rsis.text.models import load_tokenizer, max_length, resolve_model, tokenizer_identity
 
 log = logging.getLogger(__name__)
+
+# What ``write_tokens`` always writes; ``read_tokens`` refuses a file that lacks any of it.
+TOKENS_DATASETS = ("sent_id", "split", "text", "input_ids/ids", "input_ids/ptr")
+TOKENS_ATTRS = ("vocab_hash", "lowercase", "tokens_hash")
 
 
 @dataclass
@@ -186,8 +190,16 @@ def write_tokens(table: TokenTable, path: Path) -> None:
 
 
 def read_tokens(path: Path) -> TokenTable:
-    """Read a file written by ``write_tokens``."""
-    with h5py.File(path, "r") as f:
+    """Read a file written by ``write_tokens``.
+
+    Raises:
+        UserError: ``path`` is missing, not HDF5, or not a tokens file (another step's output);
+            the message names it and ``rsis tokenize``.
+    """
+    with open_hdf5(path, writer="rsis tokenize") as f:
+        require_members(
+            f, TOKENS_DATASETS, TOKENS_ATTRS, kind="a tokens file", writer="rsis tokenize"
+        )
         return TokenTable(
             sent_id=f["sent_id"][:],
             split=f["split"].asstr()[:],
