@@ -314,7 +314,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--expr", action="append", help="a referring expression (repeat, in order)")
     p.add_argument(
         "--batch",
-        help='JSONL: {"image": ..., "expressions": [...], "sent_ids": [...] (optional)} per line',
+        help='JSONL: {"image": ..., "expressions": [...], "sent_ids": [...] (optional)} per '
+        "line; every line is checked before the model loads; an image that cannot be decoded "
+        "stops the batch there (the images before it keep their complete outputs)",
     )
     p.add_argument(
         "--score-json",
