@@ -228,6 +228,7 @@ def _evaluate_command(args: argparse.Namespace) -> None:
                 text_model=payload["text"]["model"],
                 backbone=payload["model_config"]["backbone"],
                 image_size=split_cache.size,
+                feed_order=args.order,
             )
             with atomic_path(stem.with_suffix(".csv")) as tmp:
                 table = accumulator.per_referent().rename(columns={"id": "sent_id"})

@@ -19,9 +19,8 @@ import pandas as pd
 from rsis.cli import add_command
 from rsis.data.cache import EXPRESSIONS
 from rsis.data.demo.grammar import TEMPLATES
-from rsis.errors import UserError
 from rsis.io import atomic_path
-from rsis.metrics import read_metrics_json
+from rsis.metrics import read_result_records
 from rsis.runs import RunSpec
 from rsis.tables import METRICS, MISSING, SPLITS, mean_sd_cell, over_seeds, run_seed
 
@@ -35,7 +34,8 @@ def expression_type_table(records: Sequence[tuple[Path, dict]], expression: str)
     below two seeds), ``_n`` (seeds) in percent, and ``referents_<split>`` of that type.
 
     Args:
-        records: ``(path, metrics record)`` pairs from ``rsis evaluate``.
+        records: ``(path, metrics record)`` pairs as ``read_result_records`` gives them (one
+            per run, seed, split and expression).
         expression: the metrics files to read (``first``, ``random`` or ``all``).
     """
     values: dict[tuple[str, str, str], dict[int, dict]] = {}
@@ -46,13 +46,7 @@ def expression_type_table(records: Sequence[tuple[Path, dict]], expression: str)
         run = RunSpec.from_dict(record["run"]).id
         seed = run_seed(record, path)
         for kind, metrics in types.items():
-            by_seed = values.setdefault((run, kind, record["split"]), {})
-            if seed in by_seed:
-                raise UserError(
-                    f"{path}: run {run} seed {seed} split {record['split']} appears twice; "
-                    "pass one metrics file per run, seed, split and expression"
-                )
-            by_seed[seed] = metrics
+            values.setdefault((run, kind, record["split"]), {})[seed] = metrics
     pairs = sorted(
         {(run, kind) for run, kind, _ in values},
         key=lambda pair: (pair[0], TEMPLATES.index(pair[1])),  # the generator's type order
@@ -103,7 +97,7 @@ def expression_type_markdown(table: pd.DataFrame, expression: str) -> str:
 
 def _types_command(args: argparse.Namespace) -> None:
     """``rsis types``."""
-    records = [(Path(p), read_metrics_json(p)) for p in args.metrics]
+    records = read_result_records(args.metrics)
     table = expression_type_table(records, args.expression)
     with atomic_path(args.out_dir / "expression_types.csv") as tmp:
         table.to_csv(tmp, index=False)

@@ -35,7 +35,7 @@ from scipy import stats
 
 from rsis.cli import add_command
 from rsis.io import atomic_path
-from rsis.metrics import read_metrics_json
+from rsis.metrics import read_result_records
 from rsis.runs import PAPER_DECODER, RunSpec, grid_tables
 from rsis.tables import metrics_frame, parse_grid
 
@@ -332,7 +332,7 @@ def findings_markdown(findings: Sequence[Finding], frame: pd.DataFrame) -> str:
 
 def write_findings(paths: Sequence[Path], grid: Mapping, out: Path) -> list[Finding]:
     """Check every claim on the metrics files ``paths`` and write ``findings.md``."""
-    records = [(Path(path), read_metrics_json(path)) for path in paths]
+    records = read_result_records(paths)
     frame = metrics_frame(records)
     table1, table2 = grid_tables(grid)
     findings = check_claims(frame, table1.fixed, table2.fixed)

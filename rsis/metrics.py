@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from rsis.errors import UserError
 from rsis.io import atomic_path
 from rsis.protocols import PRECISION_THRESHOLDS, PROTOCOLS, Protocol
+from rsis.runs import RunSpec
 
 THRESHOLD_CONVENTION = "foreground where logit > 0, i.e. sigmoid probability > 0.5"
 CONVENTIONS: dict[str, str] = PROTOCOLS["rsis"].conventions()
@@ -254,6 +255,7 @@ def write_metrics_json(
     text_model: str,
     backbone: str,
     image_size: Sequence[int],
+    feed_order: str = "dataset",
 ) -> dict:
     """Write one evaluation's metrics file (format in docs/metrics.md) atomically.
 
@@ -269,11 +271,14 @@ def write_metrics_json(
         text_model: text encoder name.
         backbone: image encoder name.
         image_size: network input (height, width).
+        feed_order: the order the referents were fed in: ``dataset`` (what the tables
+            score) or ``reverse`` (the inverse-order figure's input).
     """
     record = {
         "run": dict(run),
         "split": split,
         "expression": expression,
+        "feed_order": feed_order,
         "dataset": dataset,
         "text_model": text_model,
         "backbone": backbone,
@@ -298,6 +303,31 @@ def read_metrics_json(path: str | os.PathLike) -> dict:
         raise UserError(f"{path}: not valid JSON ({error}); rerun the evaluation") from error
     _validate(record, path)
     return record
+
+
+def read_result_records(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, dict]]:
+    """The metrics files that fill the tables, findings and per-type results: each read and
+    validated; a reverse-order evaluation or a second file of one run, seed, split and
+    expression (a glob that caught ``*~reverse.json``, say) is refused, naming the files."""
+    records, seen = [], {}
+    for path in map(Path, paths):
+        record = read_metrics_json(path)
+        if record.get("feed_order", "dataset") != "dataset":
+            raise UserError(
+                f"{path}: the expressions were fed in {record['feed_order']} order (the "
+                "inverse-order figure's evaluation), which no table scores: leave it out"
+            )
+        run = record["run"]
+        key = (RunSpec.from_dict(run).id, run.get("seed"), record["split"], record["expression"])
+        if key in seen:
+            raise UserError(
+                f"{seen[key]} and {path} both hold run {key[0]}, seed {key[1]}, split "
+                f"{key[2]}, expression {key[3]}: pass one file each (files ending "
+                "~reverse.json are the inverse-order figure's)"
+            )
+        seen[key] = path
+        records.append((path, record))
+    return records
 
 
 def _validate(record: object, path: Path) -> None:

@@ -25,7 +25,7 @@ import yaml
 from rsis.cli import add_command
 from rsis.errors import UserError
 from rsis.io import atomic_path
-from rsis.metrics import read_metrics_json
+from rsis.metrics import read_result_records
 from rsis.runs import GridTable, RunSpec, grid_tables
 
 log = logging.getLogger(__name__)
@@ -381,7 +381,7 @@ def write_tables(
         grid: ``config.yaml: grid``: one table row per run of each table.
         expression: the metrics files that fill the tables (``first``, or ``all``).
     """
-    records = [(Path(p), read_metrics_json(p)) for p in paths]
+    records = read_result_records(paths)
     paper = load_paper_results()
     tables = grid_tables(grid)
     unused = [

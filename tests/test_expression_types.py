@@ -100,7 +100,7 @@ def test_types_refuse_two_files_for_one_seed_and_split(tmp_path):
     first = _write(tmp_path, 0, "val", {"attribute": (0.5, 0.5, 2)})
     copy = tmp_path / "copy.json"
     copy.write_text(first.read_text())
-    with pytest.raises(UserError, match="seed 0 split val appears twice"):
+    with pytest.raises(UserError, match="both hold run mean-pca-64-random-bs16, seed 0, split val"):
         _run_types([first, copy], tmp_path)
 
 

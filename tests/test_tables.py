@@ -244,3 +244,28 @@ def test_a_grid_without_the_keys_the_tables_read_is_refused(tmp_path, capsys):
         error = capsys.readouterr().err
         assert f"rsis tables: error: --grid: {message}" in error, error
     assert not (tmp_path / "out").exists()
+
+
+def test_a_reverse_order_or_second_file_of_one_cell_is_refused(tmp_path, capsys):
+    """A glob such as eval/*/seed*/*.json also catches the inverse-order figure's files:
+    the tables, the findings and the per-type results refuse them instead of averaging them
+    in as another seed's cell."""
+    (first,) = write_fixture(tmp_path, FIXTURE[:1])
+    reverse = tmp_path / "val~first~reverse.json"
+    record = json.loads(first.read_text())
+    reverse.write_text(json.dumps({**record, "feed_order": "reverse"}))
+    older = tmp_path / "older~first~reverse.json"  # written before files said their order
+    older.write_text(json.dumps({k: v for k, v in record.items() if k != "feed_order"}))
+    grid = ["--grid", json.dumps(GRID)]
+    commands = {
+        "tables": [*grid, "--out-dir", str(tmp_path / "t"), "--dataset-label", "x"],
+        "findings": [*grid, "--out", str(tmp_path / "findings.md")],
+        "types": ["--out-dir", str(tmp_path / "t")],
+    }
+    for command, rest in commands.items():
+        assert main([command, "--metrics", str(first), str(reverse), *rest]) == 2
+        assert f"{reverse}: the expressions were fed in reverse order" in capsys.readouterr().err
+        assert main([command, "--metrics", str(first), str(older), *rest]) == 2
+        error = capsys.readouterr().err
+        assert f"{first} and {older} both hold run mean-pca-64-random-bs32, seed 0" in error
+    assert not (tmp_path / "t").exists() and not (tmp_path / "findings.md").exists()
