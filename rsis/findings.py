@@ -351,6 +351,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--metrics", nargs="+", required=True, type=Path, help="metrics .json files"
     )
-    parser.add_argument("--grid", required=True, help="config.yaml's `grid`, as JSON")
+    parser.add_argument(
+        "--grid", required=True, help="config.yaml's `grid` as JSON, or a config file (config.yaml)"
+    )
     parser.add_argument("--out", required=True, type=Path, help="findings.md to write")
     parser.set_defaults(func=_findings_command)

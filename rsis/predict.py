@@ -186,6 +186,12 @@ def write_outputs(
     return result
 
 
+def empty_masks(prediction: Prediction) -> list[int]:
+    """The 1-based numbers of the expressions whose mask has no pixel (warned about: the
+    overlay's legend lists them like the others)."""
+    return [number for number, mask in enumerate(prediction.masks, 1) if not mask.any()]
+
+
 def _write_overlay(prediction: Prediction, out: Path) -> None:
     """The photo with each mask painted in its colour (outline and light fill) and, under it,
     a legend of the numbered expressions wrapped to the photo's width."""
@@ -298,7 +304,11 @@ def _predict_command(args: argparse.Namespace) -> None:
     ):
         prediction = predictor(image_path, expressions)
         result = write_outputs(image_path, prediction, Path(args.out), stem)
-        log.info("%s: %d masks, overlay %s", image_path, len(result["masks"]), result["overlay"])
+        overlay = Path(args.out) / result["overlay"]
+        log.info("%s: %d masks, overlay %s", image_path, len(result["masks"]), overlay)
+        for number in empty_masks(prediction):
+            expression = expressions[number - 1]
+            log.warning("%s: expression %d %r: empty mask", image_path, number, expression)
         if sent_ids is not None:
             masks = zip(sent_ids, result["masks"], strict=True)
             samples += [(sent_id, None, mask["rle"]) for sent_id, mask in masks]
@@ -323,8 +333,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         help="also write every mask with its sent_id as rsis score's input (needs sent_ids)",
     )
-    p.add_argument("--out", default="predictions", help="output folder")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--out", default="predictions", help="output folder (default: predictions)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:<index>")
     p.add_argument(
         "--orientation",
         choices=("exif", "stored"),

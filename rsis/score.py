@@ -209,7 +209,9 @@ def markdown_table(record: dict) -> str:
         values = [f"{100 * metrics[key]:.2f}" for key, _ in protocol.reported]
         counts = [str(metrics["n_samples"]), str(metrics["n_referents"])]
         lines.append("| " + " | ".join([label, *values, *counts]) + " |")
-    rules = "; ".join(f"{key}: {text}" for key, text in record["conventions"].items())
+    rules = "; ".join(  # the JSON's units (fractions) are not this table's (percent)
+        f"{key}: {text}" for key, text in record["conventions"].items() if key != "units"
+    )
     caption = (
         f"{record['dataset']} ({record['split_by']}) {', '.join(record['splits'])}, "
         f"predictions {record['predictions']}, protocol {record['protocol']}, in percent. "

@@ -429,11 +429,17 @@ def _require_keys(value: object, keys: Sequence[str], where: str) -> None:
 
 
 def parse_grid(text: str) -> dict:
-    """``--grid``: the grid as JSON (or YAML) text, with every key the tables read."""
+    """``--grid``: the grid as JSON (or YAML) text, or a YAML file such as config.yaml (its
+    ``grid``), with every key the tables read."""
+    source = Path(text) if text.endswith((".yaml", ".yml", ".json")) else None
     try:
-        grid = yaml.safe_load(text)
+        grid = yaml.safe_load(source.read_text() if source else text)
     except yaml.YAMLError as error:
         raise UserError(f"--grid is not JSON or YAML ({error})") from error
+    except OSError as error:
+        raise UserError(f"--grid {text}: cannot read it ({error.strerror})") from error
+    if source and isinstance(grid, dict) and "grid" in grid:
+        grid = grid["grid"]
     if not isinstance(grid, dict) or not {"table1", "table2"} <= set(grid):
         raise UserError("--grid must be config.yaml's `grid` mapping, with table1 and table2")
     for table, keys in GRID_KEYS.items():
@@ -463,7 +469,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--grid",
         required=True,
-        help="config.yaml's `grid`, as JSON: the tables get one row per run of it",
+        help="config.yaml's `grid` as JSON, or a config file (config.yaml): the tables get "
+        "one row per run of it",
     )
     parser.add_argument(
         "--out-dir", required=True, help="folder for table1/table2 .md/.csv/.tex/.html"

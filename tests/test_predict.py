@@ -20,7 +20,7 @@ from rsis.errors import UserError
 from rsis.evaluate import evaluate
 from rsis.figures.panels import GAP_PX
 from rsis.figures.text import LINE_PX
-from rsis.predict import Prediction, Predictor, write_outputs
+from rsis.predict import Prediction, Predictor, empty_masks, write_outputs
 from rsis.text import EmbeddingTable
 from rsis.text.identity import text_identity
 from rsis.train import Trainer
@@ -200,6 +200,9 @@ def test_overlay_legend_wraps_a_long_expression_on_a_narrow_photo(tmp_path):
     masks[0, 50:150, 50:150] = masks[1, 200:250, 200:300] = True
     prediction = Prediction(grey, "stored", [long, "sky"], masks, masks[:, ::5, ::5], np.ones(2))
     result = write_outputs(photo, prediction, tmp_path / "out")
+    assert empty_masks(prediction) == []
+    masks[1] = False
+    assert empty_masks(prediction) == [2]  # warned about by rsis predict
     with Image.open(tmp_path / "out" / result["overlay"]) as png:
         pixels = np.asarray(png.convert("RGB"))
     assert pixels.shape[:2] == (GAP_PX + 300 + 3 * LINE_PX + GAP_PX, 359 + 2 * GAP_PX)

@@ -90,10 +90,12 @@ def test_restricted_unpickler_refuses_objects(tmp_path):
         load_refs_pickle(path)
 
 
-def test_missing_root_names_config_key(tmp_path):
-    with pytest.raises(UserError, match=r"dataset root not found: .*nowhere.*`root`"):
+def test_missing_root_names_flag_and_config_key(tmp_path):
+    with pytest.raises(UserError, match=r"dataset root not found: .*nowhere.*--refs-root .*`root`"):
         load_refer(tmp_path / "nowhere", "refcoco", "unc")
-    with pytest.raises(UserError, match=r"refs file not found: .*refs\(umd\)\.p.*`splitBy`"):
+    with pytest.raises(
+        UserError, match=r"refs file not found: .*\(umd\)\.p.*--split-by .*`splitBy`"
+    ):
         load_refer(SAMPLE_ROOT, "refcoco", "umd")
 
 

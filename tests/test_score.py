@@ -52,6 +52,8 @@ def test_oracle_scores_one_under_every_protocol(protocol, sample_refer, tmp_path
     assert people["n_referents"] == 15 and people["instance_iou"] == 1.0
     table = out.with_suffix(".md").read_text()
     assert "original image size" in table and f"protocol {protocol}" in table
+    assert "in percent" in table and "fractions" not in table  # the table's units only
+    assert "| 100.00 |" in table
 
 
 def graded_masks(n_per_iou: int = 5) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,7 +15,7 @@ from rsis.cli import main
 from rsis.errors import UserError
 from rsis.metrics import CONVENTIONS, write_metrics_json
 from rsis.runs import RunSpec, expand_grid, grid_tables
-from rsis.tables import load_paper_results, register, write_tables
+from rsis.tables import load_paper_results, parse_grid, register, write_tables
 
 GRID = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())["grid"]
 
@@ -269,3 +269,10 @@ def test_a_reverse_order_or_second_file_of_one_cell_is_refused(tmp_path, capsys)
         error = capsys.readouterr().err
         assert f"{first} and {older} both hold run mean-pca-64-random-bs32, seed 0" in error
     assert not (tmp_path / "t").exists() and not (tmp_path / "findings.md").exists()
+
+
+def test_grid_from_the_config_file_equals_the_grid_as_json():
+    config = Path(__file__).resolve().parents[1] / "config.yaml"
+    assert parse_grid(str(config)) == parse_grid(json.dumps(GRID)) == GRID
+    with pytest.raises(UserError, match=r"--grid nowhere\.yaml: cannot read it"):
+        parse_grid("nowhere.yaml")

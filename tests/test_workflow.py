@@ -316,6 +316,7 @@ def test_report_renders_in_a_browser(tiny_workflow):
     dom = _chromium("--dump-dom", report.as_uri())
     assert '<div id="app"><div' in dom  # the report's app ran and drew the page
     assert "paper ablations on demo (generated shapes)" in dom  # landing page, from config
+    assert "once per seed (0, 1), the figures showing seed 1." in dom
     assert "true positives" in dom and "What to look at" in dom
     for category in ("Summary", "Tables", "Training curves", "Figures"):
         assert f"<span>{category}</span>" in dom  # in the menu

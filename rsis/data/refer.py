@@ -235,9 +235,17 @@ def decode_segmentation(segmentation: list | dict, height: int, width: int) -> n
     return (mask_utils.decode(rle) > 0).astype(np.uint8)
 
 
+# The flag of ``add_refer_arguments`` behind each dataset key of config.yaml.
+FLAGS = {"root": "--refs-root", "name": "--dataset", "splitBy": "--split-by", "images": "--images"}
+
+
 def _require(path: Path, what: str, key: str) -> Path:
+    """``path``, or a ``UserError`` naming the flag and the config key that lead to it."""
     if not path.exists():
-        raise UserError(f"{what} not found: {path}. Set `{key}` in config.yaml to the right path.")
+        raise UserError(
+            f"{what} not found: {path}: give the right {FLAGS[key]} (in the workflow: the "
+            f"dataset's `{key}` in config.yaml)"
+        )
     return path
 
 
