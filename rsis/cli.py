@@ -102,6 +102,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UserError, IdentityMismatchError, FileNotFoundError) as error:
         print(f"rsis {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            f"rsis {args.command}: interrupted; no half-written file is left (a training "
+            "resumes from its last finished epoch with --resume)",
+            file=sys.stderr,
+        )
+        return 130
     except (PermissionError, IsADirectoryError, NotADirectoryError) as error:
         print(
             f"rsis {args.command}: error: {error.filename}: {error.strerror}; check this path",

@@ -185,7 +185,8 @@ def _range_error(name: str, value: object, at_least: float | None, above: float 
         finite and (at_least is None or value >= at_least) and (above is None or value > above)
     ):
         return ""
-    kind = "a finite number" if isinstance(at_least or above, float) else "an integer"
+    bound_value = at_least if at_least is not None else above
+    kind = "a finite number" if isinstance(bound_value, float) else "an integer"
     bound = f"of at least {at_least:g}" if at_least is not None else f"above {above:g}"
     return f"setting {name} (--{name.replace('_', '-')}) is {value}: give {kind} {bound}"
 
@@ -214,7 +215,7 @@ class TrainSettings:
         1, "early stopping ends a run only after this many epochs", at_least=1
     )
     max_referents: int = _setting(6, "longest referent sequence per image", at_least=1)
-    seed: int = _setting(0, "seeds initialisation, shuffling and expression choice")
+    seed: int = _setting(0, "seeds initialisation, shuffling and expression choice", at_least=0)
     workers: int = _setting(0, "DataLoader worker processes", at_least=0)
     checkpoint_activations: str = _setting(
         "auto",

@@ -59,6 +59,11 @@ class TrainingDiverged(UserError):
     """The loss became NaN or infinite (exit code 2: lower the learning rate, check inputs)."""
 
 
+class OtherSettings(Exception):
+    """``last.pt`` was trained with other settings: an error under ``--resume``, a fresh start
+    under ``--resume auto``."""
+
+
 class NonFiniteLoss(ArithmeticError):
     """A training step's loss is NaN or infinite (the weights were not updated)."""
 
@@ -325,11 +330,13 @@ class Trainer:
             return
         try:
             payload = self._compatible_checkpoint()
-        except UserError as error:
-            if not restart_if_changed:
-                raise
-            log.warning("starting over: %s", error)
-            return
+        except (OtherSettings, UserError) as error:
+            if restart_if_changed:
+                log.warning("starting over (--resume auto): %s", error)
+                return
+            if isinstance(error, OtherSettings):
+                raise UserError(f"{error}; use another --out-dir or drop --resume") from error
+            raise
         self.model.load_trained_state(
             payload["model"], payload.get("encoder_digest"), self.last_path
         )
@@ -340,20 +347,24 @@ class Trainer:
         self.best_epoch = payload["best_epoch"]
         self.history = payload["history"]
         self.saved_epoch = payload["epoch"]
-        # Early stopping is final: a resumed run that had stopped only re-exports.
-        settings = payload["settings"]
+        # The stopping rule as it stands now decides: a run that stopped early by it only
+        # re-exports; one that a larger patience or min epochs lets go on trains further,
+        # exactly as a run started with those settings would (training is deterministic).
+        now = self.cfg.settings
         self.stopped_early = patience_spent(
-            payload["epoch"], self.best_epoch, settings["patience"], settings.get("min_epochs", 1)
+            payload["epoch"], self.best_epoch, now.patience, now.min_epochs
         )
         if self.ddp.is_main:
             self._restore_best()
         log.info("resumed from %s at epoch %d", self.last_path, self.start_epoch)
         if self.stopped_early:
             log.info(
-                "the run had stopped early at epoch %d (best epoch %d): exporting only; "
-                "start a new --out-dir to train further",
+                "the run has stopped early at epoch %d (best epoch %d, patience %d, min epochs "
+                "%d): exporting only; raise the patience or min epochs to train further",
                 payload["epoch"],
                 self.best_epoch,
+                now.patience,
+                now.min_epochs,
             )
 
     def _compatible_checkpoint(self) -> dict[str, Any]:
@@ -372,9 +383,8 @@ class Trainer:
             | {k: v for k, v in self.cfg.settings.to_dict().items() if k not in resumable},
         )
         if differences:
-            raise UserError(
-                f"{self.last_path} was trained with other settings ({'; '.join(differences)}); "
-                "use another --out-dir or drop --resume"
+            raise OtherSettings(
+                f"{self.last_path} was trained with other settings ({'; '.join(differences)})"
             )
         return payload
 

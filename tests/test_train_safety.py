@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 import rsis.train
 from rsis.checkpoint import load_checkpoint
@@ -38,6 +40,11 @@ def _train_args(root: Path, out_dir: Path, run_id: str = "mean-pca-8-random-bs4"
         ("--lr", "inf", "setting lr (--lr) is inf: give a finite number above 0"),
         ("--workers", "-1", "setting workers (--workers) is -1: give an integer of at least 0"),
         ("--steps-per-epoch", "0", "setting steps_per_epoch (--steps-per-epoch) is 0"),
+        ("--weight-decay", "inf", "setting weight_decay (--weight-decay) is inf: give a finite "
+         "number of at least 0"),
+        ("--encoder-lr", "-1", "setting encoder_lr (--encoder-lr) is -1.0: give a finite number "
+         "of at least 0"),
+        ("--seed", "-1", "setting seed (--seed) is -1: give an integer of at least 0"),
     ],
 )  # fmt: skip
 def test_out_of_range_settings_are_named(demo_pipeline, tmp_path, capsys, flag, value, expected):
@@ -92,6 +99,24 @@ def test_resume_after_an_early_stop_only_exports(demo_pipeline, tmp_path, monkey
     assert load_checkpoint(tmp_path / "bundle.pt")["source"]["epoch"] == 0
     assert list(pd.read_csv(tmp_path / "metrics.csv")["epoch"]) == [0, 1]
     assert (tmp_path / "convergence.json").exists()
+
+
+def test_a_larger_patience_continues_a_stopped_run_as_a_fresh_one_would(
+    demo_pipeline, tmp_path, monkeypatch
+):
+    """Stopped early at patience 1, resumed at patience 3: it trains on to the same epoch and
+    the same weights as a run started at patience 3, and its record says so."""
+    _constant_validation(monkeypatch)
+    stopped, fresh = tmp_path / "stopped", tmp_path / "fresh"
+    Trainer(make_train_config(demo_pipeline, stopped, epochs=6, patience=1)).run()
+    resumed = Trainer(make_train_config(demo_pipeline, stopped, epochs=6, patience=3), True)
+    assert not resumed.stopped_early
+    assert [row["epoch"] for row in resumed.run()] == [0, 1, 2, 3]
+    Trainer(make_train_config(demo_pipeline, fresh, epochs=6, patience=3)).run()
+    ours, theirs = (load_checkpoint(folder / "last.pt")["model"] for folder in (stopped, fresh))
+    assert all(torch.equal(ours[key], theirs[key]) for key in theirs)
+    record = json.loads((stopped / "convergence.json").read_text())
+    assert (record["reason"], record["epochs_run"], record["patience"]) == ("early stop", 4, 3)
 
 
 def test_a_plateau_from_the_start_runs_the_minimum_epochs(demo_pipeline, tmp_path, monkeypatch):
@@ -171,3 +196,26 @@ def test_train_exits_when_its_parent_shell_dies(demo_pipeline, tmp_path):
     while process_alive(trainer):
         assert time.monotonic() < deadline, f"rsis train (pid {trainer}) outlived its shell"
         time.sleep(0.1)
+
+
+def test_ctrl_c_is_one_line_and_the_rerun_resumes(demo_pipeline, tmp_path):
+    """SIGINT after the first epoch: exit 130 with one line, and --resume continues."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    args = [a if a != "1" else "50" for a in _train_args(demo_pipeline, tmp_path)]
+    trainer = subprocess.Popen(
+        [sys.executable, "-m", "rsis.cli", *args], env=env, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "last.pt").exists():
+        assert trainer.poll() is None, trainer.stderr.read()[-2000:]
+        assert time.monotonic() < deadline, "no epoch finished"
+        time.sleep(0.1)
+    trainer.send_signal(signal.SIGINT)
+    _, error = trainer.communicate(timeout=120)
+    assert trainer.returncode == 130
+    assert error.strip().splitlines()[-1].startswith("rsis train: interrupted; no half-written")
+    assert "Traceback" not in error
+    finished = load_checkpoint(tmp_path / "last.pt")["epoch"]
+    rerun = [a if a != "50" else str(finished + 2) for a in args]
+    assert main([*rerun, "--resume"]) == 0
+    assert list(pd.read_csv(tmp_path / "metrics.csv")["epoch"]) == list(range(finished + 2))
