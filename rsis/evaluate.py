@@ -16,9 +16,10 @@ from rsis.cpu import add_threads_argument, use_threads
 from rsis.data.cache import EXPRESSIONS, SequenceDataset, resize_mask
 from rsis.data.cache_file import SplitCache
 from rsis.data.refer import Refer, add_refer_arguments, refer_from_args
+from rsis.device import resolve_device
 from rsis.errors import UserError
 from rsis.features import FeatureStore
-from rsis.inference import make_loader, predict_batches, resolve_device
+from rsis.inference import make_loader, predict_batches
 from rsis.io import atomic_path
 from rsis.metrics import MetricAccumulator, resize_scores, write_metrics_json
 from rsis.model import RRIS

@@ -26,14 +26,16 @@ import torch
 from tqdm import tqdm
 
 from rsis.cli import add_command
-from rsis.cpu import use_threads
+from rsis.cpu import add_threads_argument, use_threads
 from rsis.data.cache_file import SplitCache
+from rsis.device import resolve_device
 from rsis.errors import UserError
 from rsis.io import atomic_path
 from rsis.model.backbone import BACKBONES, STAGES, ResNetEncoder, build_backbone
 from rsis.model.frozen import encoder_digest
 
 log = logging.getLogger(__name__)
+CPU = torch.device("cpu")
 
 FEATURES_FORMAT = 1
 DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "float32": torch.float32}
@@ -51,7 +53,13 @@ def cache_images(cache: Path, batch_size: int = 64) -> Iterator[torch.Tensor]:
 
 @torch.no_grad()
 def write_features(
-    encoder: ResNetEncoder, cache: Path, out: Path, *, dtype: str = "float16", weights: str = ""
+    encoder: ResNetEncoder,
+    cache: Path,
+    out: Path,
+    *,
+    dtype: str = "float16",
+    weights: str = "",
+    device: torch.device = CPU,
 ) -> int:
     """Run the eval-mode ``encoder`` over every image of ``cache`` and store its features.
 
@@ -61,13 +69,14 @@ def write_features(
         out: the features file (written atomically).
         dtype: ``float16`` or ``float32``.
         weights: where the encoder's weights came from (recorded, not checked).
+        device: where the encoder runs (in float32; the stored features are on the CPU).
 
     Returns:
         The number of images.
     """
     if dtype not in DTYPES:
         raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    encoder.eval()
+    encoder.eval().to(device)
     split = SplitCache(cache)
     image_id = split.image_id
     height, width = split.size
@@ -76,7 +85,7 @@ def write_features(
         row = 0
         batches = cache_images(cache)
         for images in tqdm(batches, desc=f"features {cache.stem}", unit="batch"):
-            features = encoder.encode_images(images)
+            features = [x.cpu() for x in encoder.encode_images(images.to(device))]
             if not stored:
                 stored = [
                     f.create_dataset(
@@ -142,7 +151,7 @@ class FeatureStore:
 
 
 def _features_command(args: argparse.Namespace) -> None:
-    use_threads(0)  # torch's default threads, subnormal floats flushed
+    use_threads(args.threads)  # subnormal floats flushed too
     if args.weights == "none":
         raise UserError(
             "--weights none: a random encoder's batch norms need calibrating before it can be "
@@ -150,7 +159,10 @@ def _features_command(args: argparse.Namespace) -> None:
             "FILE` and pass --weights FILE"
         )
     encoder = build_backbone(args.backbone, args.weights)
-    count = write_features(encoder, args.cache, args.out, dtype=args.dtype, weights=args.weights)
+    device = resolve_device(args.device)
+    count = write_features(
+        encoder, args.cache, args.out, dtype=args.dtype, weights=args.weights, device=device
+    )
     log.info("wrote %s: features of %d images (%s)", args.out, count, args.dtype)
 
 
@@ -162,4 +174,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", required=True, help="imagenet or a state_dict file")
     p.add_argument("--dtype", default="float16", help="float16 (default) or float32")
     p.add_argument("--out", type=Path, required=True, help="features file (.h5)")
+    p.add_argument("--device", default="auto", help="auto (default: CUDA where present) or cpu")
+    add_threads_argument(p)
     p.set_defaults(func=_features_command)

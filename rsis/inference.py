@@ -1,4 +1,4 @@
-"""Running a model over a SequenceDataset: device choice, autocast and batching in one place."""
+"""Running a model over a SequenceDataset: autocast and batching in one place."""
 
 from __future__ import annotations
 
@@ -10,21 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from rsis.data.cache import collate_sequences
-from rsis.errors import UserError
 from rsis.features import FeatureStore
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise UserError(f"--device {name!r}: give auto, cpu, cuda or cuda:<index>") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} requested but no CUDA GPU is visible; use --device cpu")
-    return device
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:

@@ -27,10 +27,11 @@ from rsis.bundle import load_bundle
 from rsis.cli import add_command
 from rsis.cpu import use_threads
 from rsis.data.cache import open_rgb, resize_rgb
+from rsis.device import resolve_device
 from rsis.errors import UserError
 from rsis.figures.palette import paint_referents
 from rsis.figures.panels import Row, compose, legend
-from rsis.inference import autocast, resolve_device
+from rsis.inference import autocast
 from rsis.io import atomic_path, require_writable_folder
 from rsis.metrics import resize_scores
 from rsis.predictions import encode_masks

@@ -27,13 +27,13 @@ from rsis.cli import add_command
 from rsis.convergence import Convergence, patience_spent
 from rsis.cpu import use_threads
 from rsis.data.cache import SequenceDataset
+from rsis.device import resolve_device
 from rsis.errors import UserError
 from rsis.features import FeatureStore, cache_images
 from rsis.inference import (
     autocast,
     make_loader,
     predict_batches,
-    resolve_device,
     stored_features,
     to_device,
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import h5py
+import numpy as np
 import pytest
 import torch
 
@@ -13,6 +14,7 @@ from rsis.data.cache import SequenceDataset, collate_sequences
 from rsis.errors import UserError
 from rsis.features import FeatureStore, cache_images, write_features
 from rsis.model import RRIS
+from rsis.model.backbone import STAGES, build_backbone
 from rsis.model.frozen import calibrate_batch_norm, encoder_digest
 from rsis.text import EmbeddingTable
 from rsis.train import Trainer
@@ -165,3 +167,20 @@ def test_bench_train_prints_both_paths_their_ratio_and_one_off_costs(demo_pipeli
     assert float(flops[1]) > float(flops[2]) > 0  # the encoder runs before only
     assert re.search(r"GFLOP/s effective = [\d.]+% of the fp32 matmul peak", out)
     assert re.search(r"calibration [\d.]+ s, feature caching [\d.]+ s \(8 images\)", out)
+
+
+def test_features_command_threads_and_device(demo_pipeline, tmp_path, capsys):
+    """--threads and --device cpu write the features that write_features computes."""
+    weights = tmp_path / "encoder.pt"
+    assert main(["pretrain", "--out", str(weights), "--epochs", "0", "--scenes", "4",
+                 "--height", "64", "--width", "112"]) == 0  # fmt: skip
+    cache = demo_pipeline / "cache/val.h5"
+    args = ["features", "--cache", str(cache), "--backbone", "resnet18", "--weights", str(weights)]
+    out, reference = tmp_path / "val.h5", tmp_path / "reference.h5"
+    assert main([*args, "--out", str(out), "--threads", "1", "--device", "cpu"]) == 0
+    write_features(build_backbone("resnet18", str(weights)), cache, reference)
+    with h5py.File(out) as ours, h5py.File(reference) as theirs:
+        for stage in STAGES:
+            assert np.array_equal(ours[stage][:], theirs[stage][:]), stage
+    assert main([*args, "--out", str(tmp_path / "x.h5"), "--device", "gpu0"]) == 2
+    assert "--device 'gpu0': give" in capsys.readouterr().err

@@ -10,8 +10,8 @@ from transformers import AutoTokenizer, BertConfig, BertModel
 
 from rsis.bench.embed import agreement, load_expressions
 from rsis.cli import main
+from rsis.device import resolve_device
 from rsis.errors import UserError
-from rsis.inference import resolve_device
 from rsis.text.embed import (
     embed_batch,
     embed_sequences,

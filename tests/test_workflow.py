@@ -85,6 +85,15 @@ def test_train_asks_its_processes_cpus_and_each_computes_with_its_share(tmp_path
     assert "--cpus 2" in train
 
 
+def test_features_ask_for_what_an_evaluation_asks(tmp_path):
+    resources = {"evaluate": {"cpus": 2, "mem_mb": 1234, "runtime": 17}}
+    result = _dry_run_with_resources(tmp_path, resources)
+    assert result.returncode == 0, result.stderr[-3000:]
+    features = result.stdout.split("rule features:")[1].split("rule ")[0]
+    assert "threads: 2" in features and "--threads 2" in features
+    assert "mem_mb=1234" in features and "runtime=17" in features
+
+
 def test_the_demo_setting_gives_each_training_its_own_cpus(tmp_path):
     # settings.demo.train_cpus (1) wins over resources.train.cpus for the demo's runs
     result = _dry_run_with_resources(tmp_path, {"train": {"cpus": 5}})

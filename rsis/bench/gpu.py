@@ -32,8 +32,9 @@ from rsis.bench.pipeline import build_demo_pipeline
 from rsis.bench.precision import Mode, StepSettings, make_model, measure
 from rsis.cli import main as rsis_main
 from rsis.data.cache import SequenceDataset
+from rsis.device import resolve_device
 from rsis.errors import UserError
-from rsis.inference import make_loader, predict_batches, resolve_device
+from rsis.inference import make_loader, predict_batches
 from rsis.model import soft_iou_loss
 from rsis.text import EmbeddingTable
 from rsis.text.embed import embed_sequences

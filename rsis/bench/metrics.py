@@ -12,7 +12,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from rsis.inference import resolve_device
+from rsis.device import resolve_device
 from rsis.metrics import MetricAccumulator
 
 

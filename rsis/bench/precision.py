@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from rsis.data.cache import SequenceDataset
-from rsis.inference import make_loader, resolve_device
+from rsis.device import resolve_device
+from rsis.inference import make_loader
 from rsis.model import RRIS, soft_iou_loss
 from rsis.text import EmbeddingTable
 

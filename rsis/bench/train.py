@@ -45,9 +45,10 @@ from rsis.cpu import use_threads
 from rsis.data.cache import SequenceDataset
 from rsis.data.demo.scenes import SceneRules
 from rsis.data.pretext import PRETRAIN_STREAM, render_scenes
+from rsis.device import resolve_device
 from rsis.errors import UserError
 from rsis.features import FeatureStore, cache_images, write_features
-from rsis.inference import make_loader, resolve_device
+from rsis.inference import make_loader
 from rsis.model import RRIS, soft_iou_loss
 from rsis.model.backbone import build_backbone
 from rsis.model.convlstm import tiled_conv2d

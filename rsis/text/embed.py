@@ -15,8 +15,8 @@ from transformers import PreTrainedModel
 
 from rsis.cli import add_command
 from rsis.cpu import add_threads_argument, use_threads
+from rsis.device import resolve_device
 from rsis.errors import UserError
-from rsis.inference import resolve_device
 from rsis.io import atomic_path, check_identity
 from rsis.text.models import (
     load_model,

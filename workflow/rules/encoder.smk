@@ -68,10 +68,17 @@ rule features:
         benchmark_path("features/{split}")
     conda:
         ENV
+    # a forward pass over a split, as an evaluation is: the same CPUs, GPU, memory and time
+    threads: job_cpus(RESOURCES["evaluate"]["cpus"])
+    resources:
+        gpu=RESOURCES["evaluate"]["gpu"],
+        mem_mb=RESOURCES["evaluate"]["mem_mb"],
+        runtime=RESOURCES["evaluate"]["runtime"],
     params:
         backbone=SETTING["backbone"],
         weights=weights_arg,
         dtype=config["features"]["dtype"],
     shell:
         "rsis features --cache {input.cache:q} --backbone {params.backbone}"
-        " --weights {params.weights:q} --dtype {params.dtype} --out {output:q} > {log:q} 2>&1"
+        " --weights {params.weights:q} --dtype {params.dtype} --out {output:q}"
+        " --threads {threads} > {log:q} 2>&1"
