@@ -199,9 +199,11 @@ def test_train_exits_when_its_parent_shell_dies(demo_pipeline, tmp_path):
 
 
 def test_ctrl_c_is_one_line_and_the_rerun_resumes(demo_pipeline, tmp_path):
-    """SIGINT after the first epoch: exit 130 with one line, and --resume continues."""
+    """SIGINT after the first epoch: exit 130 with one line, and --resume continues. The run
+    could go on for 10^5 epochs (early stopping held off too), so the signal ends it."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    args = [a if a != "1" else "50" for a in _train_args(demo_pipeline, tmp_path)]
+    endless = ["--epochs", "100000", "--patience", "100000"]
+    args = [*_train_args(demo_pipeline, tmp_path)[:-2], *endless]
     trainer = subprocess.Popen(
         [sys.executable, "-m", "rsis.cli", *args], env=env, stderr=subprocess.PIPE, text=True
     )
@@ -216,6 +218,6 @@ def test_ctrl_c_is_one_line_and_the_rerun_resumes(demo_pipeline, tmp_path):
     assert error.strip().splitlines()[-1].startswith("rsis train: interrupted; no half-written")
     assert "Traceback" not in error
     finished = load_checkpoint(tmp_path / "last.pt")["epoch"]
-    rerun = [a if a != "50" else str(finished + 2) for a in args]
+    rerun = [*args[:-4], "--epochs", str(finished + 2), "--patience", "100000"]
     assert main([*rerun, "--resume"]) == 0
     assert list(pd.read_csv(tmp_path / "metrics.csv")["epoch"]) == list(range(finished + 2))
