@@ -205,15 +205,25 @@ def test_ctrl_c_is_one_line_and_the_rerun_resumes(demo_pipeline, tmp_path):
     endless = ["--epochs", "100000", "--patience", "100000"]
     args = [*_train_args(demo_pipeline, tmp_path)[:-2], *endless]
     trainer = subprocess.Popen(
-        [sys.executable, "-m", "rsis.cli", *args], env=env, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "rsis.cli", *args],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        # as from a terminal: a shell running the tests in the background ignores SIGINT in
+        # its children, and Python keeps an inherited "ignore"
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    deadline = time.monotonic() + 300
-    while not (tmp_path / "last.pt").exists():
-        assert trainer.poll() is None, trainer.stderr.read()[-2000:]
-        assert time.monotonic() < deadline, "no epoch finished"
-        time.sleep(0.1)
-    trainer.send_signal(signal.SIGINT)
-    _, error = trainer.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 300
+        while not (tmp_path / "last.pt").exists():
+            assert trainer.poll() is None, trainer.stderr.read()[-2000:]
+            assert time.monotonic() < deadline, "no epoch finished"
+            time.sleep(0.1)
+        trainer.send_signal(signal.SIGINT)
+        _, error = trainer.communicate(timeout=120)
+    finally:
+        trainer.kill()  # nothing is left running whatever failed above
+        trainer.wait()
     assert trainer.returncode == 130
     assert error.strip().splitlines()[-1].startswith("rsis train: interrupted; no half-written")
     assert "Traceback" not in error
