@@ -26,7 +26,7 @@ from tqdm import tqdm
 from rsis.bundle import load_bundle
 from rsis.cli import add_command
 from rsis.cpu import use_threads
-from rsis.data.cache import open_rgb, resize_rgb
+from rsis.data.cache import open_rgb, resize_mask, resize_rgb
 from rsis.device import resolve_device
 from rsis.errors import UserError
 from rsis.figures.palette import paint_referents
@@ -48,6 +48,7 @@ from rsis.text.pca import PcaSolution
 from rsis.text.tokenize import encode
 
 log = logging.getLogger(__name__)
+OVERLAY_MAX_WIDTH = 1600  # the legend's 15-pixel text stays readable when the PNG is viewed
 
 
 class TextPipeline:
@@ -195,8 +196,15 @@ def empty_masks(prediction: Prediction) -> list[int]:
 
 def _write_overlay(prediction: Prediction, out: Path) -> None:
     """The photo with each mask painted in its colour (outline and light fill) and, under it,
-    a legend of the numbered expressions wrapped to the photo's width."""
-    painted = paint_referents(prediction.photo, prediction.masks)
+    a legend of the numbered expressions wrapped to the photo's width; a photo wider than
+    ``OVERLAY_MAX_WIDTH`` is shown at that width (its masks keep the photo's size)."""
+    photo, masks = prediction.photo, prediction.masks
+    height, width = photo.shape[:2]
+    if width > OVERLAY_MAX_WIDTH:
+        height, width = max(1, round(height * OVERLAY_MAX_WIDTH / width)), OVERLAY_MAX_WIDTH
+        photo = resize_rgb(Image.fromarray(photo), height, width)
+        masks = np.stack([resize_mask(mask.astype(np.uint8), height, width) for mask in masks])
+    painted = paint_referents(photo, masks)
     compose([Row([painted], legend(prediction.expressions))], None, out)
 
 

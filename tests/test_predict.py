@@ -20,7 +20,7 @@ from rsis.errors import UserError
 from rsis.evaluate import evaluate
 from rsis.figures.panels import GAP_PX
 from rsis.figures.text import LINE_PX
-from rsis.predict import Prediction, Predictor, empty_masks, write_outputs
+from rsis.predict import OVERLAY_MAX_WIDTH, Prediction, Predictor, empty_masks, write_outputs
 from rsis.text import EmbeddingTable
 from rsis.text.identity import text_identity
 from rsis.train import Trainer
@@ -321,3 +321,22 @@ def test_batch_jobs_sharing_a_file_stem_keep_every_output(run_dir, tmp_path):
         assert result["overlay"] == f"{stem}_overlay.png" and (out / result["overlay"]).is_file()
         assert all((out / m["mask_png"]).is_file() for m in result["masks"])
     assert len(list(out.glob("*.json"))) == len(jobs)
+
+
+def test_a_wide_photo_gets_a_readable_overlay_and_full_size_masks(tmp_path):
+    """A 4000x2000 photo: the overlay is 1,600 pixels wide (its 15-pixel legend readable),
+    the painted mask lands where it was, and the mask PNG keeps the photo's size."""
+    photo_pixels = np.full((2000, 4000, 3), 90, np.uint8)
+    photo = tmp_path / "wide.png"
+    Image.fromarray(photo_pixels).save(photo)
+    masks = np.zeros((1, 2000, 4000), bool)
+    masks[0, 500:1500, 1000:3000] = True  # the middle half, in both directions
+    prediction = Prediction(photo_pixels, "stored", ["sky"], masks, masks[:, ::50, ::50], [1.0])
+    result = write_outputs(photo, prediction, tmp_path / "out")
+    with Image.open(tmp_path / "out" / result["overlay"]) as png:
+        overlay = np.asarray(png.convert("RGB"))
+    assert overlay.shape[:2] == (GAP_PX + 800 + LINE_PX + GAP_PX, OVERLAY_MAX_WIDTH + 2 * GAP_PX)
+    painted = overlay[GAP_PX : GAP_PX + 800, GAP_PX:-GAP_PX]
+    assert (painted[400, 800] != 90).any() and (painted[50, 50] == 90).all()
+    with Image.open(tmp_path / "out" / result["masks"][0]["mask_png"]) as mask_png:
+        assert mask_png.size == (4000, 2000)
