@@ -123,22 +123,45 @@ def require_writable_folder(folder: str | os.PathLike, what: str) -> None:
         what: how the user named it, e.g. ``--out photos/``.
     """
     folder = Path(folder).absolute()
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
     try:
-        if not existing.is_dir():
-            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
-        with tempfile.TemporaryFile(dir=existing):
+        with tempfile.TemporaryFile(dir=_nearest_existing(folder)):
             pass
     except OSError as error:
         raise UserError(f"{what}: {_unwritable(folder, error)}") from error
 
 
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or, where it does not exist, the nearest of its parents that does."""
+    return next((p for p in (path, *path.parents) if p.exists()), path)
+
+
 def _unwritable(folder: Path, error: OSError) -> str:
     """Why nothing can be written in ``folder``, and what to do."""
-    blocker = next((p for p in (folder, *folder.parents) if p.exists()), folder)
+    blocker = _nearest_existing(folder)
     if not blocker.is_dir():
         return f"{blocker} is a file, not a folder; give another path"
     return f"{folder} is not writable ({error.strerror}); give an output path in a writable folder"
+
+
+def read_markdown(path: Path, what: str) -> str:
+    """The text of a Markdown file the user named; a missing, folder or non-UTF-8 path is a
+    ``UserError`` naming it.
+
+    Args:
+        what: what the file should be, for the message (e.g. ``a results part``).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder: give {what} (a Markdown file)")
+    if not path.is_file():
+        raise UserError(f"{path}: no such file; give {what}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise UserError(
+            f"{path} is not UTF-8 text (byte {error.start}: {error.reason}): give {what} "
+            "(a Markdown file)"
+        ) from error
 
 
 def plain_attrs(attrs: h5py.AttributeManager) -> dict[str, object]:
@@ -161,16 +184,6 @@ def open_hdf5(path: str | os.PathLike, *, writer: str) -> h5py.File:
             f"{path} is not a readable HDF5 file ({error}); "
             f"rerun `{writer}` (or snakemake) to write it again"
         ) from error
-
-
-def read_attrs(path: str | os.PathLike, *, writer: str) -> dict[str, object]:
-    """Return the root attributes of an HDF5 file as plain Python values.
-
-    Args:
-        writer: the command that writes such files, e.g. ``rsis embed``.
-    """
-    with open_hdf5(path, writer=writer) as f:
-        return plain_attrs(f.attrs)
 
 
 def require_members(
@@ -212,20 +225,23 @@ def describe_differences(
     ]
 
 
-def check_identity(path: str | os.PathLike, expected: Mapping[str, object], *, writer: str) -> None:
+def check_identity(
+    path: str | os.PathLike,
+    attrs: Mapping[str, object],
+    expected: Mapping[str, object],
+    *,
+    writer: str,
+) -> None:
     """Raise ``IdentityMismatchError`` if ``path``'s attributes differ from ``expected``.
 
     Args:
-        path: an HDF5 file written by this package.
+        path: an HDF5 file written by this package (named in the message).
+        attrs: its root attributes, as its reader read them (``plain_attrs``).
         expected: attribute names and the values the caller needs.
         writer: the command that writes such files, e.g. ``rsis embed``.
     """
     differences = describe_differences(
-        read_attrs(path, writer=writer),
-        expected,
-        found_as="file has",
-        expected_as="expected",
-        keys=expected,
+        attrs, expected, found_as="file has", expected_as="expected", keys=expected
     )
     if differences:
         raise IdentityMismatchError(

@@ -24,8 +24,7 @@ from scipy import stats
 
 from rsis.cli import add_command
 from rsis.errors import UserError
-from rsis.io import atomic_path
-from rsis.summary import read_markdown
+from rsis.io import atomic_path, read_markdown
 
 TABLES = ("Table 1", "Table 2")
 RULE_SDS = 2.0

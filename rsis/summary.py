@@ -18,7 +18,7 @@ from pathlib import Path
 
 from rsis.cli import add_command
 from rsis.errors import UserError
-from rsis.io import atomic_path
+from rsis.io import atomic_path, read_markdown
 
 START = "<!-- results:start (rsis summary --readme README.md writes this part) -->"
 END = "<!-- results:end -->"
@@ -38,27 +38,6 @@ WRITERS = {
     "convergence.md": "rsis convergence",
     "findings.md": "rsis findings",
 }
-
-
-def read_markdown(path: Path, what: str) -> str:
-    """The text of a Markdown file the user named; a missing, folder or non-UTF-8 path is a
-    ``UserError`` naming it.
-
-    Args:
-        what: what the file should be, for the message (e.g. ``a results part``).
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{path} is a folder: give {what} (a Markdown file)")
-    if not path.is_file():
-        raise UserError(f"{path}: no such file; give {what}")
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise UserError(
-            f"{path} is not UTF-8 text (byte {error.start}: {error.reason}): give {what} "
-            "(a Markdown file)"
-        ) from error
 
 
 def machine() -> str:

@@ -132,7 +132,10 @@ def _embed_command(args: argparse.Namespace) -> None:
     tokenizer = load_tokenizer(source)
     identity = tokenizer_identity(args.model, tokenizer)
     check_identity(
-        args.tokens, {k: identity[k] for k in ("vocab_hash", "lowercase")}, writer="rsis tokenize"
+        args.tokens,
+        table.attrs,
+        {k: identity[k] for k in ("vocab_hash", "lowercase")},
+        writer="rsis tokenize",
     )
     model = load_model(source)
     limit = model.config.max_position_embeddings

@@ -112,7 +112,7 @@ def _reduce_command(args: argparse.Namespace) -> None:
     table = read_tokens(args.tokens)
     sent_id, vectors, source = read_embeddings(args.embeddings, args.embedding)
     check_identity(
-        args.embeddings, {"tokens_hash": table.attrs["tokens_hash"]}, writer="rsis embed"
+        args.embeddings, source, {"tokens_hash": table.attrs["tokens_hash"]}, writer="rsis embed"
     )
     if not np.array_equal(sent_id, table.sent_id):
         raise UserError(f"{args.embeddings} and {args.tokens} list different sentences")
