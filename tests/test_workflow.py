@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -62,6 +63,26 @@ def test_slurm_profile_dry_run():
     # a retried, requeued or rerun train job continues from the run's last.pt
     train = output.split("rule train:")[1].split("rule ")[0]
     assert " --resume auto" in train and "last.pt" not in train
+
+
+def _partition_for(gpu: int) -> str:
+    """The partition the slurm plugin picks, from profiles/slurm/partitions.yaml, for a
+    training job of config.yaml's resources asking for ``gpu`` GPUs."""
+    from snakemake_executor_plugin_slurm.partitions import get_best_partition, read_partition_file
+
+    partitions = read_partition_file(REPO / "profiles/slurm/partitions.yaml")
+    train = yaml.safe_load((REPO / "config.yaml").read_text())["resources"]["train"]
+    resources = {"gpu": gpu, "mem_mb": train["mem_mb"], "runtime": train["runtime"]}
+    job = SimpleNamespace(name="train", threads=train["cpus"], resources=resources)
+    logger = SimpleNamespace(info=print, warning=print, debug=print)
+    return get_best_partition(partitions, job, logger)
+
+
+def test_slurm_profile_sends_only_gpu_jobs_to_the_gpu_partition():
+    # before: train, evaluate and embed went to <GPU_PARTITION> even at `gpu: 0`
+    assert _partition_for(gpu=0) == "<PARTITION>"
+    assert _partition_for(gpu=1) == "<GPU_PARTITION>"
+    assert _partition_for(gpu=4) == "<GPU_PARTITION>"
 
 
 def _dry_run_with_resources(
