@@ -16,10 +16,9 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from tqdm import tqdm
-
 from rsis.cli import add_command
 from rsis.errors import UserError
+from rsis.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +47,9 @@ def _fetch(url: str, part: Path, timeout: float) -> None:
         total = start + int(length) if length is not None else None
         with (
             part.open("ab" if resumed else "wb") as out,
-            tqdm(total=total, initial=start, unit="B", unit_scale=True, desc=part.stem) as bar,
+            progress_bar(
+                total=total, initial=start, unit="B", unit_scale=True, desc=part.stem
+            ) as bar,
         ):
             for block in iter(lambda: response.read(CHUNK), b""):
                 out.write(block)
@@ -104,7 +105,7 @@ def extract(archive: Path, destination: Path) -> None:
         for member in zf.namelist():
             if not (destination / member).resolve().is_relative_to(root):
                 raise UserError(f"{archive}: member {member!r} would be written outside {root}")
-        for member in tqdm(zf.infolist(), desc=f"extract {archive.name}", unit="file"):
+        for member in progress_bar(zf.infolist(), desc=f"extract {archive.name}", unit="file"):
             zf.extract(member, destination)
 
 

@@ -23,7 +23,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from rsis.cli import add_command
 from rsis.cpu import add_threads_argument, use_threads
@@ -33,6 +32,7 @@ from rsis.errors import UserError
 from rsis.io import atomic_path
 from rsis.model.backbone import BACKBONES, STAGES, ResNetEncoder, build_backbone
 from rsis.model.frozen import encoder_digest
+from rsis.progress import progress_bar
 
 log = logging.getLogger(__name__)
 CPU = torch.device("cpu")
@@ -84,7 +84,7 @@ def write_features(
         stored: list[h5py.Dataset] = []
         row = 0
         batches = cache_images(cache)
-        for images in tqdm(batches, desc=f"features {cache.stem}", unit="batch"):
+        for images in progress_bar(batches, desc=f"features {cache.stem}", unit="batch"):
             features = [x.cpu() for x in encoder.encode_images(images.to(device))]
             if not stored:
                 stored = [

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from rsis.data.cache import collate_sequences
 from rsis.features import FeatureStore
+from rsis.progress import progress_bar
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -72,7 +72,7 @@ def predict_batches(
     was_training = model.training
     model.eval()
     try:
-        for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
+        for batch in progress_bar(loader, desc=desc, unit="batch", leave=False):
             batch = to_device(batch, device)
             with autocast(device):
                 logits = model(

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import ExifTags, Image, UnidentifiedImageError
-from tqdm import tqdm
 
 from rsis.bundle import load_bundle
 from rsis.cli import add_command
@@ -35,6 +34,7 @@ from rsis.inference import autocast
 from rsis.io import atomic_path, require_writable_folder
 from rsis.metrics import resize_scores
 from rsis.predictions import encode_masks
+from rsis.progress import progress_bar
 from rsis.score import write_predictions_json
 from rsis.text.embed import embed_sequences
 from rsis.text.models import (
@@ -308,7 +308,7 @@ def _predict_command(args: argparse.Namespace) -> None:
     predictor = Predictor(args.model, args.device, upright=args.orientation == "exif")
     samples: list[tuple[int, int | None, dict]] = []
     stems = output_stems([image for image, _, _ in jobs])
-    for (image_path, expressions, sent_ids), stem in tqdm(
+    for (image_path, expressions, sent_ids), stem in progress_bar(
         list(zip(jobs, stems, strict=True)), desc="predict", unit="img", disable=len(jobs) < 2
     ):
         prediction = predictor(image_path, expressions)

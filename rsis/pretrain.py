@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from rsis.cli import add_command
 from rsis.cpu import add_threads_argument, use_threads
@@ -35,6 +34,7 @@ from rsis.errors import UserError
 from rsis.io import atomic_path
 from rsis.model.backbone import BACKBONES, ResNetEncoder, build_backbone
 from rsis.model.frozen import calibrate_batch_norm
+from rsis.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def pretrain_encoder(
         encoder.train()
         order = torch.randperm(len(scenes), generator=generator)
         losses = []
-        bar = tqdm(order.split(batch_size), desc=f"pretrain epoch {epoch}", unit="batch")
+        bar = progress_bar(order.split(batch_size), desc=f"pretrain epoch {epoch}", unit="batch")
         for rows in bar:
             images, labels = scenes.images[rows], scenes.labels[rows]
             flip = torch.rand(len(rows), generator=generator) < 0.5

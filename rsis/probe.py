@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from rsis.cli import add_command
 from rsis.cpu import use_threads
@@ -27,6 +26,7 @@ from rsis.errors import UserError
 from rsis.io import atomic_path
 from rsis.model.backbone import BACKBONES, STAGES, ResNetEncoder, build_backbone
 from rsis.model.frozen import calibrate_batch_norm
+from rsis.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def object_pixels(
     """
     features: list[list[torch.Tensor]] = [[] for _ in STAGES]
     rows = torch.arange(len(scenes)).split(32)
-    for batch in tqdm(rows, desc="probe features", unit="batch", leave=False):
+    for batch in progress_bar(rows, desc="probe features", unit="batch", leave=False):
         mask = keep[batch]
         for stage, x in enumerate(encoder.encode_images(scenes.images[batch])):
             up = F.interpolate(x, size=mask.shape[-2:], mode="bilinear", align_corners=False)

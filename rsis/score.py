@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
-from tqdm import tqdm
 
 from rsis.breakdowns import sample_labels
 from rsis.cli import add_command, positive_int
@@ -27,6 +26,7 @@ from rsis.data.refer import Refer, add_refer_arguments, decode_segmentation, ref
 from rsis.errors import UserError
 from rsis.io import atomic_path
 from rsis.metrics import MetricAccumulator
+from rsis.progress import progress_bar
 from rsis.protocols import PROTOCOLS, RESOLUTIONS, Protocol, get_protocol
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ def score_predictions(
         resolution=where, threshold="binary masks as given", protocol=protocol
     )
     truth: dict[int, np.ndarray] = {}
-    for sent_id, ref in tqdm(samples, desc=f"score {protocol.name}", unit="sentence"):
+    for sent_id, ref in progress_bar(samples, desc=f"score {protocol.name}", unit="sentence"):
         image = refer.images[ref["image_id"]]
         image_hw = (int(image["height"]), int(image["width"]))
         if ref["ann_id"] not in truth:

@@ -18,7 +18,6 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
 
 from rsis.allocator import map_allocations_above
 from rsis.bundle import export_bundle
@@ -42,6 +41,7 @@ from rsis.metrics import MetricAccumulator
 from rsis.model import RRIS, ModelConfig, input_spec, soft_iou_loss
 from rsis.model.frozen import calibrate_batch_norm, encoder_digest
 from rsis.process import exclusive_folder, exit_with_parent
+from rsis.progress import progress_bar
 from rsis.runs import RunSpec, TrainSettings
 from rsis.text import EmbeddingTable
 from rsis.text.identity import text_identity
@@ -437,7 +437,7 @@ class Trainer:
         losses, images, referents, wait = [], 0, 0, 0.0
         steps = min(len(loader), self.cfg.settings.steps_per_epoch or len(loader))
         start = tick = time.perf_counter()
-        bar = tqdm(
+        bar = progress_bar(
             itertools.islice(loader, steps),
             desc=f"epoch {epoch}",
             total=steps,

@@ -10,10 +10,10 @@ import argparse
 import time
 
 import torch
-from tqdm import tqdm
 
 from rsis.device import resolve_device
 from rsis.metrics import MetricAccumulator
+from rsis.progress import progress_bar
 
 
 def referents_per_second(
@@ -33,7 +33,7 @@ def referents_per_second(
     generator = torch.Generator(device=device).manual_seed(seed)
     accumulator = MetricAccumulator(resolution=f"{height}x{width} (random masks)")
     elapsed = 0.0
-    with tqdm(total=referents, desc="bench metrics", unit="ref") as progress:
+    with progress_bar(total=referents, desc="bench metrics", unit="ref") as progress:
         for start in range(0, referents, chunk):
             n = min(chunk, referents - start)
             shape = (n, height, width)

@@ -16,7 +16,6 @@ import h5py
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from tqdm import tqdm
 
 from rsis.cli import add_command
 from rsis.data.cache_file import (
@@ -27,6 +26,7 @@ from rsis.data.cache_file import (
 from rsis.data.refer import Refer, add_refer_arguments, refer_from_args
 from rsis.errors import UserError
 from rsis.io import atomic_path, require_free_space
+from rsis.progress import progress_bar
 from rsis.runs import TRAIN_ORDERS
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def write_cache(refer: Refer, split: str, out: Path, height: int, width: int) ->
             chunks=(1, height, packed_width),
             maxshape=(None, height, packed_width),
         )
-        for image_id, refs in tqdm(per_image.items(), desc=f"cache {split}", unit="img"):
+        for image_id, refs in progress_bar(per_image.items(), desc=f"cache {split}", unit="img"):
             decodable = [ref for ref in refs if not _degenerate(refer, ref)]
             skipped_degenerate += len(refs) - len(decodable)
             decoded = [(ref, refer.decode_mask(ref["ann_id"])) for ref in decodable]

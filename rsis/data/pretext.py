@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from rsis.data.demo.scale import SPLITS
 from rsis.data.demo.scenes import COLOURS, SHAPES, SIZES, SceneRules, make_scene
+from rsis.progress import progress_bar
 
 PRETRAIN_STREAM = len(SPLITS)  # scenes the encoder is pretrained on
 PROBE_STREAM = len(SPLITS) + 1  # scenes the linear probes are fitted and scored on
@@ -74,7 +74,7 @@ def render_scenes(
     images = np.empty((count, height, width, 3), np.uint8)
     labels = np.empty((count, len(TASKS), height, width), np.int64)
     lookups = [{name: k + 1 for k, name in enumerate(values)} for values in TASKS.values()]
-    for row in tqdm(range(count), desc="pretext scenes", unit="scene", leave=False):
+    for row in progress_bar(range(count), desc="pretext scenes", unit="scene", leave=False):
         rng = np.random.default_rng([seed, stream, first + row])
         scene = make_scene(rng, *picture_size, bool(rng.random() < 0.5), rules)
         picture = Image.fromarray(scene.image).resize((width, height), Image.Resampling.BILINEAR)

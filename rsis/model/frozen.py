@@ -14,9 +14,9 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from rsis.model.backbone import ResNetEncoder
+from rsis.progress import progress_bar
 
 
 @torch.no_grad()
@@ -42,7 +42,7 @@ def calibrate_batch_norm(encoder: ResNetEncoder, batches: Iterable[torch.Tensor]
     encoder.train()
     seen = 0
     try:
-        for images in tqdm(batches, desc="calibrate batch norm", unit="batch", leave=False):
+        for images in progress_bar(batches, desc="calibrate batch norm", unit="batch", leave=False):
             encoder.encode_images(images)
             seen += len(images)
     finally:

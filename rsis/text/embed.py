@@ -10,7 +10,6 @@ import h5py
 import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
-from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from rsis.cli import add_command
@@ -18,6 +17,7 @@ from rsis.cpu import add_threads_argument, use_threads
 from rsis.device import resolve_device
 from rsis.errors import UserError
 from rsis.io import atomic_path, check_identity
+from rsis.progress import progress_bar
 from rsis.text.models import (
     load_model,
     load_tokenizer,
@@ -114,7 +114,7 @@ def embed_sequences(
     with (
         torch.inference_mode(),
         torch.autocast(device.type, dtype=PRECISIONS[precision], enabled=precision != "fp32"),
-        tqdm(total=len(lengths), unit="expr", disable=not progress) as bar,
+        progress_bar(total=len(lengths), unit="expr", disable=not progress) as bar,
     ):
         for rows in length_batches(lengths, batch_size):
             sequences = [tokens[ptr[r] : ptr[r + 1]] for r in rows]

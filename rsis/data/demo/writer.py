@@ -20,7 +20,6 @@ from typing import IO
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from rsis.cli import add_command
 from rsis.data import demo
@@ -30,6 +29,7 @@ from rsis.data.demo.polygons import bbox, polygon_area
 from rsis.data.demo.scale import SCALES, SPLITS, DemoPlan, ImagePlan, refcoco_plan, small_plan
 from rsis.data.demo.scenes import CATEGORIES, DEFAULT_RULES, DIFFICULTIES, SceneRules
 from rsis.errors import UserError
+from rsis.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ def generate_demo(
         part = tmp / "demo" / "annotations.part"
         with open(part, "w") as stream:
             records = _Records(stream)
-            drawn = tqdm(_drawn_images(jobs, workers), "demo images", len(jobs), unit="img")
+            drawn = progress_bar(_drawn_images(jobs, workers), "demo images", len(jobs), unit="img")
             for image_id, ((_, split, *_), image) in enumerate(zip(jobs, drawn, strict=True), 1):
                 file_name = f"demo_{image_id:06d}.jpg"
                 (tmp / "images" / file_name).write_bytes(image.jpeg)
