@@ -60,10 +60,16 @@ def machine() -> str:
 
 
 def commit() -> str:
-    """The checkout's commit (``unknown`` outside a git checkout)."""
+    """The commit of the checkout this ``rsis`` is imported from, ``-dirty`` when its files
+    differ from it (``unknown`` when it is no git checkout), whatever folder the command
+    runs in."""
     try:
         found = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+            ["git", "describe", "--always", "--dirty", "--abbrev=7"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parent,
         )
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pytest
 
+import rsis
 from rsis.cli import main
 from rsis.errors import UserError
-from rsis.summary import END, START, splice
+from rsis.summary import END, START, commit, splice
 
 
 def test_summary_writes_the_parts_and_replaces_only_readmes_block(tmp_path):
@@ -58,3 +62,14 @@ def test_summary_checks_every_input_before_writing(tmp_path, capsys):
         assert "rsis summary: error: " in error and message in error, error
         assert not out.exists(), argv
     assert no_markers.read_text() == "# Title\n\nno results block\n"
+
+
+def test_the_stamped_commit_is_rsis_checkouts_whatever_the_folder(tmp_path, monkeypatch):
+    # before: `git rev-parse HEAD` in the working folder: "unknown" here, another
+    # project's commit inside another checkout
+    repo = Path(rsis.__file__).resolve().parents[1]
+    head = subprocess.run(
+        ["git", "rev-parse", "--short=7", "HEAD"], cwd=repo, capture_output=True, text=True
+    ).stdout.strip()
+    monkeypatch.chdir(tmp_path)  # no git checkout
+    assert commit().removesuffix("-dirty") == head
