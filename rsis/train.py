@@ -188,6 +188,52 @@ def _train_sampler(
     return torch.utils.data.RandomSampler(dataset, generator=generator)
 
 
+def _over_ranks(
+    values: list[float], device: torch.device, op: dist.ReduceOp.RedOpType
+) -> list[float]:
+    """``values`` combined element by element over every rank by ``op`` (float64 on the
+    training ``device``: NCCL reduces CUDA tensors only)."""
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=op)
+    return tensor.tolist()
+
+
+def _epoch_figures(
+    epoch: int,
+    losses: list[float],
+    images: int,
+    referents: int,
+    wait: float,
+    elapsed: float,
+    device: torch.device,
+) -> dict[str, float]:
+    """An epoch's training figures from its batch losses, the images and referents trained,
+    the seconds spent waiting for data and in all. Under torchrun, the whole job's: the mean
+    loss of every rank's batches, all ranks' images and referents over the slowest rank's
+    seconds, and the share of all ranks' seconds spent waiting."""
+    loss, batches, seconds = sum(losses), len(losses), elapsed
+    if dist.is_initialized():
+        log.debug(
+            "epoch %d, rank %d (its shard): loss %.9g over %d batches, %d images in %.9g s",
+            epoch,
+            dist.get_rank(),
+            loss / batches,
+            batches,
+            images,
+            elapsed,
+        )
+        loss, batches, images, referents, wait, seconds = _over_ranks(
+            [loss, batches, images, referents, wait, elapsed], device, dist.ReduceOp.SUM
+        )
+        (elapsed,) = _over_ranks([elapsed], device, dist.ReduceOp.MAX)
+    return {
+        "train_loss": loss / batches,
+        "images_per_s": images / elapsed,
+        "referents_per_s": referents / elapsed,
+        "data_wait_share": wait / seconds,
+    }
+
+
 class Trainer:
     """One training run; ``run()`` returns the per-epoch history."""
 
@@ -466,12 +512,7 @@ class Trainer:
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
             tick = time.perf_counter()
         elapsed = time.perf_counter() - start
-        return {
-            "train_loss": sum(losses) / len(losses),
-            "images_per_s": images / elapsed,
-            "referents_per_s": referents / elapsed,
-            "data_wait_share": wait / elapsed,
-        }
+        return _epoch_figures(epoch, losses, images, referents, wait, elapsed, self.device)
 
     def run(self) -> list[dict[str, Any]]:
         """Train until ``epochs`` or early stopping; rank 0 writes checkpoints and metrics."""

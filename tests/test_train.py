@@ -144,14 +144,15 @@ def test_evaluate_scores_every_referent(demo_pipeline, trained):
 
 @pytest.mark.slow
 def test_two_process_ddp_training_writes_one_checkpoint(demo_pipeline, tmp_path):
-    """torchrun with 2 CPU processes (gloo): DistributedDataParallel, rank 0 writes."""
+    """torchrun with 2 CPU processes (gloo): DistributedDataParallel, rank 0 writes; its
+    metrics.csv holds the whole job's training figures, from the shards each rank logged."""
     import subprocess
     import sys
 
     root = demo_pipeline
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-        "-m", "rsis.cli", "train", "--run-id", "mean-pca-8-random-bs2",
+        "-m", "rsis.cli", "-v", "train", "--run-id", "mean-pca-8-random-bs2",
         "--train-cache", str(root / "cache/train.h5"), "--val-cache", str(root / "cache/val.h5"),
         "--text", str(root / "text/mean~pca~8.h5"), "--out-dir", str(tmp_path),
         "--backbone", "resnet18", "--weights", "none", "--hidden", "16", "--epochs", "1",
@@ -160,7 +161,24 @@ def test_two_process_ddp_training_writes_one_checkpoint(demo_pipeline, tmp_path)
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 0
-    assert len(pd.read_csv(tmp_path / "metrics.csv")) == 1
+    (row,) = pd.read_csv(tmp_path / "metrics.csv").to_dict("records")
+    shards = {
+        int(rank): (float(loss), int(batches), int(images), float(seconds))
+        for rank, loss, batches, images, seconds in re.findall(
+            r"epoch 0, rank (\d) \(its shard\): loss (\S+) over (\d+) batches, (\d+) images "
+            r"in (\S+) s",
+            result.stderr,
+        )
+    }
+    assert sorted(shards) == [0, 1], result.stderr[-3000:]
+    assert shards[0][0] != pytest.approx(shards[1][0])  # rank 0's loss is not the job's
+    batches = sum(shard[1] for shard in shards.values())
+    loss = sum(shard[0] * shard[1] for shard in shards.values()) / batches
+    assert row["train_loss"] == pytest.approx(loss, rel=1e-6)
+    images = sum(shard[2] for shard in shards.values())
+    assert images == 8  # the demo's train split: each rank trained on its half
+    slowest = max(shard[3] for shard in shards.values())
+    assert row["images_per_s"] == pytest.approx(images / slowest, rel=1e-6)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         ".lock", "best.pt", "bundle.pt", "convergence.json", "last.pt", "metrics.csv",
         "resume_best.pt", "tensorboard",
