@@ -144,6 +144,17 @@ class _Distributed:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def rank_batch_size(self, batch_size: int) -> int:
+        """Each rank's share of the run's ``batch_size``: one optimiser step sees the run's
+        batch whatever the number of processes (Table 2's batch size is the paper's)."""
+        if batch_size % self.world_size:
+            raise UserError(
+                f"batch size {batch_size} does not split evenly over {self.world_size} torchrun "
+                "processes: use a number of GPUs (resources.train.gpu) or processes that divides "
+                "every batch size of the grid"
+            )
+        return batch_size // self.world_size
+
 
 def _optimizer(model: RRIS, cfg: TrainConfig) -> torch.optim.Adam:
     """Adam with the decoder group and, unless the encoder is frozen, the encoder group."""
@@ -249,6 +260,7 @@ class Trainer:
         self.cfg = cfg
         settings = cfg.settings
         self.ddp = _Distributed.from_env()
+        self.batch_size = self.ddp.rank_batch_size(cfg.run.batch_size)
         self.device = resolve_device(cfg.device)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.ddp.local_rank)
@@ -475,7 +487,7 @@ class Trainer:
         self.train_set.set_epoch(epoch)
         loader = make_loader(
             self.train_set,
-            self.cfg.run.batch_size,
+            self.batch_size,
             workers=self.cfg.settings.workers,
             sampler=_train_sampler(self.train_set, self.cfg, epoch, self.ddp),
         )

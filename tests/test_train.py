@@ -21,7 +21,7 @@ from rsis.metrics import MetricAccumulator
 from rsis.model import RRIS, soft_iou_loss
 from rsis.text import EmbeddingTable
 from rsis.text.identity import text_identity
-from rsis.train import Trainer, TrainingDiverged, compute_threads, train_step
+from rsis.train import Trainer, TrainingDiverged, _Distributed, compute_threads, train_step
 from tests.helpers import make_train_config
 
 
@@ -177,6 +177,9 @@ def test_two_process_ddp_training_writes_one_checkpoint(demo_pipeline, tmp_path)
     assert row["train_loss"] == pytest.approx(loss, rel=1e-6)
     images = sum(shard[2] for shard in shards.values())
     assert images == 8  # the demo's train split: each rank trained on its half
+    # each rank takes 1 image of the run's batch of 2, so a step sees 2 images, as in one
+    # process (before: 2 per rank, 4 per step)
+    assert [shards[rank][1] for rank in (0, 1)] == [4, 4]
     slowest = max(shard[3] for shard in shards.values())
     assert row["images_per_s"] == pytest.approx(images / slowest, rel=1e-6)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
@@ -375,3 +378,9 @@ def test_bench_train_continues_a_trained_run_with_its_weights_and_adam_state(
     assert re.search(r"ratio: [\d.]+x", out)
     assert main([*argv, "--threads", "2"]) == 2
     assert "--start-from with --threads 2" in capsys.readouterr().err
+
+
+def test_each_torchrun_process_takes_its_share_of_the_runs_batch():
+    assert _Distributed(rank=1, world_size=4).rank_batch_size(32) == 8
+    with pytest.raises(UserError, match="batch size 32 does not split evenly over 3 torchrun"):
+        _Distributed(rank=0, world_size=3).rank_batch_size(32)

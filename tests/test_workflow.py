@@ -133,6 +133,28 @@ def test_train_processes_other_than_one_per_gpu_are_refused(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("resources", "message"),
+    [
+        (
+            {"train": {"processes": 3}},
+            "config.yaml: grid run pooled-none-native-random-bs32 has batch size 32, which does "
+            "not split over 3 training processes",
+        ),
+        (
+            {"evaluate": {"gpu": 2}},
+            "config.yaml: resources.evaluate.gpu 2: evaluate runs one process on one GPU; "
+            "set 0 or 1",
+        ),
+    ],
+    ids=["batch-over-processes", "evaluate-gpus"],
+)
+def test_resources_the_jobs_cannot_use_are_refused(tmp_path, resources, message):
+    result = _dry_run_with_resources(tmp_path, resources)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
     ("config", "message"),
     [
         (

@@ -228,6 +228,11 @@ for rule_name in ("evaluate", "embed"):
         raise ValueError(
             f"config.yaml: resources.{rule_name}.processes: only `train` runs several processes"
         )
+    if RESOURCES[rule_name]["gpu"] > 1:
+        raise ValueError(
+            f"config.yaml: resources.{rule_name}.gpu {RESOURCES[rule_name]['gpu']}: "
+            f"{rule_name} runs one process on one GPU; set 0 or 1"
+        )
 
 
 def train_processes():
@@ -243,6 +248,15 @@ def train_processes():
 
 
 TRAIN_PROCESSES = train_processes()
+# Each training process takes its share of a run's batch (rsis.train), so every batch size
+# of the grid must split evenly: refused here rather than in a cluster job hours later.
+for run_id, spec in RUNS.items():
+    if spec.batch_size % TRAIN_PROCESSES:
+        raise ValueError(
+            f"config.yaml: grid run {run_id} has batch size {spec.batch_size}, which does not "
+            f"split over {TRAIN_PROCESSES} training processes (resources.train.gpu or "
+            "processes): choose a number that divides every batch size"
+        )
 # CPUs per training process: the setting's own `train_cpus` (the demo's small runs train more
 # images per second side by side on one thread each), else resources.train.cpus.
 TRAIN_CPUS = SETTING.get("train_cpus", RESOURCES["train"]["cpus"])
