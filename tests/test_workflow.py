@@ -126,6 +126,20 @@ def test_the_demo_setting_gives_each_training_its_own_cpus(tmp_path):
     assert "--cpus 2 " in result.stdout.split("rule train:")[1].split("rule ")[0]
 
 
+def test_jobs_that_ask_for_a_gpu_insist_on_one(tmp_path):
+    # gpu 0: auto (a workstation's GPU if it has one); gpu 1: cuda, so a GPU job whose torch
+    # sees no GPU fails at once instead of training on the node's CPUs for hours
+    result = _dry_run_with_resources(tmp_path, {"train": {"gpu": 1}, "embed": {"gpu": 1}})
+    assert result.returncode == 0, result.stderr[-2000:]
+    commands = {
+        rule: result.stdout.split(f"rule {rule}:")[1].split("rule ")[0]
+        for rule in ("train", "evaluate", "evaluate_inverse_order", "features", "embed")
+    }
+    for rule, command in commands.items():
+        device = "cuda" if rule in ("train", "embed") else "auto"
+        assert f" --device {device} " in command, (rule, command)
+
+
 def test_train_processes_other_than_one_per_gpu_are_refused(tmp_path):
     result = _dry_run_with_resources(tmp_path, {"train": {"gpu": 1, "processes": 2}})
     assert result.returncode != 0

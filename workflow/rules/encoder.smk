@@ -78,7 +78,8 @@ rule features:
         backbone=SETTING["backbone"],
         weights=weights_arg,
         dtype=config["features"]["dtype"],
+        device=DEVICE["evaluate"],
     shell:
         "rsis features --cache {input.cache:q} --backbone {params.backbone}"
         " --weights {params.weights:q} --dtype {params.dtype} --out {output:q}"
-        " --threads {threads} > {log:q} 2>&1"
+        " --device {params.device} --threads {threads} > {log:q} 2>&1"

@@ -34,11 +34,12 @@ rule evaluate:
         seed=config["evaluation"]["seed"],
         flags=evaluation_flags,
         features=features_flag("--features", EVAL_SPLITS),
+        device=DEVICE["evaluate"],
     shell:
         "rsis evaluate --checkpoint {input.checkpoint:q} --cache {input.caches:q}"
         " {params.features} --text {input.text:q} --expression {params.expressions}"
         " --seed {params.seed} --out-dir {params.out_dir:q} {params.flags}"
-        " --threads {threads} > {log:q} 2>&1"
+        " --device {params.device} --threads {threads} > {log:q} 2>&1"
 
 
 rule evaluate_inverse_order:
@@ -67,10 +68,12 @@ rule evaluate_inverse_order:
     params:
         out_dir=output_dir,
         features=lambda wildcards: features_flag("--features", [wildcards.split]),
+        device=DEVICE["evaluate"],
     shell:
         "rsis evaluate --checkpoint {input.checkpoint:q} --cache {input.cache:q}"
         " {params.features} --text {input.text:q} --expression first --order reverse"
-        " --out-dir {params.out_dir:q} --threads {threads} > {log:q} 2>&1"
+        " --out-dir {params.out_dir:q} --device {params.device} --threads {threads}"
+        " > {log:q} 2>&1"
 
 
 if IS_DEMO:

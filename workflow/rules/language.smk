@@ -50,10 +50,11 @@ rule embed:
         model=LANG["model"],
         batch_size=LANG["batch_size"],
         precision=LANG["precision"],
+        device=DEVICE["embed"],
     shell:
         "rsis embed --tokens {input:q} --model {params.model:q}"
         " --batch-size {params.batch_size} --precision {params.precision}"
-        " --device auto --threads {threads}"
+        " --device {params.device} --threads {threads}"
         " --out {output:q} > {log:q} 2>&1"
 
 

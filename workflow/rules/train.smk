@@ -31,8 +31,10 @@ rule train:
         features=features_flag_pair,
         settings=train_settings_flags,
         launcher=train_launcher,
+        device=DEVICE["train"],
     shell:
         "exec {params.launcher} train --run-id {wildcards.run} --train-cache {input.train:q}"
         " --val-cache {input.val:q} --text {input.text:q} {params.pca} {params.features}"
-        " --out-dir {params.out_dir:q} {params.settings} --cpus {threads} --resume auto"
+        " --out-dir {params.out_dir:q} {params.settings} --device {params.device}"
+        " --cpus {threads} --resume auto"
         " > {log:q} 2>&1"
