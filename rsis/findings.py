@@ -37,7 +37,7 @@ from rsis.cli import add_command
 from rsis.io import atomic_path
 from rsis.metrics import read_result_records
 from rsis.runs import PAPER_DECODER, RunSpec, grid_tables
-from rsis.tables import metrics_frame, parse_grid
+from rsis.tables import mean_sd_cell, metrics_frame, parse_grid
 
 ALPHA = 0.05
 AGREES, DISAGREES, UNRESOLVED = "agrees", "disagrees", "not resolved"
@@ -80,7 +80,7 @@ def _per_seed(rows: pd.DataFrame, metric: str) -> pd.Series:
 
 def _spread(values: pd.Series) -> str:
     sd = values.std(ddof=1) if len(values) > 1 else math.nan
-    return f"{values.mean():.2f} ± {sd:.2f} (n={len(values)})"
+    return mean_sd_cell(values.mean(), sd, len(values))
 
 
 def _direction_verdict(statistic: float, p_value: float, expected_sign: int) -> str:

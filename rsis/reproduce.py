@@ -25,6 +25,7 @@ from scipy import stats
 from rsis.cli import add_command
 from rsis.errors import UserError
 from rsis.io import atomic_path, read_markdown
+from rsis.tables import mean_sd_cell
 
 TABLES = ("Table 1", "Table 2")
 RULE_SDS = 2.0
@@ -106,8 +107,8 @@ def compare(reference: dict, rerun: dict, level: float = 0.05) -> pd.DataFrame:
                 "table": table,
                 "row": row,
                 "column": column,
-                "reference": f"{ref.mean:.2f} ± {ref.sd:.2f} (n={ref.seeds})",
-                "rerun": f"{new.mean:.2f} ± {new.sd:.2f} (n={new.seeds})",
+                "reference": mean_sd_cell(ref.mean, ref.sd, ref.seeds),
+                "rerun": mean_sd_cell(new.mean, new.sd, new.seeds),
                 "difference": difference,
                 "within_rule": abs(difference) <= RULE_SDS * ref.sd + RULE_SLACK,
                 "welch_p": float(test.pvalue),

@@ -22,13 +22,8 @@ from rsis.io import atomic_path, read_markdown
 
 START = "<!-- results:start (rsis summary --readme README.md writes this part) -->"
 END = "<!-- results:end -->"
-PARTS: tuple[tuple[str, str], ...] = (
-    ("table1.md", "Table 1"),
-    ("table2.md", "Table 2"),
-    ("baselines.md", "Baselines"),
-    ("convergence.md", "Convergence"),
-    ("findings.md", "Findings"),
-)
+# Titles of the parts whose file starts without a "# " heading (the others keep theirs).
+PARTS: tuple[tuple[str, str], ...] = (("table1.md", "Table 1"), ("table2.md", "Table 2"))
 # The command that writes each part, named when a part is empty.
 WRITERS = {
     "table1.md": "rsis tables",

@@ -167,9 +167,11 @@ def _number(value: float) -> str:
     return MISSING if pd.isna(value) else f"{value:.2f}"
 
 
-def mean_sd_cell(mean: float, sd: float) -> str:
-    """``mean ± sd`` over seeds (just the mean for one seed)."""
-    return _number(mean) if pd.isna(sd) else f"{mean:.2f} ± {sd:.2f}"
+def mean_sd_cell(mean: float, sd: float, seeds: int | None = None) -> str:
+    """``mean ± sd`` over seeds (just the mean for one seed), then `` (n=<seeds>)`` when
+    ``seeds`` is given: the one spelling of a spread in tables, findings and reproduce."""
+    cell = _number(mean) if pd.isna(sd) else f"{mean:.2f} ± {sd:.2f}"
+    return cell if seeds is None else f"{cell} (n={seeds})"
 
 
 def display_table(numbers: pd.DataFrame, table: GridTable) -> pd.DataFrame:

@@ -106,17 +106,6 @@ class SplitCache:
         """Sentence ids of the referent in cache row ``row``, first expression first."""
         return self.sent_ids[self.sent_ptr[row] : self.sent_ptr[row + 1]]
 
-    def rows_of(self, ref_ids: np.ndarray | list[int]) -> np.ndarray:
-        """Cache rows of ``ref_ids``; an id the cache lacks is an error naming it."""
-        row_of = {int(ref): row for row, ref in enumerate(self.ref_id)}
-        unknown = [int(ref) for ref in ref_ids if int(ref) not in row_of]
-        if unknown:
-            raise UserError(
-                f"ref_ids {unknown[:5]} are not in the cache {self.path} (split {self.split}): "
-                "pass the cache of the split they come from"
-            )
-        return np.asarray([row_of[int(ref)] for ref in ref_ids], np.int64)
-
     def _datasets(self) -> tuple[h5py.Dataset, h5py.Dataset]:
         """The images and masks datasets, opened on first use and kept (a group lookup costs
         as much as reading an image)."""
