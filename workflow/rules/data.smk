@@ -56,6 +56,12 @@ rule prepare:
 
 if DOWNLOAD:
 
+    # On the submitting node under a cluster executor: compute nodes often have no internet,
+    # and a download needs no more than a login node has.
+    localrules:
+        download_annotations,
+        download_images,
+
     rule download_annotations:
         output:
             refs=f"{DS['root']}/{DS['name']}/refs({DS['splitBy']}).p",

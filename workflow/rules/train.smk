@@ -23,6 +23,7 @@ rule train:
     threads: job_cpus(TRAIN_CPUS * TRAIN_PROCESSES)
     resources:
         gpu=RESOURCES["train"]["gpu"],
+        nodes=1,  # torchrun --standalone: all of a job's GPUs on one node
         mem_mb=RESOURCES["train"]["mem_mb"],
         runtime=RESOURCES["train"]["runtime"],
     params:
