@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from rsis.data.cache import resize_rgb
 from rsis.data.demo.scale import SPLITS
 from rsis.data.demo.scenes import COLOURS, SHAPES, SIZES, SceneRules, make_scene
 from rsis.progress import progress_bar
@@ -77,8 +78,7 @@ def render_scenes(
     for row in progress_bar(range(count), desc="pretext scenes", unit="scene", leave=False):
         rng = np.random.default_rng([seed, stream, first + row])
         scene = make_scene(rng, *picture_size, bool(rng.random() < 0.5), rules)
-        picture = Image.fromarray(scene.image).resize((width, height), Image.Resampling.BILINEAR)
-        images[row] = np.asarray(picture)
+        images[row] = resize_rgb(Image.fromarray(scene.image), height, width)
         owner = Image.fromarray(scene.owner.astype(np.int32))
         owner = np.asarray(owner.resize((width, height), Image.Resampling.NEAREST))
         for task, (name, lookup) in enumerate(zip(TASKS, lookups, strict=True)):
