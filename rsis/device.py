@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 
 from rsis.errors import UserError
+
+
+def add_device_argument(
+    parser: argparse.ArgumentParser, default: str = "auto", note: str = ""
+) -> None:
+    """``--device``: where a command computes, a name for ``resolve_device``; ``note`` ends
+    the help with what the command does with it."""
+    choices = f"auto (CUDA where present, else CPU), cpu, cuda or cuda:<index> (default {default})"
+    parser.add_argument("--device", default=default, help=f"{choices}; {note}" if note else choices)
 
 
 def resolve_device(name: str) -> torch.device:

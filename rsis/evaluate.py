@@ -16,7 +16,7 @@ from rsis.cpu import add_threads_argument, use_threads
 from rsis.data.cache import EXPRESSIONS, SequenceDataset, resize_mask
 from rsis.data.cache_file import SplitCache
 from rsis.data.refer import Refer, add_refer_arguments, refer_from_args
-from rsis.device import resolve_device
+from rsis.device import add_device_argument, resolve_device
 from rsis.errors import UserError
 from rsis.features import FeatureStore
 from rsis.inference import make_loader, predict_batches
@@ -282,7 +282,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="writes <split>~<expression>.json (metrics), .csv (per sample), .predictions.h5 "
         "(network-size masks) and .predictions.json (rsis score's input, original size)",
     )
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_device_argument(p)
     add_threads_argument(p)
     p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument(

@@ -27,7 +27,7 @@ import torch
 from rsis.cli import add_command
 from rsis.cpu import add_threads_argument, use_threads
 from rsis.data.cache_file import SplitCache
-from rsis.device import resolve_device
+from rsis.device import add_device_argument, resolve_device
 from rsis.errors import UserError
 from rsis.io import atomic_path
 from rsis.model.backbone import BACKBONES, STAGES, ResNetEncoder, build_backbone
@@ -174,6 +174,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", required=True, help="imagenet or a state_dict file")
     p.add_argument("--dtype", default="float16", help="float16 (default) or float32")
     p.add_argument("--out", type=Path, required=True, help="features file (.h5)")
-    p.add_argument("--device", default="auto", help="auto (default: CUDA where present) or cpu")
+    add_device_argument(p)
     add_threads_argument(p)
     p.set_defaults(func=_features_command)

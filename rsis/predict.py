@@ -26,7 +26,7 @@ from rsis.bundle import load_bundle
 from rsis.cli import add_command
 from rsis.cpu import use_threads
 from rsis.data.cache import open_rgb, resize_mask, resize_rgb
-from rsis.device import resolve_device
+from rsis.device import add_device_argument, resolve_device
 from rsis.errors import UserError
 from rsis.figures.palette import paint_referents
 from rsis.figures.panels import Row, compose, legend
@@ -99,7 +99,7 @@ class Predictor:
 
     Args:
         bundle: path of a file written by ``rsis export`` (or training).
-        device: ``auto``, ``cpu`` or ``cuda``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:<index>``.
         upright: turn each photo as its EXIF orientation tag says before segmenting it
             (``rsis.data.cache.open_rgb``); masks and overlay are then in that orientation.
     """
@@ -343,7 +343,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also write every mask with its sent_id as rsis score's input (needs sent_ids)",
     )
     p.add_argument("--out", default="predictions", help="output folder (default: predictions)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:<index>")
+    add_device_argument(p)
     p.add_argument(
         "--orientation",
         choices=("exif", "stored"),

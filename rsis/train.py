@@ -26,7 +26,7 @@ from rsis.cli import add_command
 from rsis.convergence import Convergence, patience_spent
 from rsis.cpu import use_threads
 from rsis.data.cache import SequenceDataset
-from rsis.device import resolve_device
+from rsis.device import add_device_argument, resolve_device
 from rsis.errors import UserError
 from rsis.features import FeatureStore, cache_images
 from rsis.inference import (
@@ -637,7 +637,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--val-features", type=Path, help="stored encoder features of the val split")
     p.add_argument("--out-dir", type=Path, required=True, help="run folder (checkpoints, csv)")
     TrainSettings.add_arguments(p)
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_device_argument(p, note="with CUDA, each process uses the GPU of its torchrun local rank")
     p.add_argument(
         "--cpus",
         type=int,

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rsis.breakdowns import expression_template
+from rsis.cli import main
 from rsis.data.cache import resize_mask
 from rsis.errors import UserError
 from rsis.metrics import (
@@ -243,3 +244,15 @@ def test_per_expression_type_breakdown_on_a_hand_made_case():
     assert parts["attribute"]["n_samples"] == 2
     assert parts["extreme"]["instance_iou"] == parts["extreme"]["overall_iou"] == 0.5
     assert parts["relation"]["instance_iou"] == parts["relation"]["overall_iou"] == 0.0
+
+
+def test_bench_metrics_scores_on_the_cpu_and_refuses_a_bad_device_in_one_line(capsys):
+    """``rsis bench metrics`` keeps the CPU as its default; its ``--device`` goes through
+    ``resolve_device``."""
+    sizes = ["--referents", "20", "--height", "8", "--width", "8", "--chunk", "10"]
+    assert main(["bench", "metrics", *sizes]) == 0
+    assert "metrics on cpu: 20 referents at 8x8, chunks of 10" in capsys.readouterr().out
+    assert main(["bench", "metrics", *sizes, "--device", "gpu0"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "rsis bench: error: --device 'gpu0': give auto, cpu, cuda or cuda:<index>"
+    )

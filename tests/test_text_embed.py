@@ -178,3 +178,16 @@ def test_device_choice():
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="no CUDA GPU is visible"):
             resolve_device("cuda")
+
+
+def test_embed_takes_a_gpu_index_and_refuses_it_in_one_line_without_a_gpu(
+    tmp_path, capsys, monkeypatch
+):
+    """``--device cuda:1`` gets past argparse to ``resolve_device``, which refuses it where no
+    GPU is visible, before any file is read (the tokens file does not exist)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv = ["embed", "--tokens", str(tmp_path / "missing.h5"), "--model", "minilm"]
+    assert main([*argv, "--out", str(tmp_path / "e.h5"), "--device", "cuda:1"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "rsis embed: error: device 'cuda:1' requested but no CUDA GPU is visible; use --device cpu"
+    )

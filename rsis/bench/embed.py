@@ -22,6 +22,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import BertConfig, BertModel, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from rsis.bench.timing import matmul_peak_gflops
+from rsis.cpu import add_threads_argument, use_threads
 from rsis.errors import UserError
 from rsis.text.embed import DEFAULT_BATCH_SIZE, PRECISIONS, embed_sequences
 from rsis.text.models import MINILM, load_model, load_tokenizer, max_length, resolve_model
@@ -30,7 +32,6 @@ from rsis.text.tokenize import encode
 DEFAULT_CSV_DIR = Path(__file__).resolve().parents[3] / "shared/data/refcoco-expressions"
 BERT_BASE_CASED_VOCAB = 28_996
 REFCOCO_EXPRESSIONS = 142_210  # UNC splits, every expression of RefCOCO
-CPU = torch.device("cpu")
 
 
 def bert_base_shaped(tokenizer: PreTrainedTokenizerBase) -> BertModel:
@@ -61,28 +62,6 @@ def load_expressions(csv_dir: Path) -> pd.DataFrame:
         for f in files
     ]
     return pd.concat(frames, ignore_index=True)[["sent_id", "split", "sent"]]
-
-
-def matmul_peak_gflops(
-    size: int,
-    repeats: int = 3,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device = CPU,
-) -> float:
-    """Best GFLOP/s of ``torch.matmul`` on two ``size`` x ``size`` matrices of ``dtype``."""
-    a = torch.randn(size, size, dtype=dtype, device=device)
-    b = torch.randn(size, size, dtype=dtype, device=device)
-    torch.matmul(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        torch.matmul(a, b)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
 
 
 def useful_flops(model: PreTrainedModel, ids: np.ndarray, ptr: np.ndarray) -> float:
@@ -136,8 +115,7 @@ def _bench_embed_command(args: argparse.Namespace) -> None:
     """Time batched and one-at-a-time embedding and print the figures."""
     if args.repeats < 1:
         raise UserError(f"--repeats must be at least 1, got {args.repeats}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     texts = load_expressions(args.csv_dir)["sent"].tolist()
     if args.count:
         texts = [texts[i] for i in np.random.default_rng(1).permutation(len(texts))[: args.count]]
@@ -217,7 +195,7 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--repeats", type=int, default=3, help="timings kept: the best of these")
     parser.add_argument("--matmul-size", type=int, default=4096, help="side of the peak matmul")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    add_threads_argument(parser)
     parser.add_argument(
         "--precision",
         nargs="+",

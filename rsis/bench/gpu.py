@@ -27,12 +27,13 @@ import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from rsis.bench.embed import bert_base_shaped, matmul_peak_gflops, subset
+from rsis.bench.embed import bert_base_shaped, subset
 from rsis.bench.pipeline import build_demo_pipeline
 from rsis.bench.precision import Mode, StepSettings, make_model, measure
+from rsis.bench.timing import matmul_peak_gflops, synchronize
 from rsis.cli import main as rsis_main
 from rsis.data.cache import SequenceDataset
-from rsis.device import resolve_device
+from rsis.device import add_device_argument, resolve_device
 from rsis.errors import UserError
 from rsis.inference import make_loader, predict_batches
 from rsis.model import soft_iou_loss
@@ -80,11 +81,6 @@ def _figure(value: float) -> str:
     return f"{value:,.1f}" if value >= 10 else f"{value:.3g}"
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def training_flops_per_image(dataset: SequenceDataset, device: torch.device, work: Workload):
     """FLOPs of one training step (forward, loss, backward) per image, counted by torch."""
     model = make_model(work.steps, dataset.embeddings.dim, device)
@@ -103,10 +99,10 @@ def evaluation_rate(dataset: SequenceDataset, device: torch.device, work: Worklo
         model = model.to(memory_format=torch.channels_last)
     loader = make_loader(dataset, work.steps.batch_size)
     for _ in range(2):  # the first pass warms up, the second is timed
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         images = sum(len(batch["image"]) for batch, _ in predict_batches(model, loader, device))
-        _sync(device)
+        synchronize(device)
     return images / (time.perf_counter() - start)
 
 
@@ -120,10 +116,10 @@ def embedding_rate(tokens: Path, device: torch.device, work: Workload) -> float:
     settings = dict(pad_id=tokenizer.pad_token_id or 0, device=device, precision=precision)
     batch = 512 if device.type == "cuda" else 64
     embed_sequences(model, *subset(ids, ptr, np.arange(min(batch, work.expressions))), **settings)
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     embed_sequences(model, ids, ptr, batch_size=batch, progress=False, **settings)
-    _sync(device)
+    synchronize(device)
     return work.expressions / (time.perf_counter() - start)
 
 
@@ -156,7 +152,7 @@ def torchrun_training(root: Path, device: torch.device, work: Workload) -> tuple
 def predict_seconds(root: Path, bundle: Path, device: torch.device) -> float:
     """Seconds of one ``rsis predict`` call (load the bundle, 2 expressions), the second call."""
     image = sorted((root / "resources/demo/images").glob("*.jpg"))[0]
-    argv = ["predict", "--model", str(bundle), "--image", str(image), "--device", device.type]
+    argv = ["predict", "--model", str(bundle), "--image", str(image), "--device", str(device)]
     argv += ["--expr", "the red shape", "--expr", "the blue shape", "--out", str(root / "pred")]
     for _ in range(2):
         start = time.perf_counter()
@@ -222,7 +218,7 @@ def run(args: argparse.Namespace) -> None:
 def register(bench: argparse._SubParsersAction) -> None:
     """Add ``rsis bench gpu``."""
     p = bench.add_parser("gpu", help="the paper's workload on one accelerator, one table")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    add_device_argument(p, note="the torchrun row trains on GPU 0 (its local rank)")
     p.add_argument(
         "--quick", action="store_true", help="a small workload (about a minute on CPU, for CI)"
     )

@@ -11,13 +11,14 @@ import time
 
 import torch
 
-from rsis.device import resolve_device
+from rsis.bench.timing import synchronize
+from rsis.device import add_device_argument, resolve_device
 from rsis.metrics import MetricAccumulator
 from rsis.progress import progress_bar
 
 
 def referents_per_second(
-    referents: int, height: int, width: int, chunk: int, device: str, seed: int
+    referents: int, height: int, width: int, chunk: int, device: torch.device, seed: int
 ) -> tuple[float, dict]:
     """Score ``referents`` random (prediction, ground truth) pairs; return (rate, summary).
 
@@ -26,10 +27,9 @@ def referents_per_second(
         height: mask height.
         width: mask width.
         chunk: referents per ``update`` call (and per generated batch).
-        device: ``cpu`` or ``cuda``.
+        device: where to score.
         seed: seed of the random masks.
     """
-    resolve_device(device)  # refuses cuda without a GPU
     generator = torch.Generator(device=device).manual_seed(seed)
     accumulator = MetricAccumulator(resolution=f"{height}x{width} (random masks)")
     elapsed = 0.0
@@ -40,8 +40,7 @@ def referents_per_second(
             gt = torch.rand(shape, generator=generator, device=device) < 0.3
             noise = torch.rand(shape, generator=generator, device=device) < 0.1
             pred = gt ^ noise
-            if device == "cuda":
-                torch.cuda.synchronize()
+            synchronize(device)
             begin = time.perf_counter()
             accumulator.update(pred, gt, ids=torch.arange(start, start + n))
             elapsed += time.perf_counter() - begin
@@ -54,12 +53,13 @@ def referents_per_second(
 
 def _bench_metrics_command(args: argparse.Namespace) -> None:
     """Print referents/s and the (sanity) metrics of the random masks."""
+    device = resolve_device(args.device)
     rate, summary = referents_per_second(
-        args.referents, args.height, args.width, args.chunk, args.device, args.seed
+        args.referents, args.height, args.width, args.chunk, device, args.seed
     )
     metrics = summary["metrics"]
     print(
-        f"metrics on {args.device}: {args.referents} referents at {args.height}x{args.width}, "
+        f"metrics on {device}: {args.referents} referents at {args.height}x{args.width}, "
         f"chunks of {args.chunk}, {torch.get_num_threads()} torch threads"
     )
     print(f"throughput: {rate:,.0f} referents/s")
@@ -76,6 +76,6 @@ def register(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--height", type=int, default=240, help="mask height")
     p.add_argument("--width", type=int, default=427, help="mask width")
     p.add_argument("--chunk", type=int, default=500, help="referents per update call")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to score")
+    add_device_argument(p, default="cpu")
     p.add_argument("--seed", type=int, default=0, help="seed of the random masks")
     p.set_defaults(func=_bench_metrics_command)

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
+from rsis.bench.timing import synchronize
 from rsis.data.cache import SequenceDataset
-from rsis.device import resolve_device
+from rsis.device import add_device_argument, resolve_device
 from rsis.inference import make_loader
 from rsis.model import RRIS, soft_iou_loss
 from rsis.text import EmbeddingTable
@@ -40,11 +41,6 @@ class StepSettings:
     workers: int = 0
     warmup: int = 3
     steps: int = 20
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _batches(dataset: SequenceDataset, settings: StepSettings):
@@ -83,7 +79,7 @@ def measure(
     batches = _batches(dataset, settings)
     for step in range(settings.warmup + settings.steps):
         if step == settings.warmup:  # restart the clocks after warm-up steps
-            _sync(device)
+            synchronize(device)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             images = referents = 0
@@ -100,7 +96,7 @@ def measure(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        _sync(device)
+        synchronize(device)
         images += len(image)
         referents += int(batch["valid"].sum())
         tick = time.perf_counter()
@@ -155,5 +151,5 @@ def register(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes")
     p.add_argument("--steps", type=int, default=d.steps, help="timed steps")
     p.add_argument("--warmup", type=int, default=d.warmup, help="untimed steps first")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_device_argument(p)
     p.set_defaults(func=run)

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from rsis.bench.timing import matmul_peak_gflops
 from rsis.checkpoint import load_trained_model
 from rsis.cpu import use_threads
 from rsis.data.cache import SequenceDataset
@@ -104,7 +105,8 @@ def reference_forward(
     )
 
 
-def _train_step(model: RRIS, optimizer: torch.optim.Optimizer, forward: Forward, batch: dict):
+def _train_step(optimizer: torch.optim.Optimizer, forward: Forward, batch: dict) -> None:
+    """One training step: ``forward``, soft IoU loss, backward, ``optimizer`` step."""
     logits = forward(batch)
     loss = soft_iou_loss(logits.float(), batch["masks"], batch["valid"])
     optimizer.zero_grad(set_to_none=True)
@@ -118,14 +120,6 @@ def decoder_adam_state(saved: dict) -> dict:
     group = next(g for g in saved["param_groups"] if g.get("name") == "decoder")
     state = {i: saved["state"][i] for i in group["params"] if i in saved["state"]}
     return {"state": state, "param_groups": [group]}
-
-
-def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
-    """fp32 ``torch.matmul`` GFLOP/s of this CPU at the current thread count (best of runs)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    best = min(_seconds(lambda: a @ b) for _ in range(repeats))
-    return 2 * size**3 / best / 1e9
 
 
 def _flops(fn: Callable[[], object]) -> int:
@@ -232,12 +226,12 @@ def run(args: argparse.Namespace) -> None:
         torch.set_flush_denormal(not keeps_subnormals[name])
         model.train()
         for batch in batches[: args.warmup]:
-            _train_step(model, optimizers[name], forward, batch)
+            _train_step(optimizers[name], forward, batch)
 
     def one_round(name: str) -> Callable[[], object]:
-        model, forward = paths[name]
+        forward = paths[name][1]
         torch.set_flush_denormal(not keeps_subnormals[name])
-        return lambda: [_train_step(model, optimizers[name], forward, b) for b in batches]
+        return lambda: [_train_step(optimizers[name], forward, b) for b in batches]
 
     rates: dict[str, list[float]] = {name: [] for name in paths}
     cpu_rates: dict[str, list[float]] = {name: [] for name in paths}
@@ -249,7 +243,7 @@ def run(args: argparse.Namespace) -> None:
     flops = {name: _flops(one_round(name)) / images_per_round for name in paths}
     torch.set_flush_denormal(True)
     flops_per_image = flops["after"]
-    peak = matmul_peak()
+    peak = matmul_peak_gflops(2048, repeats=5)  # fp32, CPU
     pretrain = _pretrain_seconds(args, size)
 
     median = {name: statistics.median(values) for name, values in rates.items()}

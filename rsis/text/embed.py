@@ -14,7 +14,7 @@ from transformers import PreTrainedModel
 
 from rsis.cli import add_command
 from rsis.cpu import add_threads_argument, use_threads
-from rsis.device import resolve_device
+from rsis.device import add_device_argument, resolve_device
 from rsis.errors import UserError
 from rsis.io import atomic_path, check_identity
 from rsis.progress import progress_bar
@@ -127,6 +127,7 @@ def embed_sequences(
 
 def _embed_command(args: argparse.Namespace) -> None:
     """Embed every expression of a tokens file with the model that tokenized it."""
+    device = resolve_device(args.device)  # a bad --device is refused before any file is read
     table = read_tokens(args.tokens)  # first: a wrong file is named before any model loads
     source = resolve_model(args.model)
     tokenizer = load_tokenizer(source)
@@ -144,7 +145,6 @@ def _embed_command(args: argparse.Namespace) -> None:
             f"{args.tokens} holds expressions of {table.lengths.max()} tokens but model "
             f"{args.model!r} accepts at most {limit}; rerun `rsis tokenize` with this model"
         )
-    device = resolve_device(args.device)
     use_threads(args.threads)
     if args.precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
         log.warning("this CPU has no native bfloat16 support: --precision bf16 will be slow")
@@ -187,7 +187,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", required=True, help="minilm, a model directory, or a hub id")
     parser.add_argument("--out", type=Path, required=True, help="embeddings.h5 to write")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_device_argument(parser)
     add_threads_argument(parser)
     parser.add_argument(
         "--precision",
