@@ -19,13 +19,24 @@ def add_device_argument(
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
+    """``auto`` picks CUDA when present, else CPU; ``cuda`` without a GPU, or ``cuda:<index>``
+    beyond the visible GPUs, is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError as error:
         raise UserError(f"--device {name!r}: give auto, cpu, cuda or cuda:<index>") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} requested but no CUDA GPU is visible; use --device cpu")
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        raise UserError(
+            f"device {name!r} requested but no CUDA GPU is visible to torch {torch.__version__}; "
+            "use --device cpu, or check the GPU, its driver and torch's CUDA build"
+        )
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(
+            f"device {name!r}: this machine has {torch.cuda.device_count()} visible GPU(s), "
+            "numbered from 0"
+        )
     return device

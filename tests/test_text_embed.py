@@ -189,5 +189,15 @@ def test_embed_takes_a_gpu_index_and_refuses_it_in_one_line_without_a_gpu(
     argv = ["embed", "--tokens", str(tmp_path / "missing.h5"), "--model", "minilm"]
     assert main([*argv, "--out", str(tmp_path / "e.h5"), "--device", "cuda:1"]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
-        "rsis embed: error: device 'cuda:1' requested but no CUDA GPU is visible; use --device cpu"
+        "rsis embed: error: device 'cuda:1' requested but no CUDA GPU is visible to torch "
+        f"{torch.__version__}; use --device cpu, or check the GPU, its driver and torch's "
+        "CUDA build"
     )
+
+
+def test_a_gpu_index_beyond_the_visible_gpus_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(UserError, match=r"'cuda:2': this machine has 2 visible GPU\(s\)"):
+        resolve_device("cuda:2")
