@@ -8,6 +8,8 @@ import torch
 
 from rsis.errors import UserError
 
+CPU = torch.device("cpu")
+
 
 def add_device_argument(
     parser: argparse.ArgumentParser, default: str = "auto", note: str = ""

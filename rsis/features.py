@@ -27,7 +27,7 @@ import torch
 from rsis.cli import add_command
 from rsis.cpu import add_threads_argument, use_threads
 from rsis.data.cache_file import SplitCache
-from rsis.device import add_device_argument, resolve_device
+from rsis.device import CPU, add_device_argument, resolve_device
 from rsis.errors import UserError
 from rsis.io import atomic_path
 from rsis.model.backbone import BACKBONES, STAGES, ResNetEncoder, build_backbone
@@ -35,7 +35,6 @@ from rsis.model.frozen import encoder_digest
 from rsis.progress import progress_bar
 
 log = logging.getLogger(__name__)
-CPU = torch.device("cpu")
 
 FEATURES_FORMAT = 1
 DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "float32": torch.float32}

@@ -6,7 +6,7 @@ import time
 
 import torch
 
-CPU = torch.device("cpu")
+from rsis.device import CPU
 
 
 def synchronize(device: torch.device) -> None:
