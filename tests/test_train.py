@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from rsis.data.cache import SequenceDataset, collate_sequences
 from rsis.errors import UserError
 from rsis.evaluate import evaluate
 from rsis.inference import make_loader
+from rsis.launch import torchrun_arguments
 from rsis.metrics import MetricAccumulator
 from rsis.model import RRIS, soft_iou_loss
 from rsis.text import EmbeddingTable
@@ -145,21 +147,26 @@ def test_evaluate_scores_every_referent(demo_pipeline, trained):
 @pytest.mark.slow
 def test_two_process_ddp_training_writes_one_checkpoint(demo_pipeline, tmp_path):
     """torchrun with 2 CPU processes (gloo): DistributedDataParallel, rank 0 writes; its
-    metrics.csv holds the whole job's training figures, from the shards each rank logged."""
+    metrics.csv holds the whole job's training figures, from the shards each rank logged;
+    torchrun leaves nothing in the temporary directory."""
     import subprocess
     import sys
 
     root = demo_pipeline
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-        "-m", "rsis.cli", "-v", "train", "--run-id", "mean-pca-8-random-bs2",
+        sys.executable, "-m", "torch.distributed.run", *torchrun_arguments(2), "-v", "train",
+        "--run-id", "mean-pca-8-random-bs2",
         "--train-cache", str(root / "cache/train.h5"), "--val-cache", str(root / "cache/val.h5"),
         "--text", str(root / "text/mean~pca~8.h5"), "--out-dir", str(tmp_path),
         "--backbone", "resnet18", "--weights", "none", "--hidden", "16", "--epochs", "1",
         "--device", "cpu",
     ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    temporary = tmp_path.parent / f"{tmp_path.name}-tmp"
+    temporary.mkdir()
+    environment = {**os.environ, "TMPDIR": str(temporary)}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert list(temporary.iterdir()) == []  # no torchelastic_* folder left behind
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 0
     (row,) = pd.read_csv(tmp_path / "metrics.csv").to_dict("records")
     shards = {

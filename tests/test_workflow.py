@@ -102,7 +102,7 @@ def test_train_asks_its_processes_cpus_and_each_computes_with_its_share(tmp_path
     assert result.returncode == 0, result.stderr[-3000:]
     train = result.stdout.split("rule train:")[1].split("rule ")[0]
     assert "threads: 2" in train  # 2 processes x 1 CPU: what a cluster job asks for
-    assert "torchrun --standalone --nproc-per-node=2 -m rsis.cli train" in train
+    assert "torchrun --standalone --nproc-per-node=2 --log-dir /dev/null -m rsis.cli train" in train
     assert "--cpus 2" in train
 
 

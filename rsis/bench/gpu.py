@@ -36,6 +36,7 @@ from rsis.data.cache import SequenceDataset
 from rsis.device import add_device_argument, resolve_device
 from rsis.errors import UserError
 from rsis.inference import make_loader, predict_batches
+from rsis.launch import torchrun_arguments
 from rsis.model import soft_iou_loss
 from rsis.text import EmbeddingTable
 from rsis.text.embed import embed_sequences
@@ -127,8 +128,8 @@ def torchrun_training(root: Path, device: torch.device, work: Workload) -> tuple
     """One-process ``torchrun`` of ``rsis train``: its images/s and the bundle it wrote."""
     out = root / "torchrun"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1",
-        "-m", "rsis.cli", "train", "--train-cache", str(root / "cache/train.h5"),
+        sys.executable, "-m", "torch.distributed.run", *torchrun_arguments(1), "train",
+        "--train-cache", str(root / "cache/train.h5"),
         "--val-cache", str(root / "cache/val.h5"),
         "--text", str(root / f"text/mean~pca~{work.pca_dim}.h5"), "--out-dir", str(out),
         "--run-id", f"mean-pca-{work.pca_dim}-random-bs{work.steps.batch_size}",

@@ -8,6 +8,7 @@ from jsonschema import ValidationError
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from rsis.launch import torchrun_arguments
 from rsis.runs import EMBEDDINGS, NATIVE, TrainSettings, expand_grid, grid_tables
 
 
@@ -274,7 +275,7 @@ def train_launcher(wildcards):
     """``rsis`` in one process; ``torchrun`` with one process per GPU (or per
     ``resources.train.processes`` on CPUs) when there are several."""
     if TRAIN_PROCESSES > 1:
-        return f"torchrun --standalone --nproc-per-node={TRAIN_PROCESSES} -m rsis.cli"
+        return shlex.join(["torchrun", *torchrun_arguments(TRAIN_PROCESSES)])
     return "rsis"
 
 
