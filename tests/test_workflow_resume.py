@@ -51,6 +51,9 @@ def test_killed_training_resumes_to_the_uninterrupted_metrics(tmp_path):
     target = f"{TRAIN}/bundle.pt"
     lock, last = workdir / TRAIN / ".lock", workdir / TRAIN / "last.pt"
     deadline = time.monotonic() + 900
+    # a killed Snakemake cannot remove its temporary folder: keep it in the test's own
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
 
     def start_and_wait_for(path: Path) -> subprocess.Popen:
         snakemake = subprocess.Popen(
@@ -59,6 +62,7 @@ def test_killed_training_resumes_to_the_uninterrupted_metrics(tmp_path):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            env={**os.environ, "TMPDIR": str(temporary)},
         )
         while not (path.exists() and path.stat().st_size):
             assert snakemake.poll() is None, f"snakemake ended before writing {path}"
