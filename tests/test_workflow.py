@@ -20,6 +20,7 @@ from PIL import Image
 from snakemake.utils import update_config
 
 from rsis.findings import AGREES, DISAGREES, UNRESOLVED
+from rsis.runs import TrainSettings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -217,6 +218,35 @@ def test_schema_error_is_one_line_naming_the_key(tmp_path, config, where):
     output = result.stdout + result.stderr
     assert line in output.splitlines()
     assert "$schema" not in output  # not the whole schema and config
+
+
+def test_a_decoder_width_the_model_cannot_build_is_refused_before_any_job(tmp_path):
+    result = _dry_run_with_resources(tmp_path, {}, settings={"demo": {"hidden": 24}})
+    assert result.returncode != 0
+    line = (
+        "config.yaml: settings.demo.hidden: 24 is not a multiple of 16; "
+        "see workflow/schemas/config.schema.yaml"
+    )
+    assert line in (result.stdout + result.stderr).splitlines()
+
+
+def test_a_setting_left_out_takes_rsis_trains_default(tmp_path):
+    """TrainSettings owns the training settings' defaults: the schema adds none of its own
+    (it gave epochs 100, patience 10, workers 4 where `rsis train` gives 20, 5, 0)."""
+    for name in ("Snakefile", "workflow"):
+        source = REPO / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / name)
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    for key in ("epochs", "patience", "workers", "hidden"):
+        del config["settings"]["demo"][key]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    command = ["snakemake", "--cores", "2", "-n", "-p", "--forceall"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    train = result.stdout.split("rule train:")[1].split("rule ")[0]
+    defaults = TrainSettings()
+    for key in ("epochs", "patience", "workers", "hidden"):
+        assert f"--{key} {getattr(defaults, key)} " in train, key
 
 
 @pytest.fixture(scope="module")
