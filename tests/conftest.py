@@ -34,7 +34,10 @@ def sample_refer():
 def demo_pipeline(tmp_path_factory) -> Path:
     """A tiny demo (8 train, 4 images per other split) at full difficulty, cached at 48x80."""
     root = tmp_path_factory.mktemp("demo_pipeline")
-    return build_demo_pipeline(root, seed=3, counts=(8, 4, 4, 4), size=(48, 80), pca_dim=8)
+    rules = ("--difficulty", "full")  # every expression kind
+    return build_demo_pipeline(
+        root, seed=3, counts=(8, 4, 4, 4), size=(48, 80), pca_dim=8, rules=rules
+    )
 
 
 @pytest.fixture(scope="session")

@@ -332,6 +332,10 @@ def test_cli(tmp_path, capsys):
     assert main(args) == 0
     instances = json.loads((out / "demo" / "instances.json").read_text())
     assert [(i["height"], i["width"]) for i in instances["images"]] == [(64, 96)] * 3
+    # no --difficulty: config.yaml's default, shapes
+    assert instances["info"]["rules"] == {
+        "max_objects": 6, "colour_reuse": 0.9, "templates": ["attribute"]
+    }  # fmt: skip
     easy = ["--max-objects", "4", "--colour-reuse", "0", "--templates", "attribute"]
     assert main([*args, "--out", str(tmp_path / "easy"), *easy]) == 0
     info = json.loads((tmp_path / "easy" / "demo" / "instances.json").read_text())["info"]

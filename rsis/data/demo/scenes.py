@@ -109,6 +109,8 @@ DIFFICULTIES: dict[str, SceneRules] = {
     # as "shapes", plus spatial ("the leftmost star") and relational expressions
     "full": DEFAULT_RULES,
 }
+# What `rsis demo` and `rsis pretrain` draw unless told (config.yaml's demo.difficulty too)
+DEFAULT_DIFFICULTY = "shapes"
 
 
 @dataclass

@@ -27,7 +27,13 @@ from rsis.data.demo import scenes
 from rsis.data.demo.grammar import TEMPLATES, Expression, Thing
 from rsis.data.demo.polygons import bbox, polygon_area
 from rsis.data.demo.scale import SCALES, SPLITS, DemoPlan, ImagePlan, refcoco_plan, small_plan
-from rsis.data.demo.scenes import CATEGORIES, DEFAULT_RULES, DIFFICULTIES, SceneRules
+from rsis.data.demo.scenes import (
+    CATEGORIES,
+    DEFAULT_DIFFICULTY,
+    DEFAULT_RULES,
+    DIFFICULTIES,
+    SceneRules,
+)
 from rsis.errors import UserError
 from rsis.progress import progress_bar
 
@@ -271,10 +277,11 @@ def add_scene_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--difficulty",
         choices=tuple(DIFFICULTIES),
-        default="full",
+        default=DEFAULT_DIFFICULTY,
         help="colour: up to 4 shapes of distinct colours, attribute expressions; shapes: up "
         "to 6 shapes, colours repeated, attribute expressions; full: shapes plus spatial and "
-        "relational expressions (default full). The three flags below override its rules",
+        f"relational expressions (default {DEFAULT_DIFFICULTY}, as config.yaml's). The three "
+        "flags below override its rules",
     )
     parser.add_argument("--max-objects", type=int, help="most objects per image, 4 to 6")
     parser.add_argument(
