@@ -129,8 +129,14 @@ def pca_fit_split(wildcards):
 
 RUNS = expand_grid(config["grid"])
 SEEDS = config["seeds"]
-# Bad settings are refused when the workflow is parsed, before any job.
-TrainSettings.from_setting(SETTING, seed=SEEDS[0])
+# Bad settings are refused when the workflow is parsed, before any job. A training setting the
+# block leaves out takes TrainSettings' default (their one owner, not the schema), written
+# into the config so that the report states the values the runs use.
+for _key, _value in (
+    TrainSettings.from_setting(SETTING, seed=SEEDS[0]).to_dict().items()
+):
+    if _key != "seed":
+        SETTING.setdefault(_key, _value)
 TABLES = {table.name: table for table in grid_tables(config["grid"])}
 RUN_DIR = "{run}/seed{seed}"  # one folder per run and seed, under train/ and eval/
 
