@@ -99,11 +99,12 @@ def test_store_refuses_another_encoder_or_other_images(frozen, demo_pipeline, tm
         )
 
 
-def test_features_command_refuses_an_uncalibrated_random_encoder(demo_pipeline, tmp_path):
+def test_features_command_refuses_an_uncalibrated_random_encoder(demo_pipeline, tmp_path, capsys):
     cache = str(demo_pipeline / "cache/val.h5")
     out = str(tmp_path / "val.h5")
     args = ["features", "--cache", cache, "--backbone", "resnet18", "--weights", "none"]
     assert main([*args, "--out", out]) == 2
+    assert "calibrat" in capsys.readouterr().err
     assert not (tmp_path / "val.h5").exists()
 
 
@@ -121,7 +122,11 @@ def test_trainer_reads_stored_features_only_for_a_frozen_encoder(demo_pipeline, 
     with pytest.raises(UserError, match="need --encoder-lr 0"):
         Trainer(make_train_config(demo_pipeline, tmp_path / "live", **settings))
     runs = {}
-    for name, extra in (("cached", stored), ("live", {})):
+    for name, extra in (("cached", stored), ("live", {}), ("tampered", stored)):
+        if name == "tampered":  # the stored images' features in reverse order: the run
+            with h5py.File(paths["train"], "r+") as file:  # reads them, so its loss moves
+                for stage in ("conv1", "layer1", "layer2", "layer3", "layer4"):
+                    file[stage][...] = file[stage][...][::-1]
         cfg = make_train_config(
             demo_pipeline,
             tmp_path / name,
@@ -133,6 +138,8 @@ def test_trainer_reads_stored_features_only_for_a_frozen_encoder(demo_pipeline, 
         runs[name] = Trainer(cfg).run()[0]
     # float16 features: the same training up to rounding
     assert runs["cached"]["train_loss"] == pytest.approx(runs["live"]["train_loss"], abs=1e-3)
+    # training is deterministic: only what the run read from the file can move its loss
+    assert runs["tampered"]["train_loss"] != runs["cached"]["train_loss"]
     assert runs["cached"]["val_instance_iou"] == pytest.approx(
         runs["live"]["val_instance_iou"], abs=0.02
     )

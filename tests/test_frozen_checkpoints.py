@@ -104,7 +104,9 @@ def test_a_resumed_frozen_run_ends_as_an_uninterrupted_one(demo_pipeline, frozen
     whole.run()
     Trainer(make_train_config(demo_pipeline, tmp_path / "split", epochs=1, **settings)).run()
     config = make_train_config(demo_pipeline, tmp_path / "split", epochs=2, **settings)
-    Trainer(config, resume=True).run()
+    resumed = Trainer(config, resume=True)
+    assert resumed.start_epoch == 1  # continues, does not retrain epoch 0 from scratch
+    resumed.run()
     expected = load_checkpoint(tmp_path / "whole/last.pt")["model"]
     got = load_checkpoint(tmp_path / "split/last.pt")["model"]
     assert got.keys() == expected.keys()

@@ -54,8 +54,9 @@ def test_resumed_run_ends_with_identical_weights(demo_pipeline, trained, tmp_pat
     cfg, _ = trained
     first = make_train_config(demo_pipeline, tmp_path, epochs=1)
     Trainer(first).run()
-    resumed = make_train_config(demo_pipeline, tmp_path, epochs=2)
-    Trainer(resumed, resume=True).run()
+    resumed = Trainer(make_train_config(demo_pipeline, tmp_path, epochs=2), resume=True)
+    assert resumed.start_epoch == 1  # continues, does not retrain epoch 0 from scratch
+    assert [row["epoch"] for row in resumed.run()] == [0, 1]
     expected = load_checkpoint(cfg.out_dir / "last.pt")["model"]
     got = load_checkpoint(tmp_path / "last.pt")["model"]
     assert expected.keys() == got.keys()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -110,7 +111,7 @@ def test_a_larger_patience_continues_a_stopped_run_as_a_fresh_one_would(
     stopped, fresh = tmp_path / "stopped", tmp_path / "fresh"
     Trainer(make_train_config(demo_pipeline, stopped, epochs=6, patience=1)).run()
     resumed = Trainer(make_train_config(demo_pipeline, stopped, epochs=6, patience=3), True)
-    assert not resumed.stopped_early
+    assert not resumed.stopped_early and resumed.start_epoch == 2  # goes on from epoch 2
     assert [row["epoch"] for row in resumed.run()] == [0, 1, 2, 3]
     Trainer(make_train_config(demo_pipeline, fresh, epochs=6, patience=3)).run()
     ours, theirs = (load_checkpoint(folder / "last.pt")["model"] for folder in (stopped, fresh))
@@ -198,7 +199,7 @@ def test_train_exits_when_its_parent_shell_dies(demo_pipeline, tmp_path):
         time.sleep(0.1)
 
 
-def test_ctrl_c_is_one_line_and_the_rerun_resumes(demo_pipeline, tmp_path):
+def test_ctrl_c_is_one_line_and_the_rerun_resumes(demo_pipeline, tmp_path, caplog):
     """SIGINT after the first epoch: exit 130 with one line, and --resume continues. The run
     could go on for 10^5 epochs (early stopping held off too), so the signal ends it."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -229,5 +230,7 @@ def test_ctrl_c_is_one_line_and_the_rerun_resumes(demo_pipeline, tmp_path):
     assert "Traceback" not in error
     finished = load_checkpoint(tmp_path / "last.pt")["epoch"]
     rerun = [*args[:-4], "--epochs", str(finished + 2), "--patience", "100000"]
-    assert main([*rerun, "--resume"]) == 0
+    with caplog.at_level(logging.INFO, logger="rsis"):
+        assert main([*rerun, "--resume"]) == 0
+    assert f"resumed from {tmp_path / 'last.pt'} at epoch {finished + 1}" in caplog.text
     assert list(pd.read_csv(tmp_path / "metrics.csv")["epoch"]) == list(range(finished + 2))
