@@ -149,12 +149,12 @@ def test_undecodable_image_is_a_clear_error(sample_refer, tmp_path):
 def test_bench_loader_prints_both_paths_and_their_ratio(capsys):
     """``rsis bench loader`` on the real sample: both paths timed, the ratio printed."""
     images = SAMPLE_ROOT / "images/mscoco/images/train2014"
-    main(
+    assert main(
         ["bench", "loader", "--refs-root", str(SAMPLE_ROOT), "--dataset", "refcoco",
          "--split", "testB", "--height", "48", "--width", "80", "--workers", "0",
          "--min-sequences", "8", "--images-cached", "32", "--images-direct", "16",
          "--images", str(images)]
-    )  # fmt: skip
+    ) == 0  # fmt: skip
     out = capsys.readouterr().out
     cached = float(re.search(r"cached \(HDF5\) :\s+([\d.]+) images/s \(0 workers\)", out)[1])
     direct = float(re.search(r"direct \(JPEG \+ polygons\):\s+([\d.]+) images/s", out)[1])

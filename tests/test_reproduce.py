@@ -39,16 +39,20 @@ def test_cells_are_read_with_their_labels_and_seed_count(tmp_path: Path) -> None
     }
 
 
-def test_readme_block_compared_with_itself_agrees_everywhere() -> None:
-    """The committed README's block: every Table 1 and Table 2 cell over three seeds."""
+def test_readme_block_against_a_rerun_with_one_cell_moved() -> None:
+    """The committed README's block: every Table 1 and Table 2 cell over three seeds; a rerun
+    equal but for one cell moved by four of its sds is flagged at that cell only."""
     cells = read_cells(README)
     tables = {table for table, _, _ in cells}
     assert tables == {"Table 1", "Table 2"}
     assert len(cells) % 6 == 0 and len(cells) >= 6 * 17  # 6 metric columns per row
     assert {cell.seeds for cell in cells.values()} == {3}
-    comparison = compare(cells, cells)
-    assert comparison["within_rule"].all() and not comparison["differs"].any()
-    assert (comparison["welch_p"] == 1.0).all()
+    key, cell = next((key, cell) for key, cell in cells.items() if cell.sd > 1)
+    rerun = {**cells, key: Cell(cell.mean + 4 * cell.sd, cell.sd, cell.seeds)}
+    comparison = compare(cells, rerun).set_index(["table", "row", "column"])
+    assert list(comparison.index[~comparison["within_rule"]]) == [key]
+    assert list(comparison.index[comparison["differs"]]) == [key]  # Welch: t = 4.9, 4 df
+    assert comparison.loc[key, "difference"] == pytest.approx(4 * cell.sd)
 
 
 def test_rule_and_welch_test_on_known_cells(tmp_path: Path) -> None:

@@ -139,10 +139,18 @@ def test_embed_cli_writes_datasets_and_identity(tiny_dir, sample, tmp_path):
     out = tmp_path / "embeddings.h5"
     argv = ["embed", "--tokens", str(tmp_path / "tokens.h5"), "--model", str(tiny_dir)]
     assert main([*argv, "--out", str(out), "--batch-size", "16", "--device", "cpu"]) == 0
+    model = load_model(resolve_model(str(tiny_dir)))
+    pooled, mean = embed_sequences(
+        model, table.ids, table.ptr, pad_id=tokenizer.pad_token_id, progress=False
+    )
     with h5py.File(out, "r") as f:
         np.testing.assert_array_equal(f["sent_id"][:], table.sent_id)
         assert f["pooled"].shape == f["mean"].shape == (60, 32)
         assert f["mean"].dtype == np.float32
+        # the model's own embeddings, each under its name, in the token file's order
+        np.testing.assert_allclose(f["mean"][:], mean, atol=1e-5)
+        np.testing.assert_allclose(f["pooled"][:], pooled, atol=1e-5)
+        assert not np.allclose(f["mean"][:], f["pooled"][:], atol=1e-2)
         assert f.attrs["model"] == str(tiny_dir)
         assert f.attrs["hidden_size"] == 32
         assert f.attrs["tokens_hash"] == table.attrs["tokens_hash"]

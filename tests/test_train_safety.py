@@ -99,7 +99,8 @@ def test_resume_after_an_early_stop_only_exports(demo_pipeline, tmp_path, monkey
         assert (tmp_path / name).read_bytes() == content, f"{name} was rewritten"
     assert load_checkpoint(tmp_path / "bundle.pt")["source"]["epoch"] == 0
     assert list(pd.read_csv(tmp_path / "metrics.csv")["epoch"]) == [0, 1]
-    assert (tmp_path / "convergence.json").exists()
+    record = Convergence.read(tmp_path / "convergence.json")  # rewritten, as the run ended
+    assert (record.reason, record.best_epoch, record.epochs_run) == (EARLY_STOP, 0, 2)
 
 
 def test_a_larger_patience_continues_a_stopped_run_as_a_fresh_one_would(
