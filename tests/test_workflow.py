@@ -291,6 +291,17 @@ def test_tiny_run_produces_tables_and_figures(tiny_workflow):
     table = pd.read_csv(tables / "table2.csv")
     assert (table["instance_iou_val_n"] == 2).all()
     assert (table["instance_iou_val_sd"] > 0).all()  # the seeds differ: the cells have a spread
+    for _, cell in table.iterrows():  # each cell: mean and sd of its seeds' evaluations
+        run = f"mean-pca-8-{cell['order']}-bs{cell['batch_size']}"
+        scores = [
+            100 * json.loads(path.read_text())["metrics"]["instance_iou"]
+            for path in sorted(
+                (tiny_workflow / "results/demo/eval" / run).glob("seed*/val~first.json")
+            )
+        ]
+        assert len(scores) == 2
+        assert cell["instance_iou_val_mean"] == pytest.approx(np.mean(scores), abs=0.006)
+        assert cell["instance_iou_val_sd"] == pytest.approx(np.std(scores, ddof=1), abs=0.006)
     assert " ± " in (tables / "table2.md").read_text()
     findings = (tiny_workflow / "results/demo/findings.md").read_text()
     rows = [line for line in findings.splitlines() if line.startswith("| ") and "Claim" not in line]
