@@ -27,6 +27,7 @@ from rsis.text.pca import PcaSolution
 log = logging.getLogger(__name__)
 
 BUNDLE_KIND = "rsis-model-bundle"
+BUNDLE_FILE = "a bundle.pt written by rsis train or rsis export"
 
 
 def export_bundle(checkpoint: Path, text: Path, out: Path) -> None:
@@ -70,9 +71,13 @@ def export_bundle(checkpoint: Path, text: Path, out: Path) -> None:
     log.info("wrote %s (from %s, epoch %d)", out, checkpoint, payload["epoch"])
 
 
-def load_bundle(path: Path) -> tuple[RRIS, dict[str, Any]]:
-    """Load a bundle; return the model in eval mode and the bundle's other entries."""
-    bundle = load_checkpoint(path)
+def load_bundle(path: Path, option: str = "") -> tuple[RRIS, dict[str, Any]]:
+    """Load a bundle; return the model in eval mode and the bundle's other entries.
+
+    Args:
+        option: the command-line option that named ``path`` (e.g. ``--model``), for messages.
+    """
+    bundle = load_checkpoint(path, option, BUNDLE_FILE)
     if bundle.get("kind") != BUNDLE_KIND:
         raise UserError(
             f"{path} is not a model bundle (a training checkpoint?): "

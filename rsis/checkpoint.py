@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 import re
 import warnings
 from pathlib import Path
@@ -18,7 +17,9 @@ from rsis.model import RRIS, ModelConfig
 # that its weights file rebuilds is left out, named by ``encoder_digest`` (2 still reads).
 FORMAT_VERSION = 3
 READABLE_VERSIONS = (2, 3)
-NOT_RSIS_FILE = "not a checkpoint or bundle written by rsis (best.pt, last.pt or bundle.pt)"
+RSIS_FILES = (
+    "a checkpoint or bundle written by rsis train or rsis export (best.pt, last.pt, bundle.pt)"
+)
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -27,22 +28,35 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         torch.save({"format_version": FORMAT_VERSION, **payload}, tmp)
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True`` (no arbitrary objects are built)."""
+def load_checkpoint(path: Path, option: str = "", expected: str = RSIS_FILES) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True`` (no arbitrary objects are built).
+
+    Args:
+        option: the command-line option that named ``path`` (e.g. ``--model``), for messages.
+        expected: what ``path`` should be, for messages (``give <expected>``).
+    """
+    name = f"{option} {path}".strip()
     if Path(path).is_dir():
-        raise UserError(f"{path} is a folder: give a checkpoint or bundle file (.pt)")
+        raise UserError(f"{name} is a folder: give {expected}")
     if not Path(path).is_file():
-        raise UserError(f"checkpoint not found: {path}")
+        raise UserError(f"{name}: no such file; give {expected}")
     try:
         with warnings.catch_warnings():  # the error below says all; torch adds its own advice
             warnings.simplefilter("ignore")
             payload = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError:
+        raise  # the command names the file and says to check it
     except Exception as error:  # torch raises several types for corrupt or unsafe files
-        raise UserError(f"{path}: {_unreadable(error)}") from error
-    version = payload.get("format_version") if isinstance(payload, dict) else None
+        raise UserError(f"{name}: {_unreadable(error)}; give {expected}") from error
+    if not isinstance(payload, dict) or "format_version" not in payload:
+        raise UserError(
+            f"{name}: a torch file, but not a checkpoint or bundle of rsis (it has no "
+            f"format_version); give {expected}"
+        )
+    version = payload["format_version"]
     if version not in READABLE_VERSIONS:
         raise UserError(
-            f"{path}: checkpoint format {version!r}, this rsis reads formats "
+            f"{name}: checkpoint format {version!r}, this rsis reads formats "
             f"{', '.join(map(str, READABLE_VERSIONS))}; "
             "retrain or export it with a matching rsis version"
         )
@@ -58,9 +72,7 @@ def _unreadable(error: Exception) -> str:
             f"refused unread: it would build the Python object {unsafe.group(1)}, which no "
             "rsis file holds; do not load it unrestricted"
         )
-    if isinstance(error, pickle.UnpicklingError):  # torch's advice there does not apply
-        return f"{NOT_RSIS_FILE}: corrupt or not a torch file"
-    return f"{NOT_RSIS_FILE}: {type(error).__name__} {text.split('. ')[0][:160]}"
+    return "incomplete (a copy or download cut short?) or not a torch file"
 
 
 def require_compatible(

@@ -107,7 +107,7 @@ class Predictor:
     def __init__(self, bundle: Path, device: str = "auto", upright: bool = True) -> None:
         self.device = resolve_device(device)
         self.upright = upright
-        model, self.bundle = load_bundle(Path(bundle))
+        model, self.bundle = load_bundle(Path(bundle), option="--model")
         self.model = model.to(self.device)
         self.text = TextPipeline(self.bundle["text"], self.bundle["pca"], self.device)
         self.height, self.width = self.bundle["input"]["image_size"]

@@ -290,8 +290,9 @@ def test_decompression_bomb_is_refused_naming_the_image(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     bomb = tmp_path / "bomb.png"
     Image.new("1", (200, 200)).save(bomb)
-    with pytest.raises(UserError, match=rf"cannot decode image {bomb}: Image size \(40000"):
+    with pytest.raises(UserError, match=rf"cannot decode image {bomb}: Image size \(40000") as got:
         load_resized_image(bomb, 32, 48)
+    assert str(got.value).endswith("DOS attack; replace it with a readable JPEG or PNG")
 
 
 def test_sixteen_bit_grey_keeps_its_picture_and_wider_pixels_are_refused(tmp_path):

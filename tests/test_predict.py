@@ -145,8 +145,12 @@ def test_clear_errors(run_dir, tmp_path):
         predictor(PHOTO, [])
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not an image")
-    with pytest.raises(UserError, match=r"cannot decode image .*broken\.jpg"):
+    with pytest.raises(UserError, match=r"cannot decode image .*broken\.jpg") as got:
         predictor(broken, ["the dog"])
+    assert str(got.value) == (
+        f"cannot decode image {broken}: cannot identify image file {str(broken)!r}; "
+        "replace it with a readable JPEG or PNG"
+    )
     with pytest.raises(UserError, match="not a model bundle"):
         load_bundle(run_dir / "best.pt")
     bad = tmp_path / "bad.jsonl"
@@ -340,3 +344,24 @@ def test_a_wide_photo_gets_a_readable_overlay_and_full_size_masks(tmp_path):
     assert (painted[400, 800] != 90).any() and (painted[50, 50] == 90).all()
     with Image.open(tmp_path / "out" / result["masks"][0]["mask_png"]) as mask_png:
         assert mask_png.size == (4000, 2000)
+
+
+def test_a_model_file_that_is_missing_cut_short_or_not_from_rsis_is_one_clear_line(
+    tmp_path, capsys
+):
+    give = "give a bundle.pt written by rsis train or rsis export"
+    photo = ["--image", str(PHOTO), "--expr", "sky", "--out", str(tmp_path / "out")]
+    whole, cut, plain = tmp_path / "whole.pt", tmp_path / "cut.pt", tmp_path / "plain.pt"
+    torch.save({"format_version": 3, "kind": "rsis-model-bundle", "w": torch.zeros(5000)}, whole)
+    cut.write_bytes(whole.read_bytes()[:10000])  # a copy cut short
+    torch.save({"weights": torch.zeros(3)}, plain)
+    expected = {
+        tmp_path / "missing.pt": "no such file",
+        cut: "incomplete (a copy or download cut short?) or not a torch file",
+        plain: "a torch file, but not a checkpoint or bundle of rsis (it has no format_version)",
+    }
+    for model, reason in expected.items():
+        assert main(["predict", "--model", str(model), *photo]) == 2
+        error = capsys.readouterr().err.strip().splitlines()
+        assert error == [f"rsis predict: error: --model {model}: {reason}; {give}"]
+    assert not (tmp_path / "out").exists()

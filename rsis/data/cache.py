@@ -49,7 +49,10 @@ def open_rgb(path: Path, upright: bool = False) -> Image.Image:
         with Image.open(path) as image:
             return _eight_bit_rgb(ImageOps.exif_transpose(image) if upright else image, path)
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
-        raise UserError(f"cannot decode image {path}: {error}. Replace or remove it.") from error
+        reason = str(error).rstrip(". ")
+        raise UserError(
+            f"cannot decode image {path}: {reason}; replace it with a readable JPEG or PNG"
+        ) from error
 
 
 def _eight_bit_rgb(image: Image.Image, path: Path) -> Image.Image:
