@@ -48,6 +48,7 @@ from rsis.text.pca import PcaSolution
 from rsis.text.tokenize import encode
 
 log = logging.getLogger(__name__)
+Job = tuple[Path, list[str], list[int] | None]  # image, expressions, sent_ids (or None)
 OVERLAY_MAX_WIDTH = 1600  # the legend's 15-pixel text stays readable when the PNG is viewed
 
 
@@ -208,42 +209,96 @@ def _write_overlay(prediction: Prediction, out: Path) -> None:
     compose([Row([painted], legend(prediction.expressions))], None, out)
 
 
-def _jobs(args: argparse.Namespace) -> list[tuple[Path, list[str], list[int] | None]]:
-    """(image, expressions, sent_ids or None) from ``--image/--expr`` or a JSONL ``--batch``."""
+def _jobs(args: argparse.Namespace) -> list[Job]:
+    """The jobs of ``--image/--expr`` or of a JSONL ``--batch``, which exclude each other."""
     if args.batch:
-        jobs = []
-        for number, line in enumerate(Path(args.batch).read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                expressions = record["expressions"]
-                if not isinstance(expressions, list) or not all(
-                    isinstance(e, str) for e in expressions
-                ):
-                    raise TypeError("expressions must be a list of strings")
-                sent_ids = record.get("sent_ids")
-                if sent_ids is not None and (
-                    len(sent_ids) != len(expressions)
-                    or not all(isinstance(i, int) and not isinstance(i, bool) for i in sent_ids)
-                ):
-                    raise TypeError("sent_ids must be one integer per expression")
-                jobs.append((Path(record["image"]), expressions, sent_ids))
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise UserError(
-                    f"{args.batch}, line {number}: expected "
-                    '{"image": "photo.jpg", "expressions": ["...", ...], "sent_ids": [optional]} '
-                    f"({error})"
-                ) from error
-        if not jobs:
-            raise UserError(f"{args.batch} holds no jobs: write one JSON object per line")
-        return jobs
+        if args.image or args.expr:
+            raise UserError(
+                "--batch reads images and expressions from its file: leave out --image and "
+                "--expr, or --batch"
+            )
+        return _batch_jobs(Path(args.batch))
     if not args.image:
         raise UserError("give --image with --expr, or --batch FILE.jsonl")
-    return [(Path(args.image), args.expr or [], None)]
+    if len(args.image) > 1:
+        raise UserError(
+            f"--image given {len(args.image)} times ({', '.join(args.image)}): predict "
+            "takes one photo; for several, write a --batch file"
+        )
+    return [(Path(args.image[0]), args.expr or [], None)]
 
 
-def check_jobs(jobs: list[tuple[Path, list[str], list[int] | None]], out_dir: Path) -> None:
+def _batch_lines(path: Path) -> list[tuple[int, str]]:
+    """The non-blank lines of the ``--batch`` file, UTF-8 decoded, with their 1-based numbers."""
+    if path.is_dir():
+        raise UserError(f"--batch {path} is a folder: give a JSONL file, one job per line")
+    if not path.is_file():
+        raise UserError(f"--batch {path}: no such file; give a JSONL file, one job per line")
+    lines = []
+    with path.open("rb") as file:
+        for number, raw in enumerate(file, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise UserError(
+                    f"--batch {path}, line {number}: not UTF-8 text (byte "
+                    f"{raw[error.start]:#04x} at column {error.start + 1}): give a JSONL file "
+                    "saved as UTF-8"
+                ) from error
+            if line.strip():
+                lines.append((number, line))
+    return lines
+
+
+def _parse_job(line: str) -> Job:
+    """One ``--batch`` line as a job; a malformed one raises ``ValueError`` or ``TypeError``
+    (``json.JSONDecodeError`` is a ``ValueError``), or ``KeyError`` for a missing field."""
+    record = json.loads(line)
+    expressions = record["expressions"]
+    if not isinstance(expressions, list) or not all(isinstance(e, str) for e in expressions):
+        raise TypeError("expressions must be a list of strings")
+    sent_ids = record.get("sent_ids")
+    if sent_ids is not None and (
+        len(sent_ids) != len(expressions)
+        or not all(isinstance(i, int) and not isinstance(i, bool) for i in sent_ids)
+    ):
+        raise TypeError("sent_ids must be one integer per expression")
+    return Path(record["image"]), expressions, sent_ids
+
+
+def _batch_jobs(path: Path) -> list[Job]:
+    """The jobs of a JSONL ``--batch`` file, one per non-blank line; a malformed line, or a
+    sent_id given twice (``rsis score`` would refuse it), is refused naming its line."""
+    jobs: list[Job] = []
+    first_line: dict[int, int] = {}  # sent_id -> the line that gave it
+    for number, line in _batch_lines(path):
+        try:
+            job = _parse_job(line)
+        except (ValueError, KeyError, TypeError) as error:
+            raise UserError(
+                f"--batch {path}, line {number}: expected "
+                '{"image": "photo.jpg", "expressions": ["...", ...], "sent_ids": [optional]} '
+                f"({error})"
+            ) from error
+        for sent_id in job[2] or []:
+            if sent_id in first_line:
+                where = (
+                    "twice"
+                    if first_line[sent_id] == number
+                    else f"on line {first_line[sent_id]} and"
+                )
+                raise UserError(
+                    f"--batch {path}: sent_id {sent_id} is given {where} on line {number}; "
+                    "give each sentence once (rsis score refuses a sent_id predicted twice)"
+                )
+            first_line[sent_id] = number
+        jobs.append(job)
+    if not jobs:
+        raise UserError(f"--batch {path} holds no jobs: write one JSON object per line")
+    return jobs
+
+
+def check_jobs(jobs: list[Job], out_dir: Path) -> None:
     """Refuse, before any model is loaded, what would fail late: a missing image, an empty
     expression, an ``--out`` that is a file or cannot be written."""
     if out_dir.exists() and not out_dir.is_dir():
@@ -329,13 +384,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``rsis predict``."""
     p = add_command(subparsers, "predict")
     p.add_argument("--model", type=Path, required=True, help="model bundle (rsis export)")
-    p.add_argument("--image", help="the photo")
+    # append: an --image given twice is refused by _jobs, not silently replaced
+    p.add_argument("--image", action="append", help="the photo (one; for several, --batch)")
     p.add_argument("--expr", action="append", help="a referring expression (repeat, in order)")
     p.add_argument(
         "--batch",
-        help='JSONL: {"image": ..., "expressions": [...], "sent_ids": [...] (optional)} per '
-        "line; every line is checked before the model loads; an image that cannot be decoded "
-        "stops the batch there (the images before it keep their complete outputs)",
+        help='JSONL (UTF-8): {"image": ..., "expressions": [...], "sent_ids": [...] (optional)} '
+        "per line, instead of --image and --expr; image paths relative to the current folder; "
+        "every line is checked before the model loads; an image that cannot be decoded stops "
+        "the batch there (the images before it keep their complete outputs)",
     )
     p.add_argument(
         "--score-json",

@@ -346,6 +346,73 @@ def test_a_wide_photo_gets_a_readable_overlay_and_full_size_masks(tmp_path):
         assert mask_png.size == (4000, 2000)
 
 
+def _refused(capsys, tmp_path, *args: str) -> str:
+    """Run ``rsis predict`` with a bundle that does not exist, which every check here comes
+    before; return its one error line."""
+    model = ["predict", "--model", str(tmp_path / "never-read.pt"), "--out", str(tmp_path)]
+    assert main([*model, *args]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0].removeprefix("rsis predict: error: ")
+
+
+def test_a_batch_file_that_is_missing_or_not_utf8_text_is_one_line(tmp_path, capsys):
+    latin = tmp_path / "latin.jsonl"
+    line = f'{{"image": "{PHOTO}", "expressions": ["café"]}}'
+    latin.write_bytes(line.encode("utf-8") + b"\n" + line.encode("latin-1"))  # é: byte 0xe9
+    column = len(line.encode("latin-1").split(b"\xe9")[0]) + 1
+    error = _refused(capsys, tmp_path, "--batch", str(latin))
+    assert error.startswith(
+        f"--batch {latin}, line 2: not UTF-8 text (byte 0xe9 at column {column})"
+    )
+    error = _refused(capsys, tmp_path, "--batch", str(PHOTO))  # a JPEG given as --batch
+    assert error.startswith(f"--batch {PHOTO}, line 1: not UTF-8 text (byte 0xff at column 1)")
+    missing = tmp_path / "nothere.jsonl"
+    error = _refused(capsys, tmp_path, "--batch", str(missing))
+    assert error == f"--batch {missing}: no such file; give a JSONL file, one job per line"
+
+
+def test_arguments_that_would_be_dropped_are_refused(tmp_path, capsys):
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"image": str(PHOTO), "expressions": ["sky"]}) + "\n")
+    error = _refused(capsys, tmp_path, "--image", "a.png", "--image", "b.png", "--expr", "x")
+    assert error.startswith("--image given 2 times (a.png, b.png)")
+    for extra in (["--image", str(PHOTO), "--expr", "y"], ["--expr", "y"]):
+        error = _refused(capsys, tmp_path, "--batch", str(jobs), *extra)
+        assert error.startswith("--batch reads images and expressions from its file")
+
+
+def test_a_sent_id_given_twice_in_a_batch_is_refused_naming_its_lines(tmp_path, capsys):
+    def job(*sent_ids: int) -> str:
+        return json.dumps({"image": str(PHOTO), "expressions": ["x"] * len(sent_ids),
+                           "sent_ids": list(sent_ids)})  # fmt: skip
+
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("\n".join([job(1, 2), "", job(2)]) + "\n")
+    error = _refused(capsys, tmp_path, "--batch", str(jobs))
+    assert error.startswith(f"--batch {jobs}: sent_id 2 is given on line 1 and on line 3;")
+    jobs.write_text(job(5, 5) + "\n")
+    error = _refused(capsys, tmp_path, "--batch", str(jobs))
+    assert error.startswith(f"--batch {jobs}: sent_id 5 is given twice on line 1;")
+
+
+def test_batch_image_paths_are_relative_to_the_current_folder(tmp_path, capsys, monkeypatch):
+    """``photo.jpg`` on a line of ``jobs/jobs.jsonl`` is ``./photo.jpg``, not ``jobs/photo.jpg``:
+    found from the folder holding it (then the missing bundle is what stops the run), not from
+    the file's folder."""
+    (tmp_path / "jobs").mkdir()
+    shutil.copy(PHOTO, tmp_path / "jobs/photo.jpg")
+    (tmp_path / "jobs/jobs.jsonl").write_text('{"image": "photo.jpg", "expressions": ["sky"]}')
+    monkeypatch.chdir(tmp_path)
+    assert _refused(capsys, tmp_path, "--batch", "jobs/jobs.jsonl") == (
+        "job 1: image photo.jpg not found"
+    )
+    monkeypatch.chdir(tmp_path / "jobs")
+    assert _refused(capsys, tmp_path, "--batch", "jobs.jsonl").startswith(
+        f"--model {tmp_path / 'never-read.pt'}: no such file"
+    )
+
+
 def test_a_model_file_that_is_missing_cut_short_or_not_from_rsis_is_one_clear_line(
     tmp_path, capsys
 ):
