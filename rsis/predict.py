@@ -13,8 +13,10 @@ recurrent state.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +31,8 @@ from rsis.data.cache import open_rgb, resize_mask, resize_rgb
 from rsis.device import add_device_argument, resolve_device
 from rsis.errors import UserError
 from rsis.figures.palette import paint_referents
-from rsis.figures.panels import Row, compose, legend
+from rsis.figures.panels import GAP_PX, Row, compose, legend
+from rsis.figures.text import Entry, draw_numbers
 from rsis.inference import autocast
 from rsis.io import atomic_path, require_writable_folder
 from rsis.metrics import resize_scores
@@ -49,7 +52,11 @@ from rsis.text.tokenize import encode
 
 log = logging.getLogger(__name__)
 Job = tuple[Path, list[str], list[int] | None]  # image, expressions, sent_ids (or None)
-OVERLAY_MAX_WIDTH = 1600  # the legend's 15-pixel text stays readable when the PNG is viewed
+# Width of the overlay PNG (the photo and its white margins): the legend under the photo wraps
+# to the photo's width, and its 15-pixel text stays readable between these.
+OVERLAY_MIN_WIDTH = 320
+OVERLAY_MAX_WIDTH = 1600
+NO_PIXELS = "(no pixels)"  # after a legend entry whose mask is empty
 
 
 class TextPipeline:
@@ -71,16 +78,17 @@ class TextPipeline:
         self.pca = None if pca is None else PcaSolution(**{k: v.numpy() for k, v in pca.items()})
         self.device = device
 
-    def __call__(self, expressions: list[str]) -> torch.Tensor:
-        """(N, dim) float32 embeddings of ``expressions``, as the model was trained on."""
-        ids, ptr, _ = encode(self.tokenizer, expressions, self.limit)
+    def __call__(self, expressions: list[str]) -> tuple[torch.Tensor, np.ndarray]:
+        """(N, dim) float32 embeddings of ``expressions``, as the model was trained on, and
+        (N,) bool: whether each was longer than ``limit`` tokens and cut to its first ones."""
+        ids, ptr, truncated = encode(self.tokenizer, expressions, self.limit)
         pooled, mean = embed_sequences(
             self.model, ids, ptr, pad_id=self.tokenizer.pad_token_id, progress=False
         )
         vectors = pooled if self.embedding == "pooled" else mean
         if self.pca is not None:
             vectors = self.pca.project(vectors)
-        return torch.from_numpy(vectors).float()
+        return torch.from_numpy(vectors).float(), truncated
 
 
 @dataclass
@@ -93,6 +101,7 @@ class Prediction:
     masks: np.ndarray  # (N, H, W) bool at the photo's size
     network_masks: np.ndarray  # (N, h, w) bool at the bundle's input size
     scores: np.ndarray  # (N,) mean foreground probability inside each mask
+    truncated: np.ndarray  # (N,) bool: expression cut to the text model's maximum tokens
 
 
 class Predictor:
@@ -116,14 +125,24 @@ class Predictor:
 
     @torch.inference_mode()
     def __call__(self, image_path: Path, expressions: list[str]) -> Prediction:
-        """Segment ``image_path`` once per expression, in order."""
+        """Segment ``image_path`` once per expression, in order; warn about an expression
+        longer than the text model reads (it is cut to its first tokens, as in training)."""
         if not expressions:
             raise UserError("no expressions given: pass at least one --expr")
         photo = open_rgb(image_path, upright=self.upright)  # clear error if bad
         original = (photo.height, photo.width)
         pixels = resize_rgb(photo, self.height, self.width)
         image = torch.from_numpy(pixels).permute(2, 0, 1)[None].to(self.device)
-        text = self.text(expressions).to(self.device)
+        text, truncated = self.text(expressions)
+        for number in np.flatnonzero(truncated) + 1:
+            log.warning(
+                "%s: expression %d is longer than the text model reads: only its first %d "
+                "tokens (special tokens included) were used",
+                image_path,
+                number,
+                self.text.limit,
+            )
+        text = text.to(self.device)
         logits = []
         for start in range(0, len(expressions), self.chunk):
             with autocast(self.device):
@@ -146,6 +165,7 @@ class Predictor:
             masks=masks,
             network_masks=(logits > 0).cpu().numpy(),
             scores=scores,
+            truncated=truncated,
         )
 
 
@@ -153,26 +173,21 @@ def write_outputs(
     image_path: Path, prediction: Prediction, out_dir: Path, stem: str | None = None
 ) -> dict:
     """Write one PNG mask per expression, an overlay with a legend, and a JSON with RLEs,
-    named ``<stem>_mask00.png``, ``<stem>_overlay.png``, ``<stem>.json`` (``stem``: the
-    image's file stem unless given)."""
+    named ``<stem>_mask01.png`` (numbered from 1, as the legend), ``<stem>_overlay.png``,
+    ``<stem>.json`` (``stem``: the image's file stem unless given); then remove the mask PNGs
+    of ``stem`` that an earlier run with more expressions left in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = stem or image_path.stem
     records = []
-    for index, (mask, expression, score) in enumerate(
-        zip(prediction.masks, prediction.expressions, prediction.scores, strict=True)
-    ):
-        mask_path = out_dir / f"{stem}_mask{index:02d}.png"
-        with atomic_path(mask_path) as tmp:
-            Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG")
-        rle = encode_masks(mask[None])[0]
+    for k, mask in enumerate(prediction.masks):
+        number = k + 1
         records.append(
             {
-                "index": index,
-                "expression": expression,
-                "mask_png": mask_path.name,
-                "rle": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
-                "area": int(mask.sum()),
-                "score": float(score),
+                "number": number,
+                "expression": prediction.expressions[k],
+                "truncated": bool(prediction.truncated[k]),
+                **_write_mask(out_dir / f"{stem}_mask{number:02d}.png", mask),
+                "score": float(prediction.scores[k]),
             }
         )
     overlay = out_dir / f"{stem}_overlay.png"
@@ -181,32 +196,78 @@ def write_outputs(
         "image": str(image_path),
         "overlay": overlay.name,
         "orientation": prediction.orientation,
+        "number": "the expression's position, from 1, as in the overlay and the mask's file name",
+        "truncated": "true: the expression is longer than the text model reads, only its first "
+        "tokens were used",
         "score": "mean foreground probability inside the mask (logit > 0)",
         "masks": records,
     }
     with atomic_path(out_dir / f"{stem}.json") as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")
+    _remove_stale_masks(out_dir, stem, {record["mask_png"] for record in records})
     return result
 
 
+def _write_mask(path: Path, mask: np.ndarray) -> dict:
+    """Write (H, W) bool ``mask`` as a black-and-white PNG at ``path``; return its JSON
+    fields: the file's name, the COCO RLE and the area in pixels."""
+    with atomic_path(path) as tmp:
+        Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG")
+    rle = encode_masks(mask[None])[0]
+    return {
+        "mask_png": path.name,
+        "rle": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
+        "area": int(mask.sum()),
+    }
+
+
+def _remove_stale_masks(out_dir: Path, stem: str, written: set[str]) -> None:
+    """Delete the files of ``out_dir`` named exactly ``<stem>_mask<digits>.png`` that are not
+    in ``written``: masks of an earlier run of the same image with more expressions, which
+    the new JSON does not list."""
+    pattern = re.compile(rf"{re.escape(stem)}_mask\d+\.png")
+    for path in out_dir.glob(f"{glob.escape(stem)}_mask*.png"):
+        if pattern.fullmatch(path.name) and path.name not in written:
+            log.info("removing %s: an earlier run's mask, beyond this run's expressions", path)
+            path.unlink()
+
+
 def empty_masks(prediction: Prediction) -> list[int]:
-    """The 1-based numbers of the expressions whose mask has no pixel (warned about: the
-    overlay's legend lists them like the others)."""
+    """The 1-based numbers of the expressions whose mask has no pixel (warned about, and
+    marked ``(no pixels)`` in the overlay's legend)."""
     return [number for number, mask in enumerate(prediction.masks, 1) if not mask.any()]
 
 
+def overlay_photo_size(height: int, width: int) -> tuple[int, int]:
+    """(height, width) of a photo as the overlay shows it: its own size, scaled (aspect ratio
+    kept) so that the overlay, photo plus margins, is ``OVERLAY_MIN_WIDTH`` to
+    ``OVERLAY_MAX_WIDTH`` pixels wide."""
+    shown = min(max(width, OVERLAY_MIN_WIDTH - 2 * GAP_PX), OVERLAY_MAX_WIDTH - 2 * GAP_PX)
+    return max(1, round(height * shown / width)), shown
+
+
+def overlay_legend(prediction: Prediction) -> list[Entry]:
+    """The overlay's legend: the expressions numbered from 1 in their masks' colours, an
+    expression whose mask is empty marked ``(no pixels)``."""
+    empty = set(empty_masks(prediction))
+    numbered = enumerate(prediction.expressions, 1)
+    return legend([f"{text} {NO_PIXELS}" if k in empty else text for k, text in numbered])
+
+
 def _write_overlay(prediction: Prediction, out: Path) -> None:
-    """The photo with each mask painted in its colour (outline and light fill) and, under it,
-    a legend of the numbered expressions wrapped to the photo's width; a photo wider than
-    ``OVERLAY_MAX_WIDTH`` is shown at that width (its masks keep the photo's size)."""
+    """The photo with each mask painted in its colour (outline and light fill) and its number
+    on it and, under it, the legend wrapped to the photo's width; the photo is scaled as
+    ``overlay_photo_size`` says (up with nearest neighbour, down bilinearly; its masks keep
+    the photo's size)."""
     photo, masks = prediction.photo, prediction.masks
-    height, width = photo.shape[:2]
-    if width > OVERLAY_MAX_WIDTH:
-        height, width = max(1, round(height * OVERLAY_MAX_WIDTH / width)), OVERLAY_MAX_WIDTH
-        photo = resize_rgb(Image.fromarray(photo), height, width)
+    height, width = overlay_photo_size(*photo.shape[:2])
+    if width != photo.shape[1]:
+        up = width > photo.shape[1]
+        resample = Image.Resampling.NEAREST if up else Image.Resampling.BILINEAR
+        photo = np.asarray(Image.fromarray(photo).resize((width, height), resample))
         masks = np.stack([resize_mask(mask.astype(np.uint8), height, width) for mask in masks])
-    painted = paint_referents(photo, masks)
-    compose([Row([painted], legend(prediction.expressions))], None, out)
+    painted = draw_numbers(paint_referents(photo, masks), masks)
+    compose([Row([painted], overlay_legend(prediction))], None, out)
 
 
 def _jobs(args: argparse.Namespace) -> list[Job]:
@@ -399,7 +460,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         help="also write every mask with its sent_id as rsis score's input (needs sent_ids)",
     )
-    p.add_argument("--out", default="predictions", help="output folder (default: predictions)")
+    p.add_argument(
+        "--out",
+        default="predictions",
+        help="output folder (default: predictions); an image's earlier outputs there are "
+        "replaced, its mask PNGs beyond this run's expressions removed",
+    )
     add_device_argument(p)
     p.add_argument(
         "--orientation",

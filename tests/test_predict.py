@@ -19,8 +19,17 @@ from rsis.cli import main
 from rsis.errors import UserError
 from rsis.evaluate import evaluate
 from rsis.figures.panels import GAP_PX
-from rsis.figures.text import LINE_PX
-from rsis.predict import OVERLAY_MAX_WIDTH, Prediction, Predictor, empty_masks, write_outputs
+from rsis.figures.text import LINE_PX, draw_numbers, label_point
+from rsis.predict import (
+    NO_PIXELS,
+    OVERLAY_MAX_WIDTH,
+    OVERLAY_MIN_WIDTH,
+    Prediction,
+    Predictor,
+    empty_masks,
+    overlay_legend,
+    write_outputs,
+)
 from rsis.text import EmbeddingTable
 from rsis.text.identity import text_identity
 from rsis.train import Trainer
@@ -59,6 +68,10 @@ def test_predict_on_a_real_photo(run_dir, tmp_path):
         size = photo.size
     result = json.loads((tmp_path / f"{PHOTO.stem}.json").read_text())
     assert [m["expression"] for m in result["masks"]] == expressions
+    # numbered from 1, as in the legend and the warnings
+    assert [m["number"] for m in result["masks"]] == [1, 2, 3, 4, 5]
+    assert result["masks"][0]["mask_png"] == f"{PHOTO.stem}_mask01.png"
+    assert not any(m["truncated"] for m in result["masks"])
     for record in result["masks"]:
         with Image.open(tmp_path / record["mask_png"]) as mask:
             assert mask.size == size
@@ -202,7 +215,9 @@ def test_overlay_legend_wraps_a_long_expression_on_a_narrow_photo(tmp_path):
     long = " ".join(["the", "small", "red", "circle", "to", "the", "left", "of", "the", "big"] * 2)
     masks = np.zeros((2, 300, 359), bool)
     masks[0, 50:150, 50:150] = masks[1, 200:250, 200:300] = True
-    prediction = Prediction(grey, "stored", [long, "sky"], masks, masks[:, ::5, ::5], np.ones(2))
+    prediction = Prediction(
+        grey, "stored", [long, "sky"], masks, masks[:, ::5, ::5], np.ones(2), np.zeros(2, bool)
+    )
     result = write_outputs(photo, prediction, tmp_path / "out")
     assert empty_masks(prediction) == []
     masks[1] = False
@@ -327,23 +342,110 @@ def test_batch_jobs_sharing_a_file_stem_keep_every_output(run_dir, tmp_path):
     assert len(list(out.glob("*.json"))) == len(jobs)
 
 
-def test_a_wide_photo_gets_a_readable_overlay_and_full_size_masks(tmp_path):
-    """A 4000x2000 photo: the overlay is 1,600 pixels wide (its 15-pixel legend readable),
-    the painted mask lands where it was, and the mask PNG keeps the photo's size."""
-    photo_pixels = np.full((2000, 4000, 3), 90, np.uint8)
-    photo = tmp_path / "wide.png"
-    Image.fromarray(photo_pixels).save(photo)
-    masks = np.zeros((1, 2000, 4000), bool)
-    masks[0, 500:1500, 1000:3000] = True  # the middle half, in both directions
-    prediction = Prediction(photo_pixels, "stored", ["sky"], masks, masks[:, ::50, ::50], [1.0])
-    result = write_outputs(photo, prediction, tmp_path / "out")
+def _prediction(photo: np.ndarray, masks: np.ndarray) -> Prediction:
+    """A prediction of ``masks`` on ``photo`` (expressions "thing 1", "thing 2", ...)."""
+    names = [f"thing {k}" for k in range(1, len(masks) + 1)]
+    ones, no = np.ones(len(masks)), np.zeros(len(masks), bool)
+    return Prediction(photo, "stored", names, masks, masks[:, ::4, ::4], ones, no)
+
+
+def _overlay(tmp_path: Path, photo: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, dict]:
+    """The overlay written for ``masks`` on ``photo`` (RGB pixels), and the JSON."""
+    (tmp_path / "in").mkdir(exist_ok=True)
+    Image.fromarray(photo).save(tmp_path / "in/photo.png")
+    result = write_outputs(tmp_path / "in/photo.png", _prediction(photo, masks), tmp_path / "out")
     with Image.open(tmp_path / "out" / result["overlay"]) as png:
-        overlay = np.asarray(png.convert("RGB"))
-    assert overlay.shape[:2] == (GAP_PX + 800 + LINE_PX + GAP_PX, OVERLAY_MAX_WIDTH + 2 * GAP_PX)
-    painted = overlay[GAP_PX : GAP_PX + 800, GAP_PX:-GAP_PX]
-    assert (painted[400, 800] != 90).any() and (painted[50, 50] == 90).all()
+        return np.asarray(png.convert("RGB")), result
+
+
+def test_a_wide_photo_gets_a_readable_overlay_and_full_size_masks(tmp_path):
+    """A 3000x1500 photo: the overlay is exactly 1,600 pixels wide, margins included (its
+    15-pixel legend readable), the painted mask lands where it was, and the mask PNG keeps the
+    photo's size."""
+    photo = np.full((1500, 3000, 3), 90, np.uint8)
+    masks = np.zeros((1, 1500, 3000), bool)
+    masks[0, 375:1125, 750:2250] = True  # the middle half, in both directions
+    overlay, result = _overlay(tmp_path, photo, masks)
+    shown = OVERLAY_MAX_WIDTH - 2 * GAP_PX
+    assert overlay.shape[:2] == (GAP_PX + shown // 2 + LINE_PX + GAP_PX, OVERLAY_MAX_WIDTH)
+    painted = overlay[GAP_PX : GAP_PX + shown // 2, GAP_PX:-GAP_PX]
+    assert (painted[shown // 4, shown // 2] != 90).any() and (painted[50, 50] == 90).all()
     with Image.open(tmp_path / "out" / result["masks"][0]["mask_png"]) as mask_png:
-        assert mask_png.size == (4000, 2000)
+        assert mask_png.size == (3000, 1500)
+
+
+def test_a_small_photo_is_scaled_up_so_its_legend_is_readable(tmp_path):
+    """A 64x48 photo: shown 4.75 times larger (nearest neighbour, its pixels kept), so the
+    overlay is 320 pixels wide and the legend wraps at that width; the mask PNG stays 64x48."""
+    photo = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    masks = np.zeros((1, 48, 64), bool)
+    masks[0, 30:40, 40:60] = True
+    overlay, result = _overlay(tmp_path, photo, masks)
+    shown = OVERLAY_MIN_WIDTH - 2 * GAP_PX  # 304 pixels for 64: a factor of 4.75
+    assert overlay.shape[1] == OVERLAY_MIN_WIDTH
+    assert overlay.shape[0] == GAP_PX + 228 + LINE_PX + GAP_PX  # 48 * 4.75 = 228
+    painted = overlay[GAP_PX : GAP_PX + 228, GAP_PX : GAP_PX + shown]
+    np.testing.assert_array_equal(painted[:4, :4], np.broadcast_to(photo[0, 0], (4, 4, 3)))
+    with Image.open(tmp_path / "out" / result["masks"][0]["mask_png"]) as mask_png:
+        assert mask_png.size == (64, 48)
+
+
+def test_overlay_numbers_each_mask_and_lists_an_empty_one_as_without_pixels(tmp_path):
+    """Referent k's number k is written on its mask, white outlined in black, so masks can be
+    told apart where colours repeat (past 10) or clash; an empty mask has no number and its
+    legend entry says so."""
+    photo = np.full((300, 400, 3), 90, np.uint8)
+    masks = np.zeros((3, 300, 400), bool)
+    masks[0, 20:120, 20:120] = masks[2, 150:250, 250:350] = True  # mask 2 stays empty
+    overlay, _ = _overlay(tmp_path, photo, masks)
+    white = (overlay[GAP_PX : GAP_PX + 300, GAP_PX:-GAP_PX] > 230).all(axis=2)  # the digits
+    first, third = white[20:120, 20:120], white[150:250, 250:350]
+    assert first.sum() > 5 and third.sum() > 5
+    assert white.sum() == first.sum() + third.sum()  # numbers only on the masks
+    assert not np.array_equal(first, third)  # "1" and "3", not one glyph twice
+    entries = [text for text, _ in overlay_legend(_prediction(photo, masks))]
+    assert entries == ["1. thing 1", f"2. thing 2 {NO_PIXELS}", "3. thing 3"]
+
+
+def test_a_number_is_written_inside_a_ring_shaped_mask():
+    """A ring's centroid is in its hole; the number goes where the ring is thickest."""
+    yy, xx = np.mgrid[:200, :200]
+    radius = np.hypot(yy - 100, xx - 100)
+    ring = (radius > 50) & (radius < 90)
+    x, y = label_point(ring)
+    assert ring[y, x] and not ring[100, 100]
+    drawn = draw_numbers(np.zeros((200, 200, 3), np.uint8), ring[None])
+    white = np.argwhere((drawn > 230).all(axis=2))
+    assert len(white) and ring[tuple(white.T)].all()
+
+
+def test_a_rerun_with_fewer_expressions_leaves_only_its_own_masks(tmp_path):
+    """An earlier run's masks beyond this run's expressions are removed, so the folder holds
+    what the JSON lists; files that only look alike are left alone."""
+    photo = np.full((60, 80, 3), 90, np.uint8)
+    masks = np.zeros((3, 60, 80), bool)
+    masks[:, 10:20, 10:20] = True
+    _overlay(tmp_path, photo, masks)
+    out = tmp_path / "out"
+    alike = ["photo_mask2.png.bak", "photo-2_mask03.png", "photo_maskx.png", "my_photo_mask03.png"]
+    for name in alike:
+        (out / name).write_text("keep")
+    _, result = _overlay(tmp_path, photo, masks[:1])
+    assert [m["mask_png"] for m in result["masks"]] == ["photo_mask01.png"]
+    assert sorted(p.name for p in out.glob("photo_mask[0-9]*.png")) == ["photo_mask01.png"]
+    assert all((out / name).read_text() == "keep" for name in alike)
+
+
+def test_a_long_expression_is_cut_with_a_warning_and_marked_in_the_json(run_dir, tmp_path, caplog):
+    predictor = Predictor(run_dir / "bundle.pt", device="cpu")
+    long = " ".join(["the big red circle to the left of the small blue square"] * 80)
+    prediction = predictor(PHOTO, ["the dog", long])
+    np.testing.assert_array_equal(prediction.truncated, [False, True])
+    kept = f"only its first {predictor.text.limit} tokens"
+    assert f"expression 2 is longer than the text model reads: {kept}" in caplog.text
+    write_outputs(PHOTO, prediction, tmp_path)
+    result = json.loads((tmp_path / f"{PHOTO.stem}.json").read_text())
+    assert [m["truncated"] for m in result["masks"]] == [False, True]
 
 
 def _refused(capsys, tmp_path, *args: str) -> str:

@@ -1,4 +1,5 @@
-"""Text in figures: one font, lines wrapped to a width, legends of coloured swatches.
+"""Text in figures: one font, lines wrapped to a width, legends of coloured swatches, and
+referent numbers written on their masks.
 
 Figures are composed with Pillow at exact pixel sizes; text uses matplotlib's bundled DejaVu
 Sans, so it renders the same everywhere without system fonts.
@@ -11,13 +12,15 @@ from functools import cache
 
 import numpy as np
 from matplotlib import font_manager
-from PIL import ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
 
 FONT_PX = 15
 LINE_PX = 20  # height of one text line
 SWATCH_PX = 12  # side of the colour square before a legend entry
 INDENT_PX = SWATCH_PX + 6  # text starts here, after the swatch
 TEXT_COLOR = (30, 30, 30)
+NUMBER_FILL, NUMBER_EDGE = (255, 255, 255), (0, 0, 0)  # white digits outlined in black
 
 Color = tuple[int, int, int] | np.ndarray
 Entry = tuple[str, Color | None]  # text, and the colour of its swatch (None: no swatch)
@@ -107,3 +110,46 @@ def draw_inline(
             x += INDENT_PX
         draw.text((x, y + LINE_PX / 2), text, fill=TEXT_COLOR, font=font(), anchor="lm")
         x += font().getlength(text) + SWATCH_PX
+
+
+def number_px(height: int) -> int:
+    """Size of the referent numbers drawn on a panel ``height`` pixels tall (15 px up to 360)."""
+    return max(FONT_PX, round(height / 24))
+
+
+def label_point(mask: np.ndarray) -> tuple[int, int]:
+    """(x, y) of the pixel of a non-empty ``mask`` farthest from its border: inside it even
+    where the mask is ring- or L-shaped (unlike its centroid)."""
+    depth = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(np.argmax(depth), depth.shape)
+    return int(x), int(y)
+
+
+def draw_numbers(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 ``image`` with the number k (from 1) of each non-empty mask k of
+    (R, H, W) ``masks`` written on it, white outlined in black (readable on any colour),
+    at its ``label_point``, kept inside the image."""
+    canvas = Image.fromarray(image)
+    draw = ImageDraw.Draw(canvas)
+    size = number_px(image.shape[0])
+    stroke = max(2, size // 8)
+    for number, mask in enumerate(np.asarray(masks, bool), 1):
+        if not mask.any():
+            continue
+        text = str(number)
+        left, top, right, bottom = draw.textbbox(
+            (0, 0), text, font=font(size), anchor="mm", stroke_width=stroke
+        )
+        x, y = label_point(mask)
+        x = min(max(x, -left), image.shape[1] - right)
+        y = min(max(y, -top), image.shape[0] - bottom)
+        draw.text(
+            (x, y),
+            text,
+            font=font(size),
+            anchor="mm",
+            fill=NUMBER_FILL,
+            stroke_width=stroke,
+            stroke_fill=NUMBER_EDGE,
+        )
+    return np.array(canvas)
