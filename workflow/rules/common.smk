@@ -231,6 +231,16 @@ def features_flag_pair(wildcards):
 
 
 RESOURCES = config["resources"]
+
+
+def per_attempt(rule_kind, key):
+    """``resources.<rule_kind>.<key>`` (memory or runtime) at a job's first attempt, twice
+    that at its second, and so on: a job a cluster killed for memory or time is resubmitted
+    (profiles/slurm: ``retries``) with more, not with what it ran out of."""
+    amount = RESOURCES[rule_kind][key]
+    return lambda wildcards, attempt: amount * attempt
+
+
 for rule_name in ("evaluate", "embed"):
     if "processes" in RESOURCES[rule_name]:
         raise ValueError(

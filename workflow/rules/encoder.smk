@@ -72,8 +72,8 @@ rule features:
     threads: job_cpus(RESOURCES["evaluate"]["cpus"])
     resources:
         gpu=RESOURCES["evaluate"]["gpu"],
-        mem_mb=RESOURCES["evaluate"]["mem_mb"],
-        runtime=RESOURCES["evaluate"]["runtime"],
+        mem_mb=per_attempt("evaluate", "mem_mb"),
+        runtime=per_attempt("evaluate", "runtime"),
     params:
         backbone=SETTING["backbone"],
         weights=weights_arg,

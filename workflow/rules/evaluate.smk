@@ -26,8 +26,8 @@ rule evaluate:
     threads: job_cpus(RESOURCES["evaluate"]["cpus"])
     resources:
         gpu=RESOURCES["evaluate"]["gpu"],
-        mem_mb=RESOURCES["evaluate"]["mem_mb"],
-        runtime=RESOURCES["evaluate"]["runtime"],
+        mem_mb=per_attempt("evaluate", "mem_mb"),
+        runtime=per_attempt("evaluate", "runtime"),
     params:
         out_dir=output_dir,
         expressions=EVAL_EXPRESSIONS,
@@ -63,8 +63,8 @@ rule evaluate_inverse_order:
     threads: job_cpus(RESOURCES["evaluate"]["cpus"])
     resources:
         gpu=RESOURCES["evaluate"]["gpu"],
-        mem_mb=RESOURCES["evaluate"]["mem_mb"],
-        runtime=RESOURCES["evaluate"]["runtime"],
+        mem_mb=per_attempt("evaluate", "mem_mb"),
+        runtime=per_attempt("evaluate", "runtime"),
     params:
         out_dir=output_dir,
         features=lambda wildcards: features_flag("--features", [wildcards.split]),

@@ -44,8 +44,8 @@ rule embed:
     threads: job_cpus(RESOURCES["embed"]["cpus"])
     resources:
         gpu=RESOURCES["embed"]["gpu"],
-        mem_mb=RESOURCES["embed"]["mem_mb"],
-        runtime=RESOURCES["embed"]["runtime"],
+        mem_mb=per_attempt("embed", "mem_mb"),
+        runtime=per_attempt("embed", "runtime"),
     params:
         model=LANG["model"],
         batch_size=LANG["batch_size"],

@@ -24,8 +24,8 @@ rule train:
     resources:
         gpu=RESOURCES["train"]["gpu"],
         nodes=1,  # torchrun --standalone: all of a job's GPUs on one node
-        mem_mb=RESOURCES["train"]["mem_mb"],
-        runtime=RESOURCES["train"]["runtime"],
+        mem_mb=per_attempt("train", "mem_mb"),
+        runtime=per_attempt("train", "runtime"),
     params:
         out_dir=output_dir,
         pca=pca_flag,
