@@ -42,7 +42,7 @@ def test_a_file_without_the_columns_is_refused(tmp_path):
         read_metrics(path)
 
 
-def test_curves_command_draws_each_configuration(tmp_path):
+def test_curves_command_draws_each_configuration(tmp_path, capsys):
     rng = np.random.default_rng(0)
     args = []
     for label, level in (("mean-pca-64-random-bs32", 0.6), ("pooled-none-native-random-bs32", 0.3)):
@@ -58,3 +58,4 @@ def test_curves_command_draws_each_configuration(tmp_path):
     assert (31, 119, 180) in colours and (255, 127, 14) in colours  # tab10 lines 1 and 2
     missing = ["curves", "--run", "x", str(tmp_path / "none.csv"), "--out", str(out)]
     assert main(missing) == 2
+    assert f"{tmp_path / 'none.csv'}: cannot read training metrics" in capsys.readouterr().err
