@@ -200,7 +200,7 @@ class TrainSettings:
 
     backbone: str = _setting("resnet101", "resnet18, resnet34, resnet50 or resnet101")
     weights: str = _setting("imagenet", "encoder start: imagenet, none, or a state_dict file")
-    hidden: int = _setting(128, "decoder width H", at_least=1)
+    hidden: int = _setting(128, "decoder width H, a multiple of 16", at_least=1)
     lr: float = _setting(1e-4, "decoder and text learning rate", above=0.0)
     encoder_lr: float = _setting(1e-7, "ResNet learning rate (0 freezes it)", at_least=0.0)
     weight_decay: float = _setting(1e-7, "Adam weight decay", at_least=0.0)
@@ -274,7 +274,8 @@ class TrainSettings:
                 type=kinds[0],  # int for ``int | None``
                 default=field.default,
                 choices=field.metadata["choices"],
-                help=field.metadata["help"],
+                help=field.metadata["help"]
+                + ("" if field.default is None else f" (default {field.default})"),
             )
 
     @classmethod
