@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +32,20 @@ def patience_spent(epoch: int, best_epoch: int, patience: int, min_epochs: int) 
     """The early-stopping rule after epoch ``epoch`` (from 0): ``patience`` epochs have passed
     without a better one, and at least ``min_epochs`` epochs have run."""
     return epoch + 1 >= min_epochs and epoch - best_epoch >= patience
+
+
+def last_epoch_under(
+    val_ious: Sequence[float], epoch_cap: int, patience: int, min_epochs: int
+) -> int | None:
+    """The epoch (from 0) after which a run with these validation scores ends under this cap
+    and stopping rule, as the trainer decides it; None when it would go on past them."""
+    best, best_epoch = -math.inf, -1
+    for epoch, score in enumerate(val_ious):
+        if score > best:
+            best, best_epoch = score, epoch
+        if epoch + 1 >= epoch_cap or patience_spent(epoch, best_epoch, patience, min_epochs):
+            return epoch
+    return None
 
 
 @dataclass(frozen=True)

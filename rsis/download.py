@@ -8,7 +8,6 @@ given, verified. Offline, every URL fails fast and the error says where to put t
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import os
 import urllib.error
@@ -18,20 +17,12 @@ from pathlib import Path
 
 from rsis.cli import add_command
 from rsis.errors import UserError
+from rsis.io import sha256_of
 from rsis.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
-
-
-def sha256_of(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fetch(url: str, part: Path, timeout: float) -> None:

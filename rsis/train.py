@@ -23,7 +23,7 @@ from rsis.allocator import map_allocations_above
 from rsis.bundle import export_bundle
 from rsis.checkpoint import load_checkpoint, require_compatible, save_checkpoint
 from rsis.cli import add_command
-from rsis.convergence import Convergence, patience_spent
+from rsis.convergence import Convergence, last_epoch_under, patience_spent
 from rsis.cpu import use_threads
 from rsis.data.cache import SequenceDataset
 from rsis.device import add_device_argument, resolve_device
@@ -36,7 +36,7 @@ from rsis.inference import (
     stored_features,
     to_device,
 )
-from rsis.io import atomic_path, describe_differences
+from rsis.io import atomic_path, describe_differences, sha256_of
 from rsis.metrics import MetricAccumulator
 from rsis.model import RRIS, ModelConfig, input_spec, soft_iou_loss
 from rsis.model.frozen import calibrate_batch_norm, encoder_digest
@@ -109,6 +109,21 @@ class TrainConfig:
     train_features: Path | None = None
     val_features: Path | None = None
     device: str = "auto"
+
+    def input_digests(self) -> dict[str, str]:
+        """SHA-256 of every file the run learns from (caches, text, PCA, stored features, a
+        weights file): a checkpoint trained on other files is not resumed."""
+        files = {
+            "train_cache": self.train_cache,
+            "val_cache": self.val_cache,
+            "text": self.text,
+            "pca": self.pca,
+            "train_features": self.train_features,
+            "val_features": self.val_features,
+        }
+        if self.settings.weights not in ("imagenet", "none"):
+            files["weights"] = Path(self.settings.weights)
+        return {name: sha256_of(path) for name, path in files.items() if path is not None}
 
     def model_config(self, text_dim: int) -> ModelConfig:
         """The architecture this run trains."""
@@ -305,6 +320,7 @@ class Trainer:
             encoder_digest(self.model.encoder) if self.model.rebuilds_encoder() else None
         )
         self.train_features, self.val_features = self._feature_stores()
+        self.input_digests = cfg.input_digests()
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = _optimizer(self.model, cfg)
@@ -444,7 +460,39 @@ class Trainer:
             raise OtherSettings(
                 f"{self.last_path} was trained with other settings ({'; '.join(differences)})"
             )
+        self._require_same_inputs(payload)
+        self._require_stopping_rule_reaches(payload)
         return payload
+
+    def _require_same_inputs(self, payload: dict[str, Any]) -> None:
+        """Refuse (OtherSettings) a checkpoint trained on other files or another encoder."""
+        if "inputs" not in payload:
+            raise OtherSettings(
+                f"{self.last_path} does not record the files it was trained on (an older rsis)"
+            )
+        names = sorted(set(payload["inputs"]) | set(self.input_digests))
+        changed = [n for n in names if payload["inputs"].get(n) != self.input_digests.get(n)]
+        if changed:
+            raise OtherSettings(
+                f"{self.last_path} was trained on other input files ({', '.join(changed)})"
+            )
+        if payload.get("encoder_digest") != self.encoder_digest:
+            raise OtherSettings(
+                f"{self.last_path} was trained on another encoder than {self.cfg.settings.weights}"
+            )
+
+    def _require_stopping_rule_reaches(self, payload: dict[str, Any]) -> None:
+        """Refuse (OtherSettings) a checkpoint past the epoch where the current cap and stopping
+        rule end a run: resuming it would keep epochs and a best epoch a fresh run never has."""
+        now = self.cfg.settings
+        scores = [row["val_instance_iou"] for row in payload["history"]]
+        last = last_epoch_under(scores, now.epochs, now.patience, now.min_epochs)
+        if last is not None and last < payload["epoch"]:
+            raise OtherSettings(
+                f"{self.last_path} ran to epoch {payload['epoch']}, past epoch {last}, where "
+                f"--epochs {now.epochs}, --patience {now.patience} and --min-epochs "
+                f"{now.min_epochs} end a run"
+            )
 
     def _restore_best(self) -> None:
         """Bring back ``best.pt`` from its hard link when a failed job's cleanup deleted it."""
@@ -481,6 +529,7 @@ class Trainer:
             "run": self.cfg.run.to_dict(),
             "settings": self.cfg.settings.to_dict(),
             "input": self.input_spec,
+            "inputs": self.input_digests,
         }
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:

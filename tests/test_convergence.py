@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rsis.cli import main
-from rsis.convergence import EARLY_STOP, EPOCH_CAP, Convergence, patience_spent
+from rsis.convergence import EARLY_STOP, EPOCH_CAP, Convergence, last_epoch_under, patience_spent
 from rsis.errors import UserError
 
 
@@ -58,3 +58,12 @@ def test_a_run_without_epochs_or_a_broken_record_is_an_error(tmp_path):
     broken.write_text('{"run": "c"}')
     with pytest.raises(UserError, match="not a convergence record"):
         Convergence.read(broken)
+
+
+def test_last_epoch_under_replays_the_cap_and_the_stopping_rule():
+    scores = [0.1, 0.2, 0.2, 0.2]  # best at epoch 1; a tie is no improvement
+    assert last_epoch_under(scores, epoch_cap=10, patience=2, min_epochs=1) == 3
+    assert last_epoch_under(scores, epoch_cap=2, patience=2, min_epochs=1) == 1
+    assert last_epoch_under(scores, epoch_cap=10, patience=5, min_epochs=1) is None
+    assert last_epoch_under(scores, epoch_cap=10, patience=1, min_epochs=5) is None
+    assert last_epoch_under(scores, epoch_cap=10, patience=1, min_epochs=3) == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -119,6 +120,40 @@ def test_a_larger_patience_continues_a_stopped_run_as_a_fresh_one_would(
     assert all(torch.equal(ours[key], theirs[key]) for key in theirs)
     record = json.loads((stopped / "convergence.json").read_text())
     assert (record["reason"], record["epochs_run"], record["patience"]) == ("early stop", 4, 3)
+
+
+def test_a_run_on_other_input_files_starts_over_or_is_refused(demo_pipeline, tmp_path, caplog):
+    """The workflow reruns a training when an input changed (new data, features, PCA); its
+    last.pt was learned from the old files, so --resume auto starts over and --resume refuses,
+    naming the file that changed."""
+    Trainer(make_train_config(demo_pipeline, tmp_path, epochs=1)).run()
+    other = make_train_config(
+        demo_pipeline, tmp_path, epochs=2, train_cache=demo_pipeline / "cache/testA.h5"
+    )
+    message = f"{tmp_path / 'last.pt'} was trained on other input files (train_cache)"
+    with pytest.raises(UserError, match=re.escape(message)):
+        Trainer(other, resume=True)
+    with caplog.at_level(logging.WARNING, logger="rsis"):
+        fresh = Trainer(other, resume=True, restart_if_changed=True)
+    assert fresh.start_epoch == 0 and message in caplog.text
+    assert [row["epoch"] for row in fresh.run()] == [0, 1]
+    again = Trainer(other, resume=True)  # the same files: it resumes
+    assert again.start_epoch == 2 and again.stopped_early is False
+
+
+def test_a_lower_patience_than_the_run_had_starts_over(demo_pipeline, tmp_path, monkeypatch):
+    """Ran to epoch 3 at patience 3; at patience 1 a fresh run ends at epoch 1: resuming would
+    keep two epochs (and possibly a best epoch) that run never has, so it starts over."""
+    _constant_validation(monkeypatch)
+    Trainer(make_train_config(demo_pipeline, tmp_path, epochs=6, patience=3)).run()
+    lower = make_train_config(demo_pipeline, tmp_path, epochs=6, patience=1)
+    with pytest.raises(UserError, match="ran to epoch 3, past epoch 1, where --epochs 6, "):
+        Trainer(lower, resume=True)
+    restarted = Trainer(lower, resume=True, restart_if_changed=True)
+    assert restarted.start_epoch == 0
+    assert [row["epoch"] for row in restarted.run()] == [0, 1]
+    record = Convergence.read(tmp_path / "convergence.json")
+    assert (record.epochs_run, record.patience) == (2, 1)
 
 
 def test_a_plateau_from_the_start_runs_the_minimum_epochs(demo_pipeline, tmp_path, monkeypatch):
