@@ -271,6 +271,17 @@ def _edit_config(workdir: Path, edit) -> None:
     path.write_text(yaml.safe_dump(config))
 
 
+def _counts_after_edit(workdir: Path, edit, *targets: str) -> dict[str, int]:
+    """The jobs ``snakemake -n`` (of ``targets``, else the default target) would run once
+    ``edit`` is applied to the config; the config is restored afterwards."""
+    original = (workdir / "config.yaml").read_text()
+    _edit_config(workdir, edit)
+    try:
+        return job_counts(_snakemake(workdir, "-n", *targets))
+    finally:
+        (workdir / "config.yaml").write_text(original)
+
+
 @pytest.mark.slow
 def test_tiny_run_produces_tables_and_figures(tiny_workflow):
     tables = tiny_workflow / "results/demo/tables"
@@ -330,20 +341,14 @@ def test_tiny_run_pretrains_the_encoder_and_stores_features_once(tiny_workflow):
     for seed in (0, 1):
         log = tiny_workflow / f"logs/demo/train/mean-pca-8-random-bs4/seed{seed}.log"
         assert "stored encoder features" in log.read_text()
-    original = (tiny_workflow / "config.yaml").read_text()
-    _edit_config(tiny_workflow, lambda c: c["pretrain"].update(epochs=2))
-    counts = job_counts(_snakemake(tiny_workflow, "-n"))
-    (tiny_workflow / "config.yaml").write_text(original)
+    counts = _counts_after_edit(tiny_workflow, lambda c: c["pretrain"].update(epochs=2))
     assert counts["pretrain_encoder"] == 1 and counts["features"] == 4
     assert counts["train"] == 4 and "prepare" not in counts  # 2 runs x 2 seeds
 
 
 @pytest.mark.slow
 def test_changing_a_training_value_reruns_training_and_what_follows(tiny_workflow):
-    original = (tiny_workflow / "config.yaml").read_text()
-    _edit_config(tiny_workflow, lambda c: c["settings"]["demo"].update(lr=2e-4))
-    counts = job_counts(_snakemake(tiny_workflow, "-n"))
-    (tiny_workflow / "config.yaml").write_text(original)
+    counts = _counts_after_edit(tiny_workflow, lambda c: c["settings"]["demo"].update(lr=2e-4))
     assert counts == {
         "train": 4,
         "evaluate": 4,
@@ -361,10 +366,9 @@ def test_changing_a_training_value_reruns_training_and_what_follows(tiny_workflo
 
 @pytest.mark.slow
 def test_changing_one_run_reruns_only_that_run(tiny_workflow):
-    original = (tiny_workflow / "config.yaml").read_text()
-    _edit_config(tiny_workflow, lambda c: c["grid"]["table2"]["runs"][1].update(batch_size=2))
-    counts = job_counts(_snakemake(tiny_workflow, "-n"))
-    (tiny_workflow / "config.yaml").write_text(original)
+    counts = _counts_after_edit(
+        tiny_workflow, lambda c: c["grid"]["table2"]["runs"][1].update(batch_size=2)
+    )
     assert counts == {
         "train": 2,
         "evaluate": 2,
@@ -380,18 +384,30 @@ def test_changing_one_run_reruns_only_that_run(tiny_workflow):
 
 @pytest.mark.slow
 def test_changing_the_pca_dim_reruns_reduce_and_what_follows(tiny_workflow):
-    original = (tiny_workflow / "config.yaml").read_text()
-
     def edit(config):
         config["grid"]["table1"]["dims"] = [4]
         config["grid"]["table2"]["dim"] = 4
         config["figures"]["run"] = "mean-pca-4-random-bs4"
 
-    _edit_config(tiny_workflow, edit)
-    counts = job_counts(_snakemake(tiny_workflow, "-n"))
-    (tiny_workflow / "config.yaml").write_text(original)
+    counts = _counts_after_edit(tiny_workflow, edit)
     assert counts["reduce"] == 1 and counts["train"] == 4
     assert "tokenize" not in counts and "embed" not in counts and "prepare" not in counts
+
+
+@pytest.mark.slow
+def test_changing_the_scoring_resolution_reruns_the_evaluations_and_what_follows(tiny_workflow):
+    # before: --original-size reached `rsis evaluate` through a params function of `input`,
+    # which Snakemake's params trigger skips: the evaluations kept their old masks' scores
+    counts = _counts_after_edit(tiny_workflow, lambda c: c["evaluation"].update(original_size=True))
+    assert counts == {
+        "evaluate": 4,
+        "tables": 1,
+        "findings": 1,
+        "expression_types": 1,
+        "summary": 1,
+        "figures": 1,
+        "all": 1,
+    }
 
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -454,6 +470,11 @@ def test_protocol_switch_renders_the_tables_under_lavt(tiny_workflow):
         assert counts["evaluate"] == 4  # 2 runs x 2 seeds
         assert counts["tables"] == 1 and "train" not in counts
         _snakemake(tiny_workflow)
+        # lavt and cris score the same sentences (the same files): only the params trigger
+        # sees the change, which it missed while the protocol came through a function of input
+        _edit_config(tiny_workflow, lambda c: c["evaluation"].update(protocol="cris"))
+        counts = job_counts(_snakemake(tiny_workflow, "-n"))
+        assert counts["evaluate"] == 4 and "train" not in counts
     finally:
         (tiny_workflow / "config.yaml").write_text(original)
     caption = (tiny_workflow / "results/demo/tables/table1.md").read_text()

@@ -67,6 +67,11 @@ def benchmark_path(path):
 
 ENV = "../envs/rsis.yaml"
 
+# A params function that takes `input` or `output` is "deriving": Snakemake leaves its value out
+# of the params rerun trigger. The ones here return paths (the input trigger and the output
+# paths cover those; weights_arg: see there); a setting reaches a rule as a plain value or a
+# function of the wildcards.
+
 
 def refs_root(wildcards, input):
     """The refer root, from a rule's ``data`` input (the demo folder, or the refs file)."""
@@ -163,7 +168,9 @@ DEMO_TABLES = (
 
 
 def weights_arg(wildcards, input):
-    """``--weights``: the state_dict file among a rule's inputs, or imagenet / none."""
+    """``--weights``: the state_dict file among a rule's inputs, or imagenet / none (a
+    function of input, so out of the params trigger: a change of `weights` changes the
+    rule's inputs, which the input trigger sees)."""
     return input.weights[0] if WEIGHTS_FILES else WEIGHTS
 
 
@@ -361,16 +368,6 @@ TABLE_EXPRESSION = "first" if config["evaluation"]["protocol"] == "rsis" else "a
 EVAL_EXPRESSIONS = list(
     dict.fromkeys([*config["evaluation"]["expressions"], TABLE_EXPRESSION])
 )
-
-
-def evaluation_flags(wildcards, input):
-    """``rsis evaluate`` flags: the protocol, the dataset (breakdowns, full-size masks) and
-    ``--original-size`` when configured."""
-    flags = (
-        f"--protocol {config['evaluation']['protocol']} --refs-root {refs_root(wildcards, input)}"
-        f" --dataset {DS['name']} --split-by {DS['splitBy']} --images {DS['images']}"
-    )
-    return flags + (" --original-size" if config["evaluation"]["original_size"] else "")
 
 
 def curve_runs(wildcards):

@@ -32,13 +32,22 @@ rule evaluate:
         out_dir=output_dir,
         expressions=EVAL_EXPRESSIONS,
         seed=config["evaluation"]["seed"],
-        flags=evaluation_flags,
+        # plain values, not a function of `input`: Snakemake leaves such (deriving) functions
+        # out of the params trigger, and a protocol or resolution change would rerun nothing
+        protocol=config["evaluation"]["protocol"],
+        original_size="--original-size" if config["evaluation"]["original_size"] else "",
+        root=refs_root,  # a path of the input, which the input trigger watches
+        name=DS["name"],
+        split_by=DS["splitBy"],
+        images=DS["images"],
         features=features_flag("--features", EVAL_SPLITS),
         device=DEVICE["evaluate"],
     shell:
         "rsis evaluate --checkpoint {input.checkpoint:q} --cache {input.caches:q}"
         " {params.features} --text {input.text:q} --expression {params.expressions}"
-        " --seed {params.seed} --out-dir {params.out_dir:q} {params.flags}"
+        " --seed {params.seed} --out-dir {params.out_dir:q} --protocol {params.protocol}"
+        " {params.original_size} --refs-root {params.root:q} --dataset {params.name}"
+        " --split-by {params.split_by} --images {params.images:q}"
         " --device {params.device} --threads {threads} > {log:q} 2>&1"
 
 
