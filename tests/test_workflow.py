@@ -249,17 +249,24 @@ def test_a_setting_left_out_takes_rsis_trains_default(tmp_path):
         assert f"--{key} {getattr(defaults, key)} " in train, key
 
 
-@pytest.fixture(scope="module")
-def tiny_workflow(tmp_path_factory):
-    """A copy of the workflow with a tiny demo config, run once to the end."""
-    workdir = tmp_path_factory.mktemp("workflow")
+def _tiny_copy(workdir: Path, **overlay: object) -> Path:
+    """A copy of the workflow in ``workdir`` with the tiny demo config, and ``overlay`` (top
+    level config keys) laid over it."""
     for name in ("Snakefile", "workflow", "profiles"):
         source = REPO / name
         copy = shutil.copytree if source.is_dir() else shutil.copy
         copy(source, workdir / name)
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     update_config(config, yaml.safe_load(TINY.read_text()))  # how --configfile merges
+    update_config(config, overlay)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def tiny_workflow(tmp_path_factory):
+    """A copy of the workflow with a tiny demo config, run once to the end."""
+    workdir = _tiny_copy(tmp_path_factory.mktemp("workflow"))
     _snakemake(workdir)
     return workdir
 
@@ -408,6 +415,21 @@ def test_changing_the_scoring_resolution_reruns_the_evaluations_and_what_follows
         "figures": 1,
         "all": 1,
     }
+
+
+@pytest.mark.slow
+def test_changing_the_fit_split_reruns_only_the_pca_outputs(tmp_path):
+    # before: every reduce output took language.fit_split as a param, the unreduced ones too
+    # (rsis reduce ignores it there), so a change retrained the runs that read no PCA as well
+    workdir = _tiny_copy(tmp_path)
+    unreduced, pca = "results/demo/text/mean~none~native.h5", "results/demo/text/mean~pca~8.h5"
+    _snakemake(workdir, unreduced, pca)
+
+    def edit(config):
+        config["language"]["fit_split"] = "val"
+
+    assert _counts_after_edit(workdir, edit, unreduced) == {}
+    assert _counts_after_edit(workdir, edit, pca) == {"reduce": 1}
 
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

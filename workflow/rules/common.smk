@@ -121,10 +121,19 @@ def dataset_inputs(wildcards=None):
     return [str(f) for f in files]
 
 
+# `rsis reduce --fit-split`'s default, which an output without PCA gets (it ignores the flag)
+REDUCE_FIT_SPLIT_DEFAULT = "train"
+
+
 def pca_fit_split(wildcards):
-    """``language.fit_split``, checked here so a bad value names the config key, not a flag."""
+    """``language.fit_split`` for a PCA output (those the ``pca`` and ``linear_pca`` runs
+    read), checked here so a bad value names the config key, not a flag. A ``none`` output
+    does not use it (`rsis reduce` records ""): it gets the flag's default, so a change of
+    the fit split reruns only the PCA outputs and what reads them."""
+    if wildcards.transform != "pca":
+        return REDUCE_FIT_SPLIT_DEFAULT
     split = LANG["fit_split"]
-    if wildcards.transform == "pca" and split not in DS["splits"]:
+    if split not in DS["splits"]:
         raise ValueError(
             f"config.yaml: language.fit_split {split!r} is not a split of "
             f"datasets.{DATASET}.splits ({', '.join(DS['splits'])}); the PCA is fitted on it"
