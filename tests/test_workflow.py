@@ -432,6 +432,30 @@ def test_changing_the_fit_split_reruns_only_the_pca_outputs(tmp_path):
     assert _counts_after_edit(workdir, edit, pca) == {"reduce": 1}
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("scale", "ignored", "used"),
+    [
+        ("small", {"fraction": 0.5}, {"train_images": 9}),
+        (
+            "refcoco",
+            {"train_images": 9, "testB_images": 5, "height": 96, "width": 96},
+            {"fraction": 0.001},
+        ),
+    ],
+)
+def test_a_demo_setting_its_scale_ignores_reruns_nothing(tmp_path, scale, ignored, used):
+    # before: every demo.* value was a param of demo_dataset at either scale, so changing
+    # demo.fraction at scale small (or an image count at refcoco) rebuilt the dataset that
+    # every other job reads
+    workdir = _tiny_copy(tmp_path, demo={"scale": scale, "fraction": 0.0005})
+    _snakemake(workdir, "resources/demo")
+    counts = _counts_after_edit(workdir, lambda c: c["demo"].update(ignored), "resources/demo")
+    assert counts == {}
+    counts = _counts_after_edit(workdir, lambda c: c["demo"].update(used), "resources/demo")
+    assert counts == {"demo_dataset": 1}  # what the scale uses still reruns it
+
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 

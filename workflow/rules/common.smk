@@ -8,6 +8,7 @@ from jsonschema import ValidationError
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from rsis.cli import build_parser
 from rsis.launch import torchrun_arguments
 from rsis.runs import EMBEDDINGS, NATIVE, TrainSettings, expand_grid, grid_tables
 
@@ -181,6 +182,26 @@ def weights_arg(wildcards, input):
     function of input, so out of the params trigger: a change of `weights` changes the
     rule's inputs, which the input trigger sees)."""
     return input.weights[0] if WEIGHTS_FILES else WEIGHTS
+
+
+# The demo.* values `rsis demo` reads only at one scale (rsis/data/demo/writer.py): the image
+# counts and size at `small`, the share of RefCOCO's counts at `refcoco` (seed and difficulty
+# at both).
+DEMO_SCALE_KEYS = {
+    "small": "train_images val_images testA_images testB_images height width".split(),
+    "refcoco": ["fraction"],
+}
+DEMO_DEFAULTS = vars(build_parser("demo").parse_args(["demo"]))
+
+
+def demo_plan(key):
+    """``demo.<key>`` where the chosen scale reads it; else ``rsis demo``'s default, which
+    the command ignores there: a change of a value the dataset does not use reruns nothing
+    (it was a param of rule demo_dataset, and so reran everything), and the command of an
+    existing dataset stays the same."""
+    demo = config["demo"]
+    read = key in DEMO_SCALE_KEYS[demo["scale"]]
+    return demo[key] if read else DEMO_DEFAULTS[key.lower()]
 
 
 def demo_scene_flags():

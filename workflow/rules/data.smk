@@ -14,13 +14,14 @@ rule demo_dataset:
     params:
         seed=config["demo"]["seed"],
         scale=config["demo"]["scale"],
-        fraction=config["demo"]["fraction"],
-        train=config["demo"]["train_images"],
-        val=config["demo"]["val_images"],
-        testa=config["demo"]["testA_images"],
-        testb=config["demo"]["testB_images"],
-        height=config["demo"]["height"],
-        width=config["demo"]["width"],
+        # each at its config value where the scale reads it, else at rsis demo's default
+        fraction=demo_plan("fraction"),
+        train=demo_plan("train_images"),
+        val=demo_plan("val_images"),
+        testa=demo_plan("testA_images"),
+        testb=demo_plan("testB_images"),
+        height=demo_plan("height"),
+        width=demo_plan("width"),
         difficulty=config["demo"]["difficulty"],
     shell:
         "rsis demo --out {output:q} --seed {params.seed} --scale {params.scale}"
