@@ -194,8 +194,12 @@ def test_resources_the_jobs_cannot_use_are_refused(tmp_path, resources, message)
             "config.yaml: datasets.demo.splits (val, testA, testB) has no train split, "
             "which training learns on",
         ),
+        (
+            {"datasets": {"demo": {"splitBy": "umd"}}},
+            "config.yaml: datasets.demo.splitBy is 'umd', but the generated demo has 'unc'",
+        ),
     ],
-    ids=["figure-split", "no-eval-split", "no-val", "no-train"],
+    ids=["figure-split", "no-eval-split", "no-val", "no-train", "demo-layout"],
 )
 def test_config_that_cannot_finish_is_refused(tmp_path, config, message):
     result = _dry_run_with_resources(tmp_path, {}, **config)
@@ -218,6 +222,14 @@ def test_schema_error_is_one_line_naming_the_key(tmp_path, config, where):
     output = result.stdout + result.stderr
     assert line in output.splitlines()
     assert "$schema" not in output  # not the whole schema and config
+
+
+def test_the_demo_is_generated_where_its_dataset_entry_says(tmp_path):
+    demo = {"root": "data/mydemo", "images": "data/mydemo/images"}
+    result = _dry_run_with_resources(tmp_path, {}, datasets={"demo": demo})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rsis demo --out data/mydemo " in result.stdout
+    assert "rsis prepare --refs-root data/mydemo --dataset demo" in result.stdout
 
 
 def test_a_decoder_width_the_model_cannot_build_is_refused_before_any_job(tmp_path):

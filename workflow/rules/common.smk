@@ -1,5 +1,6 @@
 # Configuration validation and the helpers every rule file uses.
 import json
+import os
 import re
 import shlex
 from pathlib import Path
@@ -49,7 +50,17 @@ if DS["setting"] not in config["settings"]:
 SETTING = config["settings"][DS["setting"]]
 LANG = {**config["language"], "model": SETTING["text_model"]}
 IS_DEMO = DATASET == "demo"
-DEMO_ROOT = "resources/demo"
+DEMO_ROOT = config["datasets"]["demo"]["root"]
+# What `rsis demo --out <root>` writes: <root>/demo/refs(unc).p and instances.json, <root>/images
+DEMO_LAYOUT = {"name": "demo", "splitBy": "unc", "images": f"{DEMO_ROOT}/images"}
+for _key, _written in DEMO_LAYOUT.items():
+    _given = config["datasets"]["demo"][_key]
+    if os.path.normpath(str(_given)) != os.path.normpath(_written):
+        raise ValueError(
+            f"config.yaml: datasets.demo.{_key} is {_given!r}, but the generated demo has "
+            f"{_written!r} (rsis demo's layout under datasets.demo.root); to train on other "
+            "data, add your own entry to `datasets:` and pick it with `dataset:`"
+        )
 DOWNLOAD = config["download"]["enabled"] and not IS_DEMO
 
 
