@@ -23,6 +23,7 @@ import shlex
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from rsis.errors import UserError
 
@@ -191,6 +192,10 @@ def _range_error(name: str, value: object, at_least: float | None, above: float 
     return f"setting {name} (--{name.replace('_', '-')}) is {value}: give {kind} {bound}"
 
 
+# The `weights` values that name a start rather than a state_dict file
+NAMED_WEIGHTS = ("imagenet", "none")
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     """Model and training settings of a run: a dataset's block in ``config.yaml: settings``.
@@ -254,6 +259,11 @@ class TrainSettings:
 
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
+
+    @property
+    def weights_file(self) -> Path | None:
+        """The state_dict file ``weights`` names; None for a named start (``NAMED_WEIGHTS``)."""
+        return None if self.weights in NAMED_WEIGHTS else Path(self.weights)
 
     def flags(self) -> str:
         """The ``rsis train`` flags that give these settings (for the workflow's rule)."""

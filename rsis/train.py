@@ -121,8 +121,7 @@ class TrainConfig:
             "train_features": self.train_features,
             "val_features": self.val_features,
         }
-        if self.settings.weights not in ("imagenet", "none"):
-            files["weights"] = Path(self.settings.weights)
+        files["weights"] = self.settings.weights_file
         return {name: sha256_of(path) for name, path in files.items() if path is not None}
 
     def model_config(self, text_dim: int) -> ModelConfig:

@@ -11,7 +11,14 @@ from snakemake.utils import validate
 
 from rsis.cli import build_parser
 from rsis.launch import torchrun_arguments
-from rsis.runs import EMBEDDINGS, NATIVE, TrainSettings, expand_grid, grid_tables
+from rsis.runs import (
+    EMBEDDINGS,
+    NAMED_WEIGHTS,
+    NATIVE,
+    TrainSettings,
+    expand_grid,
+    grid_tables,
+)
 
 
 def schema_error(error):
@@ -176,7 +183,7 @@ def train_settings_flags(wildcards):
 # one (encoder_lr 0) is computed once per split by rule `features` (a random one cannot be
 # stored: its batch norms are calibrated on the train split by each run).
 WEIGHTS = SETTING["weights"]
-WEIGHTS_FILES = [] if WEIGHTS in ("imagenet", "none") else [WEIGHTS]
+WEIGHTS_FILES = [] if WEIGHTS in NAMED_WEIGHTS else [WEIGHTS]
 STORED_FEATURES = SETTING["encoder_lr"] == 0 and WEIGHTS != "none"
 # The demo's pretrained encoder is built (and probed) only where the setting loads it.
 PRETRAINED_DEMO_ENCODER = IS_DEMO and WEIGHTS == result("encoder/pretrained.pt")

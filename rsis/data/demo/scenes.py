@@ -95,7 +95,7 @@ class SceneRules:
             )
 
 
-DEFAULT_RULES = SceneRules()  # the full difficulty
+FULL_RULES = SceneRules()  # the full difficulty (SceneRules' defaults)
 # Named difficulties (config.yaml: demo.difficulty, rsis demo --difficulty).
 DIFFICULTIES: dict[str, SceneRules] = {
     # up to 4 shapes, each of its own colour: the colour word alone finds the referent
@@ -107,7 +107,7 @@ DIFFICULTIES: dict[str, SceneRules] = {
     # colour tells most apart; BENCHMARKS.md, "More repeated colours")
     "shapes": SceneRules(max_objects=6, colour_reuse=0.9, templates=("attribute",)),
     # as "shapes", plus spatial ("the leftmost star") and relational expressions
-    "full": DEFAULT_RULES,
+    "full": FULL_RULES,
 }
 # What `rsis demo` and `rsis pretrain` draw unless told (config.yaml's demo.difficulty too)
 DEFAULT_DIFFICULTY = "shapes"
@@ -267,7 +267,7 @@ def make_scene(
     height: int,
     width: int,
     crowded: bool,
-    rules: SceneRules = DEFAULT_RULES,
+    rules: SceneRules = FULL_RULES,
     expressions: Sequence[int] | None = None,
 ) -> Scene:
     """Draw scenes from ``rng`` until one meets every rule, and return it.

@@ -30,8 +30,8 @@ from rsis.data.demo.scale import SCALES, SPLITS, DemoPlan, ImagePlan, refcoco_pl
 from rsis.data.demo.scenes import (
     CATEGORIES,
     DEFAULT_DIFFICULTY,
-    DEFAULT_RULES,
     DIFFICULTIES,
+    FULL_RULES,
     SceneRules,
 )
 from rsis.errors import UserError
@@ -201,7 +201,7 @@ def generate_demo(
     *,
     seed: int,
     plan: DemoPlan,
-    rules: SceneRules = DEFAULT_RULES,
+    rules: SceneRules = FULL_RULES,
     workers: int = 1,
 ) -> dict[str, int]:
     """Write the demo dataset to ``out`` (atomically) and return image counts per split.
