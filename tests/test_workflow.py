@@ -72,7 +72,8 @@ def _partition_for(gpu: int) -> str:
     from snakemake_executor_plugin_slurm.partitions import get_best_partition, read_partition_file
 
     partitions = read_partition_file(REPO / "profiles/slurm/partitions.yaml")
-    train = yaml.safe_load((REPO / "config.yaml").read_text())["resources"]["train"]
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    train = config["settings"]["paper"]["resources"]["train"]  # the heaviest training
     resources = {"gpu": gpu, "mem_mb": train["mem_mb"], "runtime": train["runtime"]}
     job = SimpleNamespace(name="train", threads=train["cpus"], resources=resources)
     logger = SimpleNamespace(info=print, warning=print, debug=print)
@@ -116,15 +117,42 @@ def test_features_ask_for_what_an_evaluation_asks(tmp_path):
     assert "mem_mb=1234" in features and "runtime=17" in features
 
 
-def test_the_demo_setting_gives_each_training_its_own_cpus(tmp_path):
-    # settings.demo.train_cpus (1) wins over resources.train.cpus for the demo's runs
-    result = _dry_run_with_resources(tmp_path, {"train": {"cpus": 5}})
+def _job(dry_run: str, rule: str) -> str:
+    """The first ``rule`` job of a ``snakemake -n -p`` output."""
+    return dry_run.split(f"rule {rule}:")[1].split("rule ")[0]
+
+
+def test_a_setting_sizes_its_jobs_and_top_level_resources_override_it(tmp_path):
+    # settings.demo.resources: the demo's jobs ask for minutes and a few GB, not the paper's
+    # 12 hours and 16 GB (before: every setting's jobs asked for the top-level numbers)
+    result = _dry_run_with_resources(tmp_path, {})
     assert result.returncode == 0, result.stderr[-3000:]
-    train = result.stdout.split("rule train:")[1].split("rule ")[0]
+    train, evaluate = _job(result.stdout, "train"), _job(result.stdout, "evaluate")
     assert "--cpus 1 " in train
-    result = _dry_run_with_resources(tmp_path, {}, settings={"demo": {"train_cpus": 2}})
+    assert "mem_mb=4000" in train and "runtime=30" in train
+    assert "mem_mb=3000" in evaluate and "runtime=10" in evaluate
+    # a key of the top-level `resources` wins over the setting's; the others stay the setting's
+    result = _dry_run_with_resources(tmp_path, {"train": {"cpus": 2, "mem_mb": 1234}})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "--cpus 2 " in result.stdout.split("rule train:")[1].split("rule ")[0]
+    train = _job(result.stdout, "train")
+    assert "threads: 2" in train and "--cpus 2 " in train
+    assert "mem_mb=1234" in train and "runtime=30" in train
+    # a setting's own numbers are read from its block
+    demo = {"resources": {"train": {"runtime": 77}}}
+    result = _dry_run_with_resources(tmp_path, {}, settings={"demo": demo})
+    assert result.returncode == 0, result.stderr[-3000:]
+    train = _job(result.stdout, "train")
+    assert "runtime=77" in train and "mem_mb=4000" in train
+
+
+def test_a_bad_resource_names_the_key_it_came_from(tmp_path):
+    demo = {"resources": {"evaluate": {"gpu": 2}}}
+    result = _dry_run_with_resources(tmp_path, {"evaluate": {}}, settings={"demo": demo})
+    assert result.returncode != 0
+    assert (
+        "config.yaml: settings.demo.resources.evaluate.gpu 2: evaluate runs one process on one GPU"
+        in (result.stdout + result.stderr)
+    )
 
 
 def test_jobs_that_ask_for_a_gpu_insist_on_one(tmp_path):

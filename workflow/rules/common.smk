@@ -285,7 +285,25 @@ def features_flag_pair(wildcards):
     return f"--train-features {train} --val-features {val}"
 
 
-RESOURCES = config["resources"]
+# What a heavy job asks for (a local run caps its CPUs at --cores; a cluster profile submits
+# these): the top-level `resources` overrides, key by key, the setting's own (its scale: the
+# demo's trainings need 2 GB for minutes, the paper's hours), which overrides these defaults.
+RESOURCE_DEFAULTS = {"gpu": 0, "cpus": 4, "mem_mb": 16000, "runtime": 720}
+RESOURCES = {
+    rule_kind: {
+        **RESOURCE_DEFAULTS,
+        **SETTING.get("resources", {}).get(rule_kind, {}),
+        **config["resources"].get(rule_kind, {}),
+    }
+    for rule_kind in ("train", "evaluate", "embed")
+}
+
+
+def resource_source(rule_kind, key):
+    """Where ``RESOURCES[rule_kind][key]`` comes from, for messages: its key in config.yaml."""
+    if key in config["resources"].get(rule_kind, {}):
+        return f"resources.{rule_kind}.{key}"
+    return f"settings.{DS['setting']}.resources.{rule_kind}.{key}"
 
 
 def per_attempt(rule_kind, key):
@@ -299,11 +317,12 @@ def per_attempt(rule_kind, key):
 for rule_name in ("evaluate", "embed"):
     if "processes" in RESOURCES[rule_name]:
         raise ValueError(
-            f"config.yaml: resources.{rule_name}.processes: only `train` runs several processes"
+            f"config.yaml: {resource_source(rule_name, 'processes')}: only `train` runs "
+            "several processes"
         )
     if RESOURCES[rule_name]["gpu"] > 1:
         raise ValueError(
-            f"config.yaml: resources.{rule_name}.gpu {RESOURCES[rule_name]['gpu']}: "
+            f"config.yaml: {resource_source(rule_name, 'gpu')} {RESOURCES[rule_name]['gpu']}: "
             f"{rule_name} runs one process on one GPU; set 0 or 1"
         )
 
@@ -314,8 +333,9 @@ def train_processes():
     processes = RESOURCES["train"].get("processes", max(1, gpus))
     if gpus and processes != gpus:
         raise ValueError(
-            f"config.yaml: resources.train.processes {processes} with gpu {gpus}: training "
-            "runs one process per GPU; remove `processes` or make it equal to `gpu`"
+            f"config.yaml: {resource_source('train', 'processes')} {processes} with gpu "
+            f"{gpus}: training runs one process per GPU; remove `processes` or make it equal "
+            "to `gpu`"
         )
     return processes
 
@@ -337,9 +357,6 @@ for run_id, spec in RUNS.items():
             f"split over {TRAIN_PROCESSES} training processes (resources.train.gpu or "
             "processes): choose a number that divides every batch size"
         )
-# CPUs per training process: the setting's own `train_cpus` (the demo's small runs train more
-# images per second side by side on one thread each), else resources.train.cpus.
-TRAIN_CPUS = SETTING.get("train_cpus", RESOURCES["train"]["cpus"])
 
 
 def train_launcher(wildcards):

@@ -20,7 +20,7 @@ rule train:
         benchmark_path(f"train/{RUN_DIR}")
     conda:
         ENV
-    threads: job_cpus(TRAIN_CPUS * TRAIN_PROCESSES)
+    threads: job_cpus(RESOURCES["train"]["cpus"] * TRAIN_PROCESSES)
     resources:
         gpu=RESOURCES["train"]["gpu"],
         nodes=1,  # torchrun --standalone: all of a job's GPUs on one node
