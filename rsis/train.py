@@ -120,8 +120,8 @@ class TrainConfig:
             "pca": self.pca,
             "train_features": self.train_features,
             "val_features": self.val_features,
+            "weights": self.settings.weights_file,
         }
-        files["weights"] = self.settings.weights_file
         return {name: sha256_of(path) for name, path in files.items() if path is not None}
 
     def model_config(self, text_dim: int) -> ModelConfig:

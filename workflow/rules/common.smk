@@ -344,10 +344,7 @@ TRAIN_PROCESSES = train_processes()
 # --device of the jobs that can use a GPU: cuda where the job asks for GPUs, so a GPU job on a
 # node whose torch cannot see one fails at once instead of running for hours on its CPUs;
 # else auto (a GPU when the machine has one: a local run on a workstation).
-DEVICE = {
-    name: "cuda" if RESOURCES[name]["gpu"] else "auto"
-    for name in ("train", "evaluate", "embed")
-}
+DEVICE = {name: "cuda" if needs["gpu"] else "auto" for name, needs in RESOURCES.items()}
 # Each training process takes its share of a run's batch (rsis.train), so every batch size
 # of the grid must split evenly: refused here rather than in a cluster job hours later.
 for run_id, spec in RUNS.items():
