@@ -284,7 +284,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_device_argument(p)
     add_threads_argument(p)
-    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument(
+        "--batch-size", type=positive_int, default=8, help="images per batch (default %(default)s)"
+    )
     p.add_argument(
         "--original-size",
         action="store_true",

@@ -475,7 +475,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "one row per run of it",
     )
     parser.add_argument(
-        "--out-dir", required=True, help="folder for table1/table2 .md/.csv/.tex/.html"
+        "--out-dir",
+        required=True,
+        help="folder for table1/table2 .md/.csv/.tex/.html, expression_check.md and summary.html",
     )
     parser.add_argument(
         "--dataset-label", required=True, help="dataset name for captions, e.g. 'RefCOCO (UNC)'"
@@ -484,6 +486,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--expression",
         default="first",
         choices=("first", "all"),
-        help="whose metrics fill the tables: first (the paper's) or all (every sentence)",
+        help="whose metrics fill the tables: first (the paper's; the default) or all "
+        "(every sentence)",
     )
     parser.set_defaults(func=_tables_command)

@@ -517,7 +517,6 @@ class Trainer:
             "model": self.model.trained_state(),
             "encoder_digest": self.encoder_digest,
             "optimizer": self.optimizer.state_dict(),
-            "scaler": {},  # bf16 autocast needs no gradient scaler; kept for the format
             "epoch": epoch,
             "best": self.best,
             "best_epoch": self.best_epoch,

@@ -371,7 +371,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(subparsers, "prepare")
     add_refer_arguments(parser)
     parser.add_argument("--split", required=True, help="split name, exactly as in the refs file")
-    parser.add_argument("--height", type=int, default=240, help="cached image height")
-    parser.add_argument("--width", type=int, default=427, help="cached image width")
+    parser.add_argument(
+        "--height", type=int, default=240, help="cached image height (default %(default)s)"
+    )
+    parser.add_argument(
+        "--width", type=int, default=427, help="cached image width (default %(default)s)"
+    )
     parser.add_argument("--out", required=True, help="output .h5 file")
     parser.set_defaults(func=_prepare_command)

@@ -186,7 +186,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tokens", type=Path, required=True, help="tokens.h5 from rsis tokenize")
     parser.add_argument("--model", required=True, help="minilm, a model directory, or a hub id")
     parser.add_argument("--out", type=Path, required=True, help="embeddings.h5 to write")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        help="expressions per batch, grouped by token length (default %(default)s)",
+    )
     add_device_argument(parser)
     add_threads_argument(parser)
     parser.add_argument(

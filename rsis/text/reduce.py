@@ -147,6 +147,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--embedding", choices=EMBEDDINGS, required=True)
     parser.add_argument("--transform", choices=TRANSFORMS, required=True)
     parser.add_argument("--dim", required=True, help=f"'{NATIVE}' for none, an integer for pca")
-    parser.add_argument("--fit-split", default="train", help="split the PCA is fitted on")
+    parser.add_argument(
+        "--fit-split", default="train", help="split the PCA is fitted on (default %(default)s)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="<embedding>~<transform>~<dim>.h5")
     parser.set_defaults(func=_reduce_command)
