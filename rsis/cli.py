@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from rsis.errors import UserError
 from rsis.io import IdentityMismatchError
@@ -66,6 +68,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def output_file(text: str) -> Path:
+    """argparse type: a path to write one file at; a path ending in a separator (a folder) is
+    refused, since it would otherwise become a file of the folder's name."""
+    if text.endswith(("/", os.sep)):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} ends with '/', so it names a folder: give a file name in it"
+        )
+    return Path(text)
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """Parser with every subcommand listed; only ``command``'s module is imported.
 
@@ -88,6 +100,13 @@ def _chosen_command(argv: Sequence[str]) -> str | None:
     return next((arg for arg in argv if arg in COMMANDS), None)
 
 
+def _path_error(error: OSError) -> str:
+    """One line naming the path an ``OSError`` is about, what is wrong and what to do."""
+    if error.filename is None:
+        return str(error)
+    return f"{error.filename}: {error.strerror}; check this path"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse arguments and run the chosen subcommand's ``func``."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -99,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         args.func(args)
-    except (UserError, IdentityMismatchError, FileNotFoundError) as error:
+    except (UserError, IdentityMismatchError) as error:
         print(f"rsis {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -109,11 +128,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    except (PermissionError, IsADirectoryError, NotADirectoryError) as error:
-        print(
-            f"rsis {args.command}: error: {error.filename}: {error.strerror}; check this path",
-            file=sys.stderr,
-        )
+    except (
+        FileNotFoundError,
+        FileExistsError,
+        PermissionError,
+        IsADirectoryError,
+        NotADirectoryError,
+    ) as error:
+        print(f"rsis {args.command}: error: {_path_error(error)}", file=sys.stderr)
         return 2
     logging.getLogger("rsis").info(usage_line())
     return 0

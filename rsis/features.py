@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 import torch
 
-from rsis.cli import add_command
+from rsis.cli import add_command, output_file
 from rsis.cpu import add_threads_argument, use_threads
 from rsis.data.cache_file import SplitCache
 from rsis.device import CPU, add_device_argument, resolve_device
@@ -172,7 +172,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--backbone", default="resnet101", help=", ".join(BACKBONES))
     p.add_argument("--weights", required=True, help="imagenet or a state_dict file")
     p.add_argument("--dtype", default="float16", help="float16 (default) or float32")
-    p.add_argument("--out", type=Path, required=True, help="features file (.h5)")
+    p.add_argument("--out", type=output_file, required=True, help="features file (.h5)")
     add_device_argument(p)
     add_threads_argument(p)
     p.set_defaults(func=_features_command)

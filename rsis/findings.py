@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from rsis.cli import add_command
+from rsis.cli import add_command, output_file
 from rsis.io import atomic_path
 from rsis.metrics import read_result_records
 from rsis.runs import PAPER_DECODER, RunSpec, grid_tables
@@ -354,5 +354,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--grid", required=True, help="config.yaml's `grid` as JSON, or a config file (config.yaml)"
     )
-    parser.add_argument("--out", required=True, type=Path, help="findings.md to write")
+    parser.add_argument("--out", required=True, type=output_file, help="findings.md to write")
     parser.set_defaults(func=_findings_command)

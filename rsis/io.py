@@ -1,4 +1,5 @@
-"""Atomic writes and HDF5 identity checks shared by every cache the pipeline writes."""
+"""Atomic writes, reading the files users name, and HDF5 identity checks shared by every cache
+the pipeline writes."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 import errno
 import glob
 import hashlib
+import json
 import logging
 import os
 import re
@@ -13,6 +15,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import h5py
 
@@ -68,7 +71,10 @@ def require_free_space(path: Path, needed: int) -> None:
     write, so writers that know their size check first.
     """
     folder = Path(path).parent
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot write {path}: {_unwritable(folder, error)}") from error
     free = shutil.disk_usage(folder).free
     if free < needed:
         raise UserError(
@@ -86,8 +92,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     so. Temporaries of ``path`` left by a killed writer are removed first.
     """
     final = Path(path)
-    if final.is_dir():
-        raise UserError(f"{final} is a folder: give a file name for this output")
+    if final.is_dir() or str(path).endswith((os.sep, "/")):
+        raise UserError(f"{path} is a folder: give a file name for this output")
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(final)
@@ -150,24 +156,37 @@ def _unwritable(folder: Path, error: OSError) -> str:
     return f"{folder} is not writable ({error.strerror}); give an output path in a writable folder"
 
 
-def read_markdown(path: Path, what: str) -> str:
-    """The text of a Markdown file the user named; a missing, folder or non-UTF-8 path is a
+def read_user_text(path: str | os.PathLike, what: str, kind: str) -> str:
+    """The text of a file the user named; a missing, folder or non-UTF-8 path is a
     ``UserError`` naming it.
 
     Args:
         what: what the file should be, for the message (e.g. ``a results part``).
+        kind: its format, for the message (e.g. ``a Markdown file``).
     """
     path = Path(path)
     if path.is_dir():
-        raise UserError(f"{path} is a folder: give {what} (a Markdown file)")
+        raise UserError(f"{path} is a folder: give {what} ({kind})")
     if not path.is_file():
-        raise UserError(f"{path}: no such file; give {what}")
+        raise UserError(f"{path}: no such file; give {what} ({kind})")
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise UserError(
-            f"{path} is not UTF-8 text (byte {error.start}: {error.reason}): give {what} "
-            "(a Markdown file)"
+            f"{path} is not UTF-8 text (byte {error.start}: {error.reason}): give {what} ({kind})"
+        ) from error
+
+
+def read_user_json(path: str | os.PathLike, what: str) -> Any:
+    """The parsed JSON of a file the user named; an unreadable or invalid file is a
+    ``UserError`` naming it and saying where the JSON breaks."""
+    text = read_user_text(path, what, "a JSON file")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UserError(
+            f"{path} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}): "
+            f"give {what}"
         ) from error
 
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import pandas as pd
 from scipy import stats
 
-from rsis.cli import add_command
+from rsis.cli import add_command, output_file
 from rsis.errors import UserError
-from rsis.io import atomic_path, read_markdown
+from rsis.io import atomic_path, read_user_text
 from rsis.tables import mean_sd_cell
 
 TABLES = ("Table 1", "Table 2")
@@ -46,7 +46,7 @@ class Cell:
 def read_cells(path: Path) -> dict[tuple[str, str, str], Cell]:
     """Every ``mean ± sd`` cell of Table 1 and Table 2 in a results block, keyed by
     (table, row labels joined by " / ", column title)."""
-    text = read_markdown(path, "README.md or a run's summary.md")
+    text = read_user_text(path, "README.md or a run's summary.md", "a Markdown file")
     cells: dict[tuple[str, str, str], Cell] = {}
     table, header, seeds = None, None, 0
     for line in text.splitlines():
@@ -169,5 +169,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--level", type=level_argument, default=0.05, help="Welch test level, in (0, 1) (0.05)"
     )
-    p.add_argument("--out", type=Path, help="also write the report here (markdown)")
+    p.add_argument("--out", type=output_file, help="also write the report here (markdown)")
     p.set_defaults(func=_reproduce_command)

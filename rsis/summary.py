@@ -16,9 +16,9 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from rsis.cli import add_command
+from rsis.cli import add_command, output_file
 from rsis.errors import UserError
-from rsis.io import atomic_path, read_markdown
+from rsis.io import atomic_path, read_user_text
 
 START = "<!-- results:start (rsis summary --readme README.md writes this part) -->"
 END = "<!-- results:end -->"
@@ -83,7 +83,9 @@ def summary_markdown(parts: Sequence[Path], where: str, revision: str) -> str:
     names = dict(PARTS)
     sections = []
     for path in parts:
-        text = read_markdown(path, "a results part written by the pipeline").strip()
+        text = read_user_text(
+            path, "a results part written by the pipeline", "a Markdown file"
+        ).strip()
         if not text:
             writer = WRITERS.get(Path(path).name)
             fix = (
@@ -118,7 +120,9 @@ def _summary_command(args: argparse.Namespace) -> None:
     """Check every input (parts, README and its markers) before writing anything."""
     block = summary_markdown(args.parts, machine(), commit())
     if args.readme:
-        readme = read_markdown(args.readme, "README.md with the results markers")
+        readme = read_user_text(
+            args.readme, "README.md with the results markers", "a Markdown file"
+        )
         updated = splice(readme, block, args.readme)
     with atomic_path(args.out) as tmp:
         tmp.write_text(block)
@@ -133,6 +137,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--parts", nargs="+", required=True, type=Path, help="Markdown files, in order"
     )
-    parser.add_argument("--out", required=True, type=Path, help="summary.md to write")
+    parser.add_argument("--out", required=True, type=output_file, help="summary.md to write")
     parser.add_argument("--readme", type=Path, help="also replace README's results block")
     parser.set_defaults(func=_summary_command)

@@ -13,7 +13,7 @@ import torch
 
 from rsis.cli import main
 from rsis.errors import UserError
-from rsis.io import atomic_path, require_writable_folder
+from rsis.io import atomic_path, read_user_json, require_writable_folder
 from tests.conftest import SAMPLE_ROOT
 
 IMAGES = SAMPLE_ROOT / "images/mscoco/images/train2014"
@@ -134,3 +134,57 @@ def test_a_folder_given_for_an_input_file_is_one_line(tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert error == f"rsis convergence: error: {tmp_path}: Is a directory; check this path"
     assert not out.exists()
+
+
+def test_a_user_json_file_that_cannot_be_read_is_one_line(tmp_path):
+    what = "a metrics file"
+    with pytest.raises(UserError, match=rf"^{tmp_path}/gone\.json: no such file; give {what}"):
+        read_user_json(tmp_path / "gone.json", what)
+    with pytest.raises(UserError, match=rf"^{tmp_path} is a folder: give {what} \(a JSON file\)$"):
+        read_user_json(tmp_path, what)
+    latin = tmp_path / "latin.json"
+    latin.write_bytes(b'{"name": "caf\xe9"}')
+    with pytest.raises(UserError, match=r"latin\.json is not UTF-8 text \(byte 13: "):
+        read_user_json(latin, what)
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"a": 1,\n "b": }')
+    with pytest.raises(
+        UserError, match=r"broken\.json is not valid JSON \(line 2, column 7: Expecting value\)"
+    ):
+        read_user_json(broken, what)
+    good = tmp_path / "good.json"
+    good.write_text('{"a": [1, 2]}')
+    assert read_user_json(good, what) == {"a": [1, 2]}
+
+
+def test_an_output_file_given_as_a_folder_is_refused_before_anything_runs(tmp_path, capsys):
+    parts = tmp_path / "part.md"
+    parts.write_text("# results\n")
+    out = f"{tmp_path}/summary/"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["summary", "--parts", str(parts), "--out", out])
+    assert exit_info.value.code == 2
+    assert f"argument --out: '{out}' ends with '/', so it names a folder" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["part.md"]
+
+
+def test_a_missing_path_met_inside_a_command_is_one_line(tmp_path, monkeypatch, capsys):
+    def fails(args):
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", "gone.md")
+
+    monkeypatch.setattr("rsis.summary._summary_command", fails)
+    parts = tmp_path / "part.md"
+    parts.write_text("# results\n")
+    assert main(["summary", "--parts", str(parts), "--out", str(tmp_path / "s.md")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == "rsis summary: error: gone.md: No such file or directory; check this path"
+
+
+def test_a_file_in_the_way_of_an_output_folder_is_named(tmp_path, capsys):
+    blocker = tmp_path / "x.jpg"
+    blocker.write_text("not a folder")
+    assert main(_prepare_args(blocker / "t.h5")) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"rsis prepare: error: cannot write {blocker}/t.h5: ")
+    assert error.endswith(f"{blocker} is a file, not a folder; give another path")
+    assert blocker.read_text() == "not a folder"

@@ -12,7 +12,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from transformers import PreTrainedModel
 
-from rsis.cli import add_command
+from rsis.cli import add_command, output_file
 from rsis.cpu import add_threads_argument, use_threads
 from rsis.device import add_device_argument, resolve_device
 from rsis.errors import UserError
@@ -185,7 +185,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(subparsers, "embed")
     parser.add_argument("--tokens", type=Path, required=True, help="tokens.h5 from rsis tokenize")
     parser.add_argument("--model", required=True, help="minilm, a model directory, or a hub id")
-    parser.add_argument("--out", type=Path, required=True, help="embeddings.h5 to write")
+    parser.add_argument("--out", type=output_file, required=True, help="embeddings.h5 to write")
     parser.add_argument(
         "--batch-size",
         type=int,

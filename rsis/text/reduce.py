@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 from sklearn.decomposition import PCA
 
-from rsis.cli import add_command
+from rsis.cli import add_command, output_file
 from rsis.errors import UserError
 from rsis.io import atomic_path, check_identity, open_hdf5, plain_attrs, require_members
 from rsis.runs import EMBEDDINGS, NATIVE
@@ -150,5 +150,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--fit-split", default="train", help="split the PCA is fitted on (default %(default)s)"
     )
-    parser.add_argument("--out", type=Path, required=True, help="<embedding>~<transform>~<dim>.h5")
+    parser.add_argument(
+        "--out", type=output_file, required=True, help="<embedding>~<transform>~<dim>.h5"
+    )
     parser.set_defaults(func=_reduce_command)
