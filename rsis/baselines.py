@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from rsis.cli import add_command
+from rsis.cli import add_command, positive_int
 from rsis.data.cache import resize_mask
 from rsis.data.demo.grammar import RELATIONS
 from rsis.data.demo.scenes import COLOURS, SHAPES
@@ -183,7 +183,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(subparsers, "baselines")
     add_refer_arguments(parser)
     parser.add_argument("--split", nargs="+", required=True, help="splits to score")
-    parser.add_argument("--height", type=int, required=True, help="scoring height (network input)")
-    parser.add_argument("--width", type=int, required=True, help="scoring width (network input)")
+    parser.add_argument(
+        "--height", type=positive_int, required=True, help="scoring height (network input)"
+    )
+    parser.add_argument(
+        "--width", type=positive_int, required=True, help="scoring width (network input)"
+    )
     parser.add_argument("--out-dir", required=True, help="folder for baselines.md and .csv")
     parser.set_defaults(func=_baselines_command)

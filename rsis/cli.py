@@ -11,12 +11,15 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from rsis.errors import UserError
 from rsis.io import IdentityMismatchError
 from rsis.usage import usage_line
+
+Number = TypeVar("Number", int, float)
 
 # Subcommand -> (module exposing ``register(subparsers)``, its one help text). A module's
 # ``register`` makes its parser with ``add_command``, which takes the help text from here.
@@ -57,15 +60,39 @@ def add_command(subparsers: argparse._SubParsersAction, name: str) -> argparse.A
     return subparsers.add_parser(name, help=help_text, description=help_text)
 
 
+def _in_range(
+    text: str, parse: Callable[[str], Number], inside: Callable[[Number], bool], kind: str
+) -> Number:
+    """``text`` parsed by ``parse`` where ``inside`` accepts it; otherwise an argparse error
+    saying it is not ``kind``."""
+    try:
+        value = parse(text)
+        accepted = inside(value)
+    except ValueError:
+        accepted = False
+    if not accepted:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {kind}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return value
+    return _in_range(text, int, lambda v: v >= 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer of 0 or more (a count that may be zero)."""
+    return _in_range(text, int, lambda v: v >= 0, "an integer of 0 or more")
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a random seed, an integer that torch and numpy both take (0 to 2**64 - 1)."""
+    return _in_range(text, int, lambda v: 0 <= v < 2**64, f"a seed from 0 to {2**64 - 1}")
+
+
+def learning_rate(text: str) -> float:
+    """argparse type: a learning rate, a number above 0 and at most 1 (nan and inf refused)."""
+    return _in_range(text, float, lambda v: 0 < v <= 1, "a learning rate above 0 and at most 1")
 
 
 def output_file(text: str) -> Path:

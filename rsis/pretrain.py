@@ -19,14 +19,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rsis.cli import add_command
+from rsis.cli import (
+    add_command,
+    learning_rate,
+    non_negative_int,
+    output_file,
+    positive_int,
+    seed_int,
+)
 from rsis.cpu import add_threads_argument, use_threads
 from rsis.data.demo.writer import add_scene_arguments, rules_from_args
 from rsis.data.pretext import PRETRAIN_STREAM, TASKS, LabelledScenes, render_scenes
@@ -40,6 +47,7 @@ log = logging.getLogger(__name__)
 
 # Outputs per head: object/background, then every task's values (background excluded).
 HEAD_OUTPUTS: tuple[int, ...] = (2, *(len(values) for values in TASKS.values()))
+CALIBRATION_BATCH = 64  # scenes per batch when the batch-norm statistics are calibrated
 
 
 class PretextHeads(nn.Module):
@@ -70,7 +78,8 @@ class PretextHeads(nn.Module):
             total = total + F.cross_entropy(objectness, foreground.long())
             for task, task_logits in enumerate(tasks):
                 chosen = task_logits.permute(0, 2, 3, 1)[foreground]
-                total = total + F.cross_entropy(chosen, labels[:, task][foreground] - 1)
+                if len(chosen):  # no object pixel in the batch (a tiny input): nothing to learn
+                    total = total + F.cross_entropy(chosen, labels[:, task][foreground] - 1)
         return total
 
 
@@ -110,20 +119,54 @@ def pretrain_encoder(
             loss.backward()
             optimizer.step()
             schedule.step()
-            losses.append(loss.item())
+            losses.append(_finite(loss.item(), epoch, lr))
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         history.append(sum(losses) / len(losses))
         log.info("pretrain epoch %d: loss %.4f", epoch, history[-1])
-    calibrate_batch_norm(encoder, scenes.images.split(64))
+    calibrate_batch_norm(encoder, scenes.images.split(CALIBRATION_BATCH))
     return history
 
 
+def _finite(loss: float, epoch: int, lr: float) -> float:
+    """``loss``, refused where it is nan or infinite (the learning rate is too high)."""
+    if not math.isfinite(loss):
+        raise UserError(
+            f"the pretraining loss became {loss} in epoch {epoch}: lower --lr (now {lr:g}); "
+            "no encoder was written"
+        )
+    return loss
+
+
+def batch_sizes(count: int, batch_size: int) -> set[int]:
+    """Sizes of the batches that ``count`` scenes make, ``batch_size`` at a time."""
+    return {min(count, batch_size), count % batch_size or batch_size}
+
+
+def check_batch_of_one(
+    encoder: ResNetEncoder, input_size: tuple[int, int], sizes: set[int], counts: str
+) -> None:
+    """Refuse batches of ``sizes`` that batch norm cannot train on: one scene where the input is
+    at most the encoder's stride on both sides, so its last stage is 1x1 (one value per
+    channel); ``counts`` names the options that set the batches."""
+    stride = encoder.strides[-1]
+    if 1 in sizes and max(input_size) <= stride:
+        raise UserError(
+            f"input {input_size[0]}x{input_size[1]} (--input-height x --input-width) makes the "
+            "encoder's last stage 1x1, where batch norm cannot train on a batch of one scene: "
+            f"give an input over {stride} pixels on one side, or {counts} that leave no batch "
+            "of one scene"
+        )
+
+
 def _pretrain_command(args: argparse.Namespace) -> None:
-    if args.epochs < 0 or args.scenes < 1 or args.batch_size < 1:
-        raise UserError("--epochs must be 0 or more, --scenes and --batch-size at least 1")
     use_threads(args.threads)
     torch.manual_seed(args.seed)
     encoder = build_backbone(args.backbone, "none")
+    sizes = batch_sizes(args.scenes, CALIBRATION_BATCH)
+    if args.epochs:
+        sizes |= batch_sizes(args.scenes, args.batch_size)
+    size = (args.input_height, args.input_width)
+    check_batch_of_one(encoder, size, sizes, "--scenes and --batch-size")
     start = time.perf_counter()
     scenes = render_scenes(
         seed=args.seed,
@@ -159,15 +202,19 @@ def _pretrain_command(args: argparse.Namespace) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``rsis pretrain``."""
     p = add_command(subparsers, "pretrain")
-    p.add_argument("--out", type=Path, required=True, help="encoder state_dict file (.pt)")
+    p.add_argument("--out", type=output_file, required=True, help="encoder state_dict file (.pt)")
     p.add_argument("--backbone", default="resnet18", help=", ".join(BACKBONES))
-    p.add_argument("--seed", type=int, default=1, help="scene and initialisation seed")
-    p.add_argument("--scenes", type=int, default=3000, help="generated scenes to train on")
-    p.add_argument("--epochs", type=int, default=6, help="0: only calibrate a random ResNet")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (one-cycle)")
-    p.add_argument("--input-height", type=int, default=48, help="network input height")
-    p.add_argument("--input-width", type=int, default=84, help="network input width")
+    p.add_argument("--seed", type=seed_int, default=1, help="scene and initialisation seed")
+    p.add_argument("--scenes", type=positive_int, default=3000, help="generated scenes to train on")
+    p.add_argument(
+        "--epochs", type=non_negative_int, default=6, help="0: only calibrate a random ResNet"
+    )
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument(
+        "--lr", type=learning_rate, default=2e-3, help="peak AdamW learning rate (one-cycle)"
+    )
+    p.add_argument("--input-height", type=positive_int, default=48, help="network input height")
+    p.add_argument("--input-width", type=positive_int, default=84, help="network input width")
     add_threads_argument(p)
     add_scene_arguments(p)
     p.set_defaults(func=_pretrain_command)

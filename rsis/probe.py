@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from rsis.cli import add_command
+from rsis.cli import add_command, output_file, positive_int, seed_int
 from rsis.cpu import use_threads
 from rsis.data.demo.writer import add_scene_arguments, rules_from_args
 from rsis.data.pretext import PROBE_STREAM, TASKS, LabelledScenes, render_scenes
@@ -26,6 +25,7 @@ from rsis.errors import UserError
 from rsis.io import atomic_path
 from rsis.model.backbone import BACKBONES, STAGES, ResNetEncoder, build_backbone
 from rsis.model.frozen import calibrate_batch_norm
+from rsis.pretrain import CALIBRATION_BATCH, batch_sizes, check_batch_of_one
 from rsis.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -117,6 +117,7 @@ def probe_encoder(
     """Held-out probe accuracy per stage and probed task: ``{stage: {task: accuracy}}``."""
     fit_x, fit_y = object_pixels(encoder, fit, sample_objects(fit, per_scene, seed))
     test_x, test_y = object_pixels(encoder, test, sample_objects(test, None, seed))
+    _check_pixels(len(fit_y), len(test_y))
     results: dict[str, dict[str, float]] = {}
     for stage, x_fit, x_test in zip(STAGES, fit_x, test_x, strict=True):
         results[stage] = {}
@@ -127,6 +128,17 @@ def probe_encoder(
                 predicted = probe(x_test).argmax(1)
             results[stage][name] = float((predicted == test_y[:, task] - 1).float().mean())
     return results
+
+
+def _check_pixels(fit: int, test: int) -> None:
+    """Refuse too few object pixels to fit a probe on (2, for a standard deviation) or to
+    score it on (1)."""
+    if fit < 2 or test < 1:
+        raise UserError(
+            f"the probes would be fitted on {fit} and scored on {test} object pixels; they "
+            "need at least 2 and 1: give more --fit-scenes, --pixels-per-scene or "
+            "--test-scenes, or a larger input (--input-height, --input-width)"
+        )
 
 
 def _encoders(specs: list[str]) -> dict[str, str]:
@@ -167,7 +179,9 @@ def _probe_command(args: argparse.Namespace) -> None:
         torch.manual_seed(args.seed)
         encoder = build_backbone(args.backbone, weights).eval()
         if weights == "none":  # random running statistics mean nothing: estimate them
-            calibrate_batch_norm(encoder, fit.images.split(64))
+            sizes = batch_sizes(args.fit_scenes, CALIBRATION_BATCH)
+            check_batch_of_one(encoder, common["input_size"], sizes, "--fit-scenes")
+            calibrate_batch_norm(encoder, fit.images.split(CALIBRATION_BATCH))
         results[name] = probe_encoder(encoder, fit, test, args.pixels_per_scene, args.seed)
     report = {
         "accuracy": results,
@@ -195,13 +209,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="NAME=WEIGHTS (a state_dict file, imagenet, or none: random, batch norms "
         "calibrated on the fitting scenes); repeat to compare",
     )
-    p.add_argument("--out", type=Path, required=True, help="results (.json)")
+    p.add_argument("--out", type=output_file, required=True, help="results (.json)")
     p.add_argument("--backbone", default="resnet18", help=", ".join(BACKBONES))
-    p.add_argument("--seed", type=int, default=2, help="seed of the probe scenes")
-    p.add_argument("--fit-scenes", type=int, default=200, help="scenes the probes are fitted on")
-    p.add_argument("--test-scenes", type=int, default=100, help="held-out scenes scored")
-    p.add_argument("--pixels-per-scene", type=int, default=150, help="fitting pixels per scene")
-    p.add_argument("--input-height", type=int, default=48, help="network input height")
-    p.add_argument("--input-width", type=int, default=84, help="network input width")
+    p.add_argument("--seed", type=seed_int, default=2, help="seed of the probe scenes")
+    p.add_argument(
+        "--fit-scenes", type=positive_int, default=200, help="scenes the probes are fitted on"
+    )
+    p.add_argument("--test-scenes", type=positive_int, default=100, help="held-out scenes scored")
+    p.add_argument(
+        "--pixels-per-scene", type=positive_int, default=150, help="fitting pixels per scene"
+    )
+    p.add_argument("--input-height", type=positive_int, default=48, help="network input height")
+    p.add_argument("--input-width", type=positive_int, default=84, help="network input width")
     add_scene_arguments(p)
     p.set_defaults(func=_probe_command)

@@ -23,6 +23,7 @@ from transformers import BertConfig, BertModel, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from rsis.bench.timing import matmul_peak_gflops
+from rsis.cli import non_negative_int, positive_int
 from rsis.cpu import add_threads_argument, use_threads
 from rsis.errors import UserError
 from rsis.text.embed import DEFAULT_BATCH_SIZE, PRECISIONS, embed_sequences
@@ -113,8 +114,6 @@ def subset(ids: np.ndarray, ptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarr
 
 def _bench_embed_command(args: argparse.Namespace) -> None:
     """Time batched and one-at-a-time embedding and print the figures."""
-    if args.repeats < 1:
-        raise UserError(f"--repeats must be at least 1, got {args.repeats}")
     use_threads(args.threads)
     texts = load_expressions(args.csv_dir)["sent"].tolist()
     if args.count:
@@ -177,10 +176,10 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
     parser = bench_subparsers.add_parser("embed", help="expression embedding throughput")
     parser.add_argument("--csv-dir", type=Path, default=DEFAULT_CSV_DIR, help="expression CSVs")
     parser.add_argument("--model", default=MINILM, help="minilm, a model directory, or a hub id")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument(
         "--single-count",
-        type=int,
+        type=positive_int,
         default=1000,
         help="expressions timed one at a time (a random sample)",
     )
@@ -191,10 +190,17 @@ def register(bench_subparsers: argparse._SubParsersAction) -> None:
         "with --model's tokenizer, instead of --model itself",
     )
     parser.add_argument(
-        "--count", type=int, default=0, help="time this many random expressions (0: all)"
+        "--count",
+        type=non_negative_int,
+        default=0,
+        help="time this many random expressions (0: all)",
     )
-    parser.add_argument("--repeats", type=int, default=3, help="timings kept: the best of these")
-    parser.add_argument("--matmul-size", type=int, default=4096, help="side of the peak matmul")
+    parser.add_argument(
+        "--repeats", type=positive_int, default=3, help="timings kept: the best of these"
+    )
+    parser.add_argument(
+        "--matmul-size", type=positive_int, default=4096, help="side of the peak matmul"
+    )
     add_threads_argument(parser)
     parser.add_argument(
         "--precision",

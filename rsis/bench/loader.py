@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
+from rsis.cli import non_negative_int, positive_int
 from rsis.data.cache import (
     SequenceDataset,
     collate_sequences,
@@ -121,19 +122,26 @@ def register(bench: argparse._SubParsersAction) -> None:
     add_refer_arguments(p, required=False)
     p.set_defaults(refs_root="resources/demo", dataset="demo", images="resources/demo/images")
     p.add_argument("--split", default="train")
-    p.add_argument("--height", type=int, default=240)
-    p.add_argument("--width", type=int, default=427)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--height", type=positive_int, default=240)
+    p.add_argument("--width", type=positive_int, default=427)
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument(
         "--workers",
-        type=int,
+        type=non_negative_int,
         nargs="+",
         default=[0, 2],
         help="DataLoader worker counts to try; each path is reported at its best",
     )
     p.add_argument(
-        "--min-sequences", type=int, default=256, help="repeat a smaller split to this size"
+        "--min-sequences",
+        type=non_negative_int,
+        default=256,
+        help="repeat a smaller split to this size",
     )
-    p.add_argument("--images-cached", type=int, default=4000, help="images timed, cached path")
-    p.add_argument("--images-direct", type=int, default=400, help="images timed, direct path")
+    p.add_argument(
+        "--images-cached", type=positive_int, default=4000, help="images timed, cached path"
+    )
+    p.add_argument(
+        "--images-direct", type=positive_int, default=400, help="images timed, direct path"
+    )
     p.set_defaults(func=_bench_loader_command)

@@ -12,6 +12,7 @@ import time
 import torch
 
 from rsis.bench.timing import synchronize
+from rsis.cli import positive_int, seed_int
 from rsis.device import add_device_argument, resolve_device
 from rsis.metrics import MetricAccumulator
 from rsis.progress import progress_bar
@@ -72,10 +73,10 @@ def _bench_metrics_command(args: argparse.Namespace) -> None:
 def register(bench: argparse._SubParsersAction) -> None:
     """Add ``rsis bench metrics``."""
     p = bench.add_parser("metrics", help="referents/s of the IoU metrics on random masks")
-    p.add_argument("--referents", type=int, default=10_000, help="referents to score")
-    p.add_argument("--height", type=int, default=240, help="mask height")
-    p.add_argument("--width", type=int, default=427, help="mask width")
-    p.add_argument("--chunk", type=int, default=500, help="referents per update call")
+    p.add_argument("--referents", type=positive_int, default=10_000, help="referents to score")
+    p.add_argument("--height", type=positive_int, default=240, help="mask height")
+    p.add_argument("--width", type=positive_int, default=427, help="mask width")
+    p.add_argument("--chunk", type=positive_int, default=500, help="referents per update call")
     add_device_argument(p, default="cpu")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random masks")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the random masks")
     p.set_defaults(func=_bench_metrics_command)

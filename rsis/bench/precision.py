@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from rsis.bench.timing import synchronize
+from rsis.cli import non_negative_int, positive_int
 from rsis.data.cache import SequenceDataset
 from rsis.device import add_device_argument, resolve_device
 from rsis.inference import make_loader
@@ -146,10 +147,12 @@ def register(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", default="results/demo/cache/train.h5", help="train split cache")
     p.add_argument("--text", default="results/demo/text/mean~pca~64.h5", help="embeddings")
     p.add_argument("--backbone", default=d.backbone)
-    p.add_argument("--hidden", type=int, default=d.hidden)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes")
-    p.add_argument("--steps", type=int, default=d.steps, help="timed steps")
-    p.add_argument("--warmup", type=int, default=d.warmup, help="untimed steps first")
+    p.add_argument("--hidden", type=positive_int, default=d.hidden)
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    p.add_argument(
+        "--workers", type=non_negative_int, default=d.workers, help="DataLoader worker processes"
+    )
+    p.add_argument("--steps", type=positive_int, default=d.steps, help="timed steps")
+    p.add_argument("--warmup", type=non_negative_int, default=d.warmup, help="untimed steps first")
     add_device_argument(p)
     p.set_defaults(func=run)

@@ -42,6 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from rsis.bench.timing import matmul_peak_gflops
 from rsis.checkpoint import load_trained_model
+from rsis.cli import non_negative_int, positive_int
 from rsis.cpu import use_threads
 from rsis.data.cache import SequenceDataset
 from rsis.data.demo.scenes import SceneRules
@@ -316,17 +317,28 @@ def register(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", type=Path, default=Path("results/demo/cache/train.h5"))
     p.add_argument("--text", type=Path, default=Path("results/demo/text/mean~pca~64.h5"))
     p.add_argument("--backbone", default="resnet18")
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--steps", type=int, default=8, help="batches per timed round")
-    p.add_argument("--rounds", type=int, default=5, help="alternating rounds per path")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per path first")
+    p.add_argument("--hidden", type=positive_int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--steps", type=positive_int, default=8, help="batches per timed round")
+    p.add_argument("--rounds", type=positive_int, default=5, help="alternating rounds per path")
     p.add_argument(
-        "--threads", type=int, default=1, help="torch threads (1: each of 2 parallel jobs)"
+        "--warmup", type=non_negative_int, default=2, help="untimed steps per path first"
     )
-    p.add_argument("--pretrain-scenes", type=int, default=64, help="scenes of the cost sample")
-    p.add_argument("--config-scenes", type=int, default=3000, help="pretraining scenes to cost")
-    p.add_argument("--config-epochs", type=int, default=6, help="pretraining epochs to cost")
+    p.add_argument(
+        "--threads",
+        type=non_negative_int,
+        default=1,
+        help="torch threads (1: each of 2 parallel jobs)",
+    )
+    p.add_argument(
+        "--pretrain-scenes", type=positive_int, default=64, help="scenes of the cost sample"
+    )
+    p.add_argument(
+        "--config-scenes", type=positive_int, default=3000, help="pretraining scenes to cost"
+    )
+    p.add_argument(
+        "--config-epochs", type=non_negative_int, default=6, help="pretraining epochs to cost"
+    )
     p.add_argument("--max-objects", type=int, default=4, help="demo scene rule")
     p.add_argument("--colour-reuse", type=float, default=0.0, help="demo scene rule")
     p.add_argument(

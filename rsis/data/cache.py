@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from rsis.cli import add_command
+from rsis.cli import add_command, output_file, positive_int
 from rsis.data.cache_file import (
     CACHE_FORMAT,
     ImageReferents,
@@ -362,7 +362,7 @@ def _prepare_command(args: argparse.Namespace) -> None:
         )
     refer = refer_from_args(args)
     _check_image_folder(refer, args.split)
-    counts = write_cache(refer, args.split, Path(args.out), args.height, args.width)
+    counts = write_cache(refer, args.split, args.out, args.height, args.width)
     log.info("wrote %s: %s", args.out, counts)
 
 
@@ -372,10 +372,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_refer_arguments(parser)
     parser.add_argument("--split", required=True, help="split name, exactly as in the refs file")
     parser.add_argument(
-        "--height", type=int, default=240, help="cached image height (default %(default)s)"
+        "--height", type=positive_int, default=240, help="cached image height (default %(default)s)"
     )
     parser.add_argument(
-        "--width", type=int, default=427, help="cached image width (default %(default)s)"
+        "--width", type=positive_int, default=427, help="cached image width (default %(default)s)"
     )
-    parser.add_argument("--out", required=True, help="output .h5 file")
+    parser.add_argument("--out", type=output_file, required=True, help="output .h5 file")
     parser.set_defaults(func=_prepare_command)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rsis.cli import add_command
+from rsis.cli import add_command, output_file, positive_int
 from rsis.data.cache import load_resized_image, resize_mask
 from rsis.data.refer import Refer, add_refer_arguments, refer_from_args
 from rsis.errors import UserError
@@ -146,12 +146,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(subparsers, "figures")
     parser.add_argument("--predictions", required=True, help="predictions .h5 (evaluation)")
     add_refer_arguments(parser)
-    parser.add_argument("--out", required=True, help="Fig. 2/3 style .png")
+    parser.add_argument("--out", type=output_file, required=True, help="Fig. 2/3 style .png")
     parser.add_argument(
         "--inverse-predictions", help="predictions with the expressions fed in inverse order"
     )
-    parser.add_argument("--inverse-out", help="Fig. 4 style .png (with --inverse-predictions)")
-    parser.add_argument("--num-images", type=int, default=4, help="rows when picking the best")
+    parser.add_argument(
+        "--inverse-out", type=output_file, help="Fig. 4 style .png (with --inverse-predictions)"
+    )
+    parser.add_argument(
+        "--num-images", type=positive_int, default=4, help="rows when picking the best"
+    )
     parser.add_argument(
         "--image-ids", type=int, nargs="+", help="images to show (default: best instance IoU)"
     )
