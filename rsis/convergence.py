@@ -13,14 +13,14 @@ import json
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import pandas as pd
 
-from rsis.cli import add_command
+from rsis.cli import add_command, output_file
 from rsis.errors import UserError
-from rsis.io import atomic_path
+from rsis.io import atomic_path, read_user_json
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,14 @@ def last_epoch_under(
         if epoch + 1 >= epoch_cap or patience_spent(epoch, best_epoch, patience, min_epochs):
             return epoch
     return None
+
+
+# A field's annotation: the types its value may have in convergence.json, and their name.
+FIELD_KINDS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "str": (str, "a string"),
+    "int": (int, "an integer"),
+    "float": ((int, float), "a number"),
+}
 
 
 @dataclass(frozen=True)
@@ -111,10 +119,21 @@ class Convergence:
 
     @classmethod
     def read(cls, path: Path) -> Convergence:
-        try:
-            return cls(**json.loads(Path(path).read_text()))
-        except (json.JSONDecodeError, TypeError) as error:
-            raise UserError(f"{path}: not a convergence record ({error}); retrain") from error
+        """A ``convergence.json``; a missing, unreadable or malformed one names the file and
+        the field."""
+        data = read_user_json(path, "--records the convergence.json that rsis train writes")
+        if not isinstance(data, dict):
+            raise UserError(f"{path}: not a convergence record (a JSON object); retrain the run")
+        for field in fields(cls):
+            kind, kind_name = FIELD_KINDS[field.type]
+            value = data.get(field.name, field.default)
+            if isinstance(value, bool) or not isinstance(value, kind):
+                found = "missing" if value is MISSING else f"{value!r:.40}"
+                raise UserError(
+                    f"{path}: not a convergence record (field {field.name!r} is {found}, "
+                    f"expected {kind_name}); retrain the run"
+                )
+        return cls(**{field.name: data[field.name] for field in fields(cls) if field.name in data})
 
 
 def convergence_markdown(records: Iterable[Convergence]) -> str:
@@ -171,5 +190,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--records", nargs="+", required=True, type=Path, help="convergence.json of each run"
     )
-    parser.add_argument("--out", required=True, type=Path, help="convergence.md to write")
+    parser.add_argument("--out", required=True, type=output_file, help="convergence.md to write")
     parser.set_defaults(func=_convergence_command)

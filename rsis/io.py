@@ -121,6 +121,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def write_texts(texts: Mapping[Path, str]) -> None:
+    """Write several text files all or nothing: every one goes to a temporary beside its path
+    first (so a folder in the way of any of them refuses them all), and they are renamed into
+    place only once every one is written."""
+    with contextlib.ExitStack() as stack:
+        temporaries = {path: stack.enter_context(atomic_path(path)) for path in texts}
+        for path, tmp in temporaries.items():
+            tmp.write_text(texts[path])
+
+
 def sha256_of(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a file's bytes."""
     with open(path, "rb") as f:

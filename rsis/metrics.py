@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from rsis.errors import UserError
-from rsis.io import atomic_path
+from rsis.io import atomic_path, read_user_json
 from rsis.protocols import PRECISION_THRESHOLDS, PROTOCOLS, Protocol
 from rsis.runs import RunSpec
 
@@ -47,6 +47,20 @@ RECORD_FIELDS: tuple[str, ...] = (
     "metrics",
     "conventions",
 )
+# The type of each field the tables, findings and per-type results read (absent: optional).
+RECORD_TYPES: dict[str, type] = {
+    "split": str,
+    "expression": str,
+    "feed_order": str,
+    "dataset": str,
+    "text_model": str,
+    "backbone": str,
+    "image_size": list,
+    "protocol": str,
+    "conventions": dict,
+    "breakdowns": dict,
+}
+KIND_NAMES = {str: "a string", list: "a list", dict: "an object"}
 METRIC_FIELDS: tuple[str, ...] = (
     "overall_iou",
     "instance_iou",
@@ -297,10 +311,7 @@ def write_metrics_json(
 def read_metrics_json(path: str | os.PathLike) -> dict:
     """Read and validate a metrics file written by ``write_metrics_json``."""
     path = Path(path)
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise UserError(f"{path}: not valid JSON ({error}); rerun the evaluation") from error
+    record = read_user_json(path, "--metrics a metrics file that rsis evaluate writes")
     _validate(record, path)
     return record
 
@@ -348,7 +359,18 @@ def _validate(record: object, path: Path) -> None:
                 f"{path}: missing field(s) {', '.join(missing)}; "
                 "see docs/metrics.md for the metrics file format"
             )
+    for key, kind in RECORD_TYPES.items():
+        value = record.get(key, kind())
+        if not isinstance(value, kind):
+            raise UserError(
+                f"{path}: field {key!r} is {value!r:.60}, expected {KIND_NAMES[kind]}; "
+                "see docs/metrics.md for the metrics file format"
+            )
     for key in METRIC_FIELDS:
         value = record["metrics"][key]
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise UserError(f"{path}: metrics.{key} must be a number, got {value!r}")
+    try:
+        RunSpec.from_dict(record["run"])
+    except UserError as error:
+        raise UserError(f"{path}: field 'run': {error}") from error

@@ -51,6 +51,16 @@ _ID_PATTERN = re.compile(
 )
 
 
+def _is_int(value: object) -> bool:
+    """Whether ``value`` is an integer (a bool is not)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _digits_to_int(value: object) -> object:
+    """A coordinate as a run id spells it (``"64"``) as an int; any other value as it is."""
+    return int(value) if isinstance(value, str) and value.isascii() and value.isdigit() else value
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """The grid coordinates of one training run.
@@ -88,8 +98,10 @@ class RunSpec:
                 f"run dim {self.dim!r} with transform {self.transform!r}: transform none "
                 f"takes dim {NATIVE!r}, every other transform a positive integer"
             )
-        if self.dim != NATIVE and not (isinstance(self.dim, int) and self.dim > 0):
+        if self.dim != NATIVE and not (_is_int(self.dim) and self.dim > 0):
             raise UserError(f"run dim {self.dim!r} must be {NATIVE!r} or a positive integer")
+        if not _is_int(self.batch_size):
+            raise UserError(f"run batch size {self.batch_size!r} must be an integer")
         if self.batch_size < 1:
             raise UserError(f"run batch size {self.batch_size} must be at least 1")
 
@@ -121,13 +133,12 @@ class RunSpec:
         """Build from the coordinates in ``data`` (other keys, such as ``name``, are ignored)."""
         fields = dataclasses.fields(cls)
         required = [f.name for f in fields if f.default is dataclasses.MISSING]
+        if not isinstance(data, Mapping):
+            raise UserError(f"run description {data!r:.60} is not a mapping of {required}")
         missing = [name for name in required if name not in data]
         if missing:
             raise UserError(f"run description lacks {missing}: it needs {required}")
-        values = {f.name: data[f.name] for f in fields if f.name in data}
-        values["batch_size"] = int(values["batch_size"])
-        if values["dim"] != NATIVE:
-            values["dim"] = int(values["dim"])
+        values = {f.name: _digits_to_int(data[f.name]) for f in fields if f.name in data}
         return cls(**values)
 
     @property

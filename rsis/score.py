@@ -20,11 +20,17 @@ import torch
 from pycocotools import mask as mask_utils
 
 from rsis.breakdowns import sample_labels
-from rsis.cli import add_command, positive_int
+from rsis.cli import add_command, output_file, positive_int
 from rsis.data.cache import resize_mask
-from rsis.data.refer import Refer, add_refer_arguments, decode_segmentation, refer_from_args
+from rsis.data.refer import (
+    Refer,
+    add_refer_arguments,
+    decode_segmentation,
+    refer_from_args,
+    rle_counts_problem,
+)
 from rsis.errors import UserError
-from rsis.io import atomic_path
+from rsis.io import atomic_path, read_user_json, write_texts
 from rsis.metrics import MetricAccumulator
 from rsis.progress import progress_bar
 from rsis.protocols import PROTOCOLS, RESOLUTIONS, Protocol, get_protocol
@@ -53,13 +59,22 @@ def write_predictions_json(
         tmp.write_text(json.dumps(entries) + "\n")
 
 
+PREDICTIONS = '--predictions a JSON list of {"sent_id", "segmentation": COCO RLE}'
+
+
+def _is_size(size: object) -> bool:
+    """Whether ``size`` is an RLE's ``[height, width]``: two non-negative integers."""
+    return (
+        isinstance(size, list)
+        and len(size) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in size)
+    )
+
+
 def read_predictions_json(path: str | os.PathLike) -> dict[int, dict]:
     """sent_id -> entry of a predictions file; a malformed or repeated entry is a UserError."""
     path = Path(path)
-    try:
-        entries = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise UserError(f"{path}: not valid JSON ({error})") from error
+    entries = read_user_json(path, PREDICTIONS)
     if not isinstance(entries, list):
         raise UserError(
             f"{path}: expected a JSON list of predictions, got {type(entries).__name__}"
@@ -70,9 +85,15 @@ def read_predictions_json(path: str | os.PathLike) -> dict[int, dict]:
         if isinstance(sent_id, bool) or not isinstance(sent_id, int):
             raise UserError(f"{path}: entry {position} has no integer sent_id")
         rle = entry.get("segmentation")
-        if not (isinstance(rle, dict) and {"size", "counts"} <= rle.keys()):
+        if not (
+            isinstance(rle, dict)
+            and _is_size(rle.get("size"))
+            and isinstance(rle.get("counts"), str | list)
+        ):
             raise UserError(
-                f"{path}: sent_id {sent_id} has no COCO RLE segmentation (size and counts)"
+                f"{path}: sent_id {sent_id} has no COCO RLE segmentation (size [height, width] "
+                "and counts, a string or a list of integers); write it with "
+                "pycocotools.mask.encode"
             )
         if sent_id in found:
             raise UserError(f"{path}: sent_id {sent_id} is predicted more than once")
@@ -108,19 +129,31 @@ def _check_ids(
             )
 
 
-def _check_sizes(
+def _undecodable(path: Path, sent_id: int, why: object) -> UserError:
+    """The error for a predicted RLE that cannot be decoded, and why."""
+    return UserError(
+        f"{path}: sent_id {sent_id} has an undecodable RLE ({why}); write it with "
+        "pycocotools.mask.encode"
+    )
+
+
+def _check_masks(
     refer: Refer, samples: Sequence[tuple[int, dict]], predictions: dict[int, dict], path: Path
 ) -> None:
-    """Every scored mask must be at its image's original size."""
+    """Every scored mask must be at its image's original size, and an uncompressed RLE's
+    counts must add up to it (checked before scoring starts)."""
     for sent_id, ref in samples:
         image = refer.images[ref["image_id"]]
-        size = list(predictions[sent_id]["segmentation"]["size"])
-        if size != [image["height"], image["width"]]:
+        rle = predictions[sent_id]["segmentation"]
+        if rle["size"] != [image["height"], image["width"]]:
             raise UserError(
-                f"{path}: sent_id {sent_id} has a {'x'.join(map(str, size))} mask, but its "
-                f"image is {image['height']}x{image['width']}: predictions must be at the "
+                f"{path}: sent_id {sent_id} has a {'x'.join(map(str, rle['size']))} mask, but "
+                f"its image is {image['height']}x{image['width']}: predictions must be at the "
                 "original image size"
             )
+        problem = rle_counts_problem(rle, image["height"], image["width"])
+        if problem:
+            raise _undecodable(path, sent_id, problem)
 
 
 def _decode_prediction(entry: dict, image_hw: tuple[int, int], path: Path) -> np.ndarray:
@@ -129,10 +162,8 @@ def _decode_prediction(entry: dict, image_hw: tuple[int, int], path: Path) -> np
     rle = entry["segmentation"]
     try:
         mask = decode_segmentation(rle, *image_hw)
-    except (TypeError, ValueError) as error:
-        raise UserError(
-            f"{path}: sent_id {entry['sent_id']} has an undecodable RLE ({error})"
-        ) from error
+    except (TypeError, ValueError, OverflowError) as error:
+        raise _undecodable(path, entry["sent_id"], error) from error
     if isinstance(rle["counts"], str) and encode_rle(mask)["counts"] != rle["counts"]:
         raise UserError(
             f"{path}: sent_id {entry['sent_id']} has a corrupt RLE (it does not describe a "
@@ -173,7 +204,7 @@ def score_predictions(
             f"{path}: sent_id {missing[0]} has no prediction ({len(missing)} of the "
             f"{len(samples)} sentences protocol {protocol.name} scores are missing)"
         )
-    _check_sizes(refer, samples, predictions, path)
+    _check_masks(refer, samples, predictions, path)
     where = protocol.conventions(network_hw)["resolution"]
     accumulator = MetricAccumulator(
         resolution=where, threshold="binary masks as given", protocol=protocol
@@ -221,6 +252,11 @@ def markdown_table(record: dict) -> str:
 
 
 def _score_command(args: argparse.Namespace) -> None:
+    if args.out.suffix in (".md", ".csv"):
+        raise UserError(
+            f"--out {args.out}: the .md table and the .csv are written beside it, so give "
+            "the metrics file a .json name"
+        )
     protocol = get_protocol(args.protocol).with_overrides(resolution=args.resolution)
     refer = refer_from_args(args)
     predictions = read_predictions_json(args.predictions)
@@ -239,12 +275,14 @@ def _score_command(args: argparse.Namespace) -> None:
         "predictions": str(args.predictions),
         **summary,
     }
-    with atomic_path(args.out) as tmp:
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-    with atomic_path(Path(args.out).with_suffix(".md")) as tmp:
-        tmp.write_text(markdown_table(record))
-    with atomic_path(Path(args.out).with_suffix(".csv")) as tmp:
-        accumulator.per_referent().rename(columns={"id": "sent_id"}).to_csv(tmp, index=False)
+    per_sample = accumulator.per_referent().rename(columns={"id": "sent_id"})
+    write_texts(
+        {
+            args.out: json.dumps(record, indent=2) + "\n",
+            args.out.with_suffix(".md"): markdown_table(record),
+            args.out.with_suffix(".csv"): per_sample.to_csv(index=False),
+        }
+    )
     metrics = summary["metrics"]
     log.info(
         "%s %s, protocol %s: oIoU %.4f, mIoU %.4f over %d samples (%d referents)",
@@ -287,7 +325,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--out",
-        type=Path,
+        type=output_file,
         required=True,
         help="metrics .json; the .md table and the per-sample .csv are written beside it",
     )

@@ -24,7 +24,7 @@ import yaml
 
 from rsis.cli import add_command
 from rsis.errors import UserError
-from rsis.io import atomic_path
+from rsis.io import read_user_text, write_texts
 from rsis.metrics import read_result_records
 from rsis.runs import GridTable, RunSpec, grid_tables
 
@@ -272,16 +272,15 @@ def headline_row(table: GridTable, numbers: pd.DataFrame) -> dict[str, str]:
     return row
 
 
-def write_table(
+def table_files(
     table: GridTable,
     records: Sequence[tuple[Path, dict]],
     paper: dict,
-    out_dir: Path,
     dataset_label: str,
     expression: str = "first",
-) -> dict[str, str]:
-    """Write ``<name>.md``, ``.csv``, ``.tex`` and ``.html`` into ``out_dir`` atomically;
-    return the table's ``headline_row``."""
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The text of ``<name>.md``, ``.csv``, ``.tex`` and ``.html`` by file name, and the
+    table's ``headline_row``."""
     numbers = numeric_table(table, records, paper, expression)
     shown = display_table(numbers, table)
     text = caption(table, records, dataset_label, expression)
@@ -292,16 +291,14 @@ def write_table(
         label=f"tab:{table.name}",
         column_format="l" * len(table.fields) + "r" * (shown.shape[1] - len(table.fields)),
     )
-    outputs = {
+    files = {
         "md": f"{text}\n\n{markdown}\n",
         "csv": numbers.to_csv(index=False, float_format="%.2f"),
         "tex": latex,
         "html": html_page(TITLES[table.name], text, shown, len(table.fields)),
     }
-    for suffix, content in outputs.items():
-        with atomic_path(out_dir / f"{table.name}.{suffix}") as tmp:
-            tmp.write_text(content)
-    return headline_row(table, numbers)
+    named = {f"{table.name}.{suffix}": content for suffix, content in files.items()}
+    return named, headline_row(table, numbers)
 
 
 def _run_label(record: dict, path: Path) -> str:
@@ -393,19 +390,21 @@ def write_tables(
     ]
     if unused:
         log.warning("metrics files that fit no table row: %s", ", ".join(unused))
-    headline = pd.DataFrame(
-        [write_table(table, records, paper, out_dir, dataset_label, expression) for table in tables]
-    )
+    files: dict[str, str] = {}
+    headlines = []
+    for table in tables:
+        texts, headline = table_files(table, records, paper, dataset_label, expression)
+        files |= texts
+        headlines.append(headline)
     scored = {"first": "first expression", "all": "every sentence"}.get(expression, expression)
     text = (
         f"{dataset_label}: the best configuration of each table by our instance IoU on val "
         f"(mean over samples of intersection/union, percent, {scored}), beside the "
         "paper's best; each cell reads ours (paper); — = not available."
     )
-    with atomic_path(out_dir / "summary.html") as tmp:
-        tmp.write_text(html_page("Headline", text, headline, 2))
-    with atomic_path(out_dir / "expression_check.md") as tmp:
-        tmp.write_text(expression_check(records))
+    files["summary.html"] = html_page("Headline", text, pd.DataFrame(headlines), 2)
+    files["expression_check.md"] = expression_check(records)
+    write_texts({out_dir / name: content for name, content in files.items()})
 
 
 # The keys of config.yaml's grid that the tables read (workflow/schemas/config.schema.yaml).
@@ -430,16 +429,32 @@ def _require_keys(value: object, keys: Sequence[str], where: str) -> None:
         )
 
 
+GRID_SOURCE = "--grid config.yaml, whose `grid` lays out the tables"
+GRID_HELP = f"give {GRID_SOURCE}, or the grid as JSON text"
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML parser's complaint on one line: what and where."""
+    mark = getattr(error, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return f"{getattr(error, 'problem', None) or error}{where}"
+
+
 def parse_grid(text: str) -> dict:
     """``--grid``: the grid as JSON (or YAML) text, or a YAML file such as config.yaml (its
     ``grid``), with every key the tables read."""
     source = Path(text) if text.endswith((".yaml", ".yml", ".json")) else None
+    if source is not None and not source.exists():
+        raise UserError(f"--grid {text}: cannot read it (no such file); {GRID_HELP}")
     try:
-        grid = yaml.safe_load(source.read_text() if source else text)
+        grid = yaml.safe_load(
+            read_user_text(source, GRID_SOURCE, "a YAML file") if source else text
+        )
     except yaml.YAMLError as error:
-        raise UserError(f"--grid is not JSON or YAML ({error})") from error
-    except OSError as error:
-        raise UserError(f"--grid {text}: cannot read it ({error.strerror})") from error
+        where = f"{source} is" if source else "--grid is"
+        raise UserError(
+            f"{where} not JSON or YAML ({_yaml_problem(error)}); {GRID_HELP}"
+        ) from error
     if source and isinstance(grid, dict) and "grid" in grid:
         grid = grid["grid"]
     if not isinstance(grid, dict) or not {"table1", "table2"} <= set(grid):

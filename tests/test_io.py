@@ -132,7 +132,10 @@ def test_a_folder_given_for_an_input_file_is_one_line(tmp_path, capsys):
     out = tmp_path / "convergence.md"
     assert main(["convergence", "--records", str(tmp_path), "--out", str(out)]) == 2
     error = capsys.readouterr().err.strip()
-    assert error == f"rsis convergence: error: {tmp_path}: Is a directory; check this path"
+    assert error == (
+        f"rsis convergence: error: {tmp_path} is a folder: give --records the convergence.json "
+        "that rsis train writes (a JSON file)"
+    )
     assert not out.exists()
 
 

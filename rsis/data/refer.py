@@ -164,7 +164,8 @@ class Refer:
         ``prepare`` and counted, like zero-area masks.
         """
         ann = self.annotations[ann_id]
-        image = self.images.get(ann.get("image_id"))
+        image_id = ann.get("image_id")
+        image = self.images.get(image_id) if isinstance(image_id, int) else None
         if image is None:
             return f"image_id {ann.get('image_id')!r} is not in instances.json"
         segmentation = ann.get("segmentation")
@@ -183,7 +184,7 @@ class Refer:
                     f"RLE of size {size}, but its image is {image['height']}x{image['width']} "
                     "in instances.json"
                 )
-            return None
+            return rle_counts_problem(segmentation, image["height"], image["width"])
         return f"segmentation of type {type(segmentation).__name__}, expected polygons or RLE"
 
     def decode_mask(self, ann_id: int) -> np.ndarray:
@@ -218,15 +219,37 @@ class Refer:
         ]
 
 
+def rle_counts_problem(segmentation: dict, height: int, width: int) -> str | None:
+    """Why an uncompressed RLE's ``counts`` cannot describe a ``height`` x ``width`` mask (a
+    count that is not a non-negative integer, or counts that do not add up to its pixels), or
+    None when they can; a compressed RLE's string is not checked here."""
+    counts = segmentation.get("counts")
+    if not isinstance(counts, list):
+        return None
+    odd = next((c for c in counts if isinstance(c, bool) or not isinstance(c, int) or c < 0), None)
+    if odd is not None:
+        return f"uncompressed RLE count {odd!r} is not a non-negative integer"
+    if sum(counts) != height * width:
+        return (
+            f"uncompressed RLE counts add up to {sum(counts)} pixels, not {height}x{width} = "
+            f"{height * width}"
+        )
+    return None
+
+
 def decode_segmentation(segmentation: list | dict, height: int, width: int) -> np.ndarray:
     """Decode COCO polygons, uncompressed or compressed RLE to an (H, W) uint8 0/1 mask.
 
-    Polygons and uncompressed RLE are read at (height, width), the image size.
+    Polygons and uncompressed RLE are read at (height, width), the image size; uncompressed
+    counts that cannot describe such a mask (``rle_counts_problem``) are a ValueError.
     """
     if isinstance(segmentation, list):
         rles = mask_utils.frPyObjects(segmentation, height, width)
         rle = mask_utils.merge(rles)
     elif isinstance(segmentation.get("counts"), list):
+        problem = rle_counts_problem(segmentation, height, width)
+        if problem:
+            raise ValueError(problem)
         rle = mask_utils.frPyObjects(segmentation, height, width)
     else:
         rle = dict(segmentation)
@@ -309,6 +332,41 @@ def _clean_refs(
     return kept, skipped
 
 
+# The sections of instances.json and the fields every entry of each needs (the annotations'
+# image_id and segmentation are checked per referent: ``Refer.segmentation_problem``).
+INSTANCE_FIELDS: dict[str, dict[str, type]] = {
+    "images": {"id": int, "height": int, "width": int, "file_name": str},
+    "annotations": {"id": int},
+    "categories": {"id": int, "name": str},
+}
+KIND_NAMES = {int: "an integer", str: "a string"}
+
+
+def _instance_section(instances: dict, key: str, source: Path) -> list[dict]:
+    """The entries of one COCO section of ``instances.json``, every one checked to hold the
+    fields of ``INSTANCE_FIELDS``; a missing or malformed one names section, entry and field."""
+    damaged = "the instances file is damaged or not COCO: download it again (README, step 1)"
+    if key not in instances:
+        raise UserError(f"{source}: missing the COCO field {key!r}; {damaged}")
+    entries = instances[key]
+    if not isinstance(entries, list):
+        raise UserError(
+            f"{source}: {key!r} is a {type(entries).__name__}, expected a list; {damaged}"
+        )
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise UserError(f"{source}: {key}[{index}] is {entry!r:.40}, not an object; {damaged}")
+        for name, kind in INSTANCE_FIELDS[key].items():
+            value = entry.get(name)
+            if isinstance(value, bool) or not isinstance(value, kind):
+                found = f"{value!r:.40}" if name in entry else "missing"
+                raise UserError(
+                    f"{source}: {key}[{index}] field {name!r} is {found}, expected "
+                    f"{KIND_NAMES[kind]}; {damaged}"
+                )
+    return entries
+
+
 def load_refer(
     root: str | Path, dataset: str, split_by: str, image_dir: str | Path | None = None
 ) -> Refer:
@@ -335,10 +393,10 @@ def load_refer(
         ) from error
     if not isinstance(instances, dict):
         raise UserError(f"{instances_path}: expected a COCO object, got a JSON array or value")
-    for key in ("images", "annotations", "categories"):
-        if key not in instances:
-            raise UserError(f"{instances_path}: missing the COCO field {key!r}")
-    annotations = {a["id"]: a for a in instances["annotations"]}
+    images, annotations, categories = (
+        {entry["id"]: entry for entry in _instance_section(instances, key, instances_path)}
+        for key in ("images", "annotations", "categories")
+    )
     refs, skipped = _clean_refs(load_refs_pickle(refs_path), annotations, refs_path)
     allowed = SPLITS_BY_SPLITBY.get(split_by)
     unknown = sorted({r["split"] for r in refs} - set(allowed or ()))
@@ -352,9 +410,9 @@ def load_refer(
         split_by=split_by,
         image_dir=image_dir,
         refs=refs,
-        images={i["id"]: i for i in instances["images"]},
+        images=images,
         annotations=annotations,
-        categories={c["id"]: c["name"] for c in instances["categories"]},
+        categories={category_id: c["name"] for category_id, c in categories.items()},
         skipped=skipped,
     )
 

@@ -11,6 +11,7 @@ the highest validation instance IoU) is marked on the IoU panel.
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
 from collections.abc import Sequence
@@ -21,9 +22,9 @@ import matplotlib
 import pandas as pd
 from matplotlib.figure import Figure
 
-from rsis.cli import add_command
+from rsis.cli import add_command, output_file
 from rsis.errors import UserError
-from rsis.io import atomic_path
+from rsis.io import atomic_path, read_user_text
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +55,43 @@ class Configuration:
         return [(int(row["epoch"]), float(row["val_instance_iou"])) for row in best]
 
 
+WHAT = "--run LABEL the metrics.csv that rsis train writes in the run folder"
+
+
+def _cell(value: object) -> str:
+    """A CSV cell as a message shows it: quoted text, a number, or an empty cell."""
+    if isinstance(value, str):
+        return repr(value)
+    return "an empty cell" if pd.isna(value) else f"{float(value):g}"
+
+
 def read_metrics(path: str | os.PathLike) -> pd.DataFrame:
-    """A run's ``metrics.csv`` (written by ``rsis train``), checked for the needed columns."""
+    """A run's ``metrics.csv`` (written by ``rsis train``), checked for the needed columns
+    and for a number in each of their cells."""
+    if not Path(path).exists():
+        raise UserError(f"{path}: cannot read training metrics (no such file); give {WHAT}")
+    text = read_user_text(path, WHAT, "a CSV file")
     try:
-        frame = pd.read_csv(path)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-        raise UserError(f"{path}: cannot read training metrics ({error})") from error
+        frame = pd.read_csv(io.StringIO(text))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        reason = str(error).strip().splitlines()[-1]
+        raise UserError(f"{path}: cannot read training metrics ({reason}); give {WHAT}") from error
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing or frame.empty:
         raise UserError(
             f"{path}: not a training metrics file (missing {', '.join(missing) or 'rows'}); "
             "pass the metrics.csv that rsis train writes in the run folder"
         )
+    for column in COLUMNS:
+        numbers = pd.to_numeric(frame[column], errors="coerce")
+        bad = ~numbers.abs().lt(float("inf"))  # text, an empty cell (NaN) or an infinity
+        if bad.any():
+            row = int(bad.idxmax())
+            raise UserError(
+                f"{path}: line {row + 2}, column {column!r} holds {_cell(frame[column][row])}, "
+                f"not a finite number; give {WHAT}"
+            )
+        frame[column] = numbers
     return frame.sort_values("epoch").reset_index(drop=True)
 
 
@@ -135,5 +161,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a run's metrics.csv and its configuration's label; repeat a label for seeds",
     )
     parser.add_argument("--title", default="Runs", help="figure title, e.g. 'Table 1'")
-    parser.add_argument("--out", required=True, help="destination .png")
+    parser.add_argument("--out", required=True, type=output_file, help="destination .png")
     parser.set_defaults(func=_curves_command)
