@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from rsis.breakdowns import sample_labels
 from rsis.checkpoint import load_trained_model
-from rsis.cli import add_command, positive_int
+from rsis.cli import add_command, positive_int, seed_int
 from rsis.cpu import add_threads_argument, use_threads
 from rsis.data.cache import EXPRESSIONS, SequenceDataset, resize_mask
 from rsis.data.cache_file import SplitCache
@@ -20,7 +23,7 @@ from rsis.device import add_device_argument, resolve_device
 from rsis.errors import UserError
 from rsis.features import FeatureStore
 from rsis.inference import make_loader, predict_batches
-from rsis.io import atomic_path
+from rsis.io import atomic_path, missing_folders, require_writable_folder, undo_on_failure
 from rsis.metrics import MetricAccumulator, resize_scores, write_metrics_json
 from rsis.model import RRIS
 from rsis.model.frozen import encoder_digest
@@ -190,7 +193,91 @@ def require_input_size(checkpoint: Path, payload: dict, caches: list[SplitCache]
             )
 
 
+OUTPUT_SUFFIXES = (".json", ".csv", ".predictions.h5", ".predictions.json")
+
+
+def _require_output_files(args: argparse.Namespace, caches: list[SplitCache]) -> None:
+    """Refuse, before anything is evaluated, an output file name that a folder holds."""
+    for cache, expression in itertools.product(caches, args.expression):
+        stem = output_stem(args.out_dir, cache.split, expression, args.order)
+        for path in (stem.with_suffix(suffix) for suffix in OUTPUT_SUFFIXES):
+            if path.is_dir():
+                raise UserError(
+                    f"{path} is a folder where rsis evaluate writes a file: remove it or give "
+                    "another --out-dir"
+                )
+
+
+def _write_per_sample(path: Path, accumulator: MetricAccumulator) -> None:
+    """The per-sample table (``.csv``)."""
+    with atomic_path(path) as tmp:
+        table = accumulator.per_referent().rename(columns={"id": "sent_id"})
+        table.to_csv(tmp, index=False)
+
+
+def _write_evaluation(
+    stem: Path,
+    record: dict[str, Any],
+    accumulator: MetricAccumulator,
+    predictions: Predictions,
+    original: list[tuple[int, int, dict]],
+    written: list[Path],
+) -> None:
+    """Write one evaluation's files at ``stem`` (``OUTPUT_SUFFIXES``), naming each in
+    ``written`` once it is written.
+
+    Args:
+        record: ``write_metrics_json``'s arguments after the path.
+    """
+    writers: tuple[Callable[[Path], object], ...] = (
+        lambda path: write_metrics_json(path, **record),
+        lambda path: _write_per_sample(path, accumulator),
+        lambda path: save_predictions(path, predictions),
+        lambda path: write_predictions_json(path, original),
+    )
+    for suffix, write in zip(OUTPUT_SUFFIXES, writers, strict=True):
+        write(stem.with_suffix(suffix))
+        written.append(stem.with_suffix(suffix))
+
+
+def _metrics_record(
+    args: argparse.Namespace, payload: dict, cache: SplitCache, expression: str, summary: dict
+) -> dict[str, Any]:
+    """``write_metrics_json``'s arguments (after the path) for one evaluation."""
+    return {
+        "summary": summary,
+        "run": run_description(payload),
+        "split": cache.split,
+        "expression": expression,
+        "dataset": cache.dataset,
+        "text_model": payload["text"]["model"],
+        "backbone": payload["model_config"]["backbone"],
+        "image_size": cache.size,
+        "feed_order": args.order,
+    }
+
+
+def _log_metrics(record: dict[str, Any], protocol: Protocol) -> None:
+    """One line of an evaluation's headline numbers."""
+    metrics = record["summary"]["metrics"]
+    log.info(
+        "%s %s (%s expression, protocol %s): instance IoU %.4f, overall IoU %.4f over "
+        "%d samples (%d referents)",
+        record["dataset"],
+        record["split"],
+        record["expression"],
+        protocol.name,
+        metrics["instance_iou"],
+        metrics["overall_iou"],
+        metrics["n_samples"],
+        metrics["n_referents"],
+    )
+
+
 def _evaluate_command(args: argparse.Namespace) -> None:
+    require_writable_folder(args.out_dir, f"--out-dir {args.out_dir}")
+    split_caches = [SplitCache(cache) for cache in args.cache]
+    _require_output_files(args, split_caches)
     use_threads(args.threads)
     protocol = get_protocol(args.protocol)
     if args.original_size:
@@ -199,56 +286,31 @@ def _evaluate_command(args: argparse.Namespace) -> None:
     text = EmbeddingTable.load(args.text)
     model, payload = load_trained_model(args.checkpoint, text_identity(text))
     model.to(resolve_device(args.device))
-    split_caches = [SplitCache(cache) for cache in args.cache]
     require_input_size(args.checkpoint, payload, split_caches)
     stores = _feature_stores(model, args.cache, args.features)
-    for cache, split_cache, features in zip(args.cache, split_caches, stores, strict=True):
-        for expression in args.expression:
-            accumulator, payload, predictions, original = evaluate(
-                model,
-                payload,
-                cache,
-                text,
-                expression=expression,
-                order=args.order,
-                seed=args.seed,
-                batch_size=args.batch_size,
-                protocol=protocol,
-                refer=refer,
-                features=features,
-            )
-            groups = sample_labels(refer, accumulator.per_referent()["id"]) if refer else {}
-            stem = output_stem(args.out_dir, split_cache.split, expression, args.order)
-            record = write_metrics_json(
-                stem.with_suffix(".json"),
-                accumulator.summary(groups),
-                run=run_description(payload),
-                split=split_cache.split,
-                expression=expression,
-                dataset=split_cache.dataset,
-                text_model=payload["text"]["model"],
-                backbone=payload["model_config"]["backbone"],
-                image_size=split_cache.size,
-                feed_order=args.order,
-            )
-            with atomic_path(stem.with_suffix(".csv")) as tmp:
-                table = accumulator.per_referent().rename(columns={"id": "sent_id"})
-                table.to_csv(tmp, index=False)
-            save_predictions(stem.with_suffix(".predictions.h5"), predictions)
-            write_predictions_json(stem.with_suffix(".predictions.json"), original)
-            metrics = record["metrics"]
-            log.info(
-                "%s %s (%s expression, protocol %s): instance IoU %.4f, overall IoU %.4f over "
-                "%d samples (%d referents)",
-                split_cache.dataset,
-                split_cache.split,
-                expression,
-                protocol.name,
-                metrics["instance_iou"],
-                metrics["overall_iou"],
-                metrics["n_samples"],
-                metrics["n_referents"],
-            )
+    # All or nothing: a failure removes every file this command wrote (and the folders it made).
+    with undo_on_failure(missing_folders(args.out_dir)) as written:
+        for cache, split_cache, features in zip(args.cache, split_caches, stores, strict=True):
+            for expression in args.expression:
+                accumulator, payload, predictions, original = evaluate(
+                    model,
+                    payload,
+                    cache,
+                    text,
+                    expression=expression,
+                    order=args.order,
+                    seed=args.seed,
+                    batch_size=args.batch_size,
+                    protocol=protocol,
+                    refer=refer,
+                    features=features,
+                )
+                groups = sample_labels(refer, accumulator.per_referent()["id"]) if refer else {}
+                summary = accumulator.summary(groups)
+                record = _metrics_record(args, payload, split_cache, expression, summary)
+                stem = output_stem(args.out_dir, split_cache.split, expression, args.order)
+                _write_evaluation(stem, record, accumulator, predictions, original, written)
+                _log_metrics(record, protocol)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -273,8 +335,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="rsis",
         help="scoring rules: rsis, lavt, cris or rela (docs/metrics.md)",
     )
-    p.add_argument("--order", default="dataset", help="dataset, or reverse (paper's Fig. 4)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random expression choice")
+    p.add_argument(
+        "--order",
+        default="dataset",
+        choices=("dataset", "reverse"),
+        help="dataset, or reverse (paper's Fig. 4)",
+    )
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the random expression choice")
     p.add_argument(
         "--out-dir",
         type=Path,

@@ -7,13 +7,14 @@ import contextlib
 import errno
 import glob
 import hashlib
+import itertools
 import json
 import logging
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,45 @@ def write_texts(texts: Mapping[Path, str]) -> None:
         temporaries = {path: stack.enter_context(atomic_path(path)) for path in texts}
         for path, tmp in temporaries.items():
             tmp.write_text(texts[path])
+
+
+def missing_folders(folder: str | os.PathLike) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first: the folders
+    that writing in ``folder`` creates (``undo_on_failure`` removes them)."""
+    folder = Path(folder).absolute()
+    return list(itertools.takewhile(lambda p: not p.exists(), (folder, *folder.parents)))
+
+
+def _remove(path: Path) -> None:
+    """Delete the file or folder tree at ``path``, if any."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def undo_on_failure(created: list[Path], leftovers: Collection[str] = ()) -> Iterator[list[Path]]:
+    """Yield a list for the block to name each file (or folder tree) it writes; should the
+    block fail, delete them, then each folder of ``created`` (``missing_folders``, deepest
+    first) that holds nothing, or nothing but the ``leftovers`` (names deleted with it).
+
+    A folder holding anything else (a resumable checkpoint, a partial download) is kept.
+    """
+    written: list[Path] = []
+    try:
+        yield written
+    except BaseException:
+        for path in reversed(written):
+            _remove(path)
+        for folder in created:
+            with contextlib.suppress(OSError):
+                names = os.listdir(folder)
+                if set(names) <= set(leftovers):
+                    for name in names:
+                        _remove(folder / name)
+                    folder.rmdir()
+        raise
 
 
 def sha256_of(path: str | os.PathLike) -> str:

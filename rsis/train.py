@@ -22,7 +22,7 @@ from torch.utils.tensorboard import SummaryWriter
 from rsis.allocator import map_allocations_above
 from rsis.bundle import export_bundle
 from rsis.checkpoint import load_checkpoint, require_compatible, save_checkpoint
-from rsis.cli import add_command
+from rsis.cli import add_command, non_negative_int
 from rsis.convergence import Convergence, last_epoch_under, patience_spent
 from rsis.cpu import use_threads
 from rsis.data.cache import SequenceDataset
@@ -36,7 +36,14 @@ from rsis.inference import (
     stored_features,
     to_device,
 )
-from rsis.io import atomic_path, describe_differences, sha256_of
+from rsis.io import (
+    atomic_path,
+    describe_differences,
+    missing_folders,
+    require_writable_folder,
+    sha256_of,
+    undo_on_failure,
+)
 from rsis.metrics import MetricAccumulator
 from rsis.model import RRIS, ModelConfig, input_spec, soft_iou_loss
 from rsis.model.frozen import calibrate_batch_norm, encoder_digest
@@ -651,6 +658,12 @@ def _train_command(args: argparse.Namespace) -> None:
         val_features=args.val_features,
         device=args.device,
     )
+    require_writable_folder(cfg.out_dir, f"--out-dir {cfg.out_dir}")
+    # One writer per run folder: rank 0 (the only rank that writes) holds the lock and, should
+    # the run fail, removes the folder it created when it holds nothing but the lock (and the
+    # TensorBoard events of an epoch that never finished); a resumable last.pt keeps it.
+    first_rank = os.environ.get("RANK", "0") == "0"
+    created = missing_folders(cfg.out_dir) if first_rank else []
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     threads = 0  # torch's default
     if args.cpus:
@@ -658,10 +671,8 @@ def _train_command(args: argparse.Namespace) -> None:
         threads = compute_threads(args.cpus, processes, cfg.settings.workers)
     use_threads(threads)
     exit_with_parent()
-    # One writer per run folder: rank 0 (the only rank that writes) holds the lock.
-    first_rank = os.environ.get("RANK", "0") == "0"
     lock = exclusive_folder(cfg.out_dir, "rsis train") if first_rank else contextlib.nullcontext()
-    with lock:
+    with lock, undo_on_failure(created, leftovers=(".lock", "tensorboard")):
         resume = args.resume is not None
         Trainer(cfg, resume=resume, restart_if_changed=args.resume == "auto").run()
 
@@ -687,7 +698,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_device_argument(p, note="with CUDA, each process uses the GPU of its torchrun local rank")
     p.add_argument(
         "--cpus",
-        type=int,
+        type=non_negative_int,
         default=0,
         help="CPU cores of the whole job (every torchrun process and its DataLoader workers); "
         "each process computes with its share less its workers (0: torch's default threads)",
