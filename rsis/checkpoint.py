@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from rsis.errors import UserError
 from rsis.io import atomic_path, describe_differences
@@ -40,14 +42,7 @@ def load_checkpoint(path: Path, option: str = "", expected: str = RSIS_FILES) ->
         raise UserError(f"{name} is a folder: give {expected}")
     if not Path(path).is_file():
         raise UserError(f"{name}: no such file; give {expected}")
-    try:
-        with warnings.catch_warnings():  # the error below says all; torch adds its own advice
-            warnings.simplefilter("ignore")
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-    except PermissionError:
-        raise  # the command names the file and says to check it
-    except Exception as error:  # torch raises several types for corrupt or unsafe files
-        raise UserError(f"{name}: {_unreadable(error)}; give {expected}") from error
+    payload = read_torch_file(path, name, expected)
     if not isinstance(payload, dict) or "format_version" not in payload:
         raise UserError(
             f"{name}: a torch file, but not a checkpoint or bundle of rsis (it has no "
@@ -63,6 +58,26 @@ def load_checkpoint(path: Path, option: str = "", expected: str = RSIS_FILES) ->
     return payload
 
 
+def read_torch_file(path: Path, name: str, expected: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU: tensors and plain data only.
+
+    Args:
+        name: how messages call ``path`` (e.g. ``--model bundle.pt``).
+        expected: what ``path`` should be, for messages (``give <expected>``).
+
+    Raises:
+        UserError: one line naming ``name``, why it cannot be read and ``expected``.
+    """
+    try:
+        with warnings.catch_warnings():  # the error below says all; torch adds its own advice
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError:
+        raise  # the command names the file and says to check it
+    except Exception as error:  # torch raises several types for corrupt or unsafe files
+        raise UserError(f"{name}: {_unreadable(error)}; give {expected}") from error
+
+
 def _unreadable(error: Exception) -> str:
     """Why ``torch.load(weights_only=True)`` refused a file, in one line."""
     text = str(error)
@@ -70,9 +85,34 @@ def _unreadable(error: Exception) -> str:
     if unsafe:
         return (
             f"refused unread: it would build the Python object {unsafe.group(1)}, which no "
-            "rsis file holds; do not load it unrestricted"
+            "rsis file or state_dict holds; do not load it unrestricted"
         )
     return "incomplete (a copy or download cut short?) or not a torch file"
+
+
+def state_mismatch(module: nn.Module, state: Mapping[str, Any]) -> str:
+    """Why the state dict ``state`` read from a file does not load into ``module``, in one
+    line: how many keys are missing, unexpected or of another shape, the first of each named;
+    "" when it loads."""
+    own = module.state_dict()
+    missing = [key for key in own if key not in state]
+    unexpected = [key for key in state if key not in own]
+    reshaped = [key for key in own if key in state and not _same_shape(state[key], own[key])]
+    parts = [f"keys missing: {len(missing)} (first {missing[0]})"] if missing else []
+    parts += [f"unexpected keys: {len(unexpected)} (first {unexpected[0]})"] if unexpected else []
+    if reshaped:
+        key = reshaped[0]
+        found = list(state[key].shape) if isinstance(state[key], torch.Tensor) else "no tensor"
+        parts.append(
+            f"keys of another shape: {len(reshaped)} (first {key}, {found} in the file, "
+            f"{list(own[key].shape)} expected)"
+        )
+    return ", ".join(parts)
+
+
+def _same_shape(value: Any, expected: torch.Tensor) -> bool:
+    """Whether ``value`` is a tensor of ``expected``'s shape."""
+    return isinstance(value, torch.Tensor) and value.shape == expected.shape
 
 
 def require_compatible(

@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import ExifTags, Image, UnidentifiedImageError
+from transformers import AutoConfig
 
-from rsis.bundle import load_bundle
+from rsis.bundle import bundle_field, load_bundle
 from rsis.cli import add_command
 from rsis.cpu import use_threads
 from rsis.data.cache import open_rgb, resize_mask, resize_rgb
@@ -48,7 +49,7 @@ from rsis.text.models import (
     weights_hash,
 )
 from rsis.text.pca import PcaSolution
-from rsis.text.tokenize import encode
+from rsis.text.tokenize import encode, require_text
 
 log = logging.getLogger(__name__)
 Job = tuple[Path, list[str], list[int] | None]  # image, expressions, sent_ids (or None)
@@ -59,23 +60,43 @@ OVERLAY_MAX_WIDTH = 1600
 NO_PIXELS = "(no pixels)"  # after a legend entry whose mask is empty
 
 
-class TextPipeline:
-    """The training-time text pipeline of a bundle: tokenizer, encoder, pooling, PCA."""
+def _require_text_size(where: str, bundle: dict, size: int) -> None:
+    """Refuse a bundle whose PCA (or, without one, whose network) reads embeddings of another
+    size than ``size``, its text model's; ``where`` names the bundle in the message."""
+    if bundle["pca"] is None:
+        want = f"{size}, the size of the text model's embeddings"
+        bundle_field(bundle, where, "model_config.text_dim", want, lambda value: value == size)
+    else:
+        want = f"a ({size},) tensor, one value per dimension of the text model's embeddings"
+        bundle_field(bundle, where, "pca.mean", want, lambda value: value.shape == (size,))
 
-    def __init__(self, identity: dict, pca: dict | None, device: torch.device) -> None:
+
+class TextPipeline:
+    """The training-time text pipeline of a bundle: tokenizer, encoder, pooling, PCA.
+
+    Args:
+        bundle: the entries of a bundle (``load_bundle``).
+        where: how messages call the bundle (``--model bundle.pt``).
+    """
+
+    def __init__(self, bundle: dict, where: str, device: torch.device) -> None:
+        identity, pca = bundle["text"], bundle["pca"]
         source = resolve_model(str(identity["model"]))
         found = weights_hash(source)
         if found != identity["model_hash"]:
             expected = str(identity["model_hash"])[:12]
             raise UserError(
-                f"text model {identity['model']!r} at {source.path} is not the one the bundle "
+                f"text model {identity['model']!r} at {source.path} is not the one {where} "
                 f"was trained with (weights hash {found[:12]}, expected {expected})"
             )
+        _require_text_size(where, bundle, AutoConfig.from_pretrained(source.path).hidden_size)
         self.tokenizer = load_tokenizer(source)
         self.limit = max_length(source, self.tokenizer)
         self.model = load_model(source).to(device)
         self.embedding = str(identity["embedding"])
-        self.pca = None if pca is None else PcaSolution(**{k: v.numpy() for k, v in pca.items()})
+        self.pca = (
+            None if pca is None else PcaSolution(pca["components"].numpy(), pca["mean"].numpy())
+        )
         self.device = device
 
     def __call__(self, expressions: list[str]) -> tuple[torch.Tensor, np.ndarray]:
@@ -119,7 +140,7 @@ class Predictor:
         self.upright = upright
         model, self.bundle = load_bundle(Path(bundle), option="--model")
         self.model = model.to(self.device)
-        self.text = TextPipeline(self.bundle["text"], self.bundle["pca"], self.device)
+        self.text = TextPipeline(self.bundle, f"--model {bundle}", self.device)
         self.height, self.width = self.bundle["input"]["image_size"]
         self.chunk = int(self.bundle["max_referents"])
 
@@ -361,7 +382,7 @@ def _batch_jobs(path: Path) -> list[Job]:
 
 def check_jobs(jobs: list[Job], out_dir: Path) -> None:
     """Refuse, before any model is loaded, what would fail late: a missing image, an empty
-    expression, an ``--out`` that is a file or cannot be written."""
+    expression or one that is not text, an ``--out`` that is a file or cannot be written."""
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} is a file: give a folder (it is created if missing)")
     require_writable_folder(out_dir, f"--out {out_dir}")
@@ -375,6 +396,7 @@ def check_jobs(jobs: list[Job], out_dir: Path) -> None:
                 raise UserError(
                     f"job {number} ({image}): expression {index} is empty; give some words"
                 )
+            require_text(expression, f"job {number} ({image}): expression {index}")
 
 
 def output_stems(images: list[Path]) -> list[str]:

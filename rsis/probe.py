@@ -23,7 +23,13 @@ from rsis.data.demo.writer import add_scene_arguments, rules_from_args
 from rsis.data.pretext import PROBE_STREAM, TASKS, LabelledScenes, render_scenes
 from rsis.errors import UserError
 from rsis.io import atomic_path
-from rsis.model.backbone import BACKBONES, STAGES, ResNetEncoder, build_backbone
+from rsis.model.backbone import (
+    BACKBONES,
+    STAGES,
+    ResNetEncoder,
+    backbone_weights,
+    build_backbone,
+)
 from rsis.model.frozen import calibrate_batch_norm
 from rsis.pretrain import CALIBRATION_BATCH, batch_sizes, check_batch_of_one
 from rsis.progress import progress_bar
@@ -165,6 +171,8 @@ def markdown_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
 def _probe_command(args: argparse.Namespace) -> None:
     use_threads(0)  # torch's default threads, subnormal floats flushed
     encoders = _encoders(args.encoder)
+    for weights in encoders.values():  # bad weights refused before the scenes are rendered
+        backbone_weights(args.backbone, weights)
     common = {
         "seed": args.seed,
         "stream": PROBE_STREAM,

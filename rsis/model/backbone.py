@@ -21,6 +21,7 @@ BACKBONES: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101")
 STAGES: tuple[str, ...] = ("conv1", "layer1", "layer2", "layer3", "layer4")  # features, in order
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+WEIGHTS_FILE = "a torchvision ResNet state_dict file (torch.save), 'imagenet' or 'none'"
 
 
 class ResNetEncoder(nn.Module):
@@ -127,14 +128,42 @@ def build_backbone(name: str = "resnet101", weights: str = "imagenet") -> ResNet
             ``$TORCH_HOME/hub/checkpoints`` or downloaded), ``none`` (random initialisation),
             or the path of a torchvision ResNet state dict saved with ``torch.save``.
     """
+    state = backbone_weights(name, weights)
+    encoder = ResNetEncoder(torchvision.models.get_model(name, weights=None))
+    if state is not None:
+        encoder.load_state_dict(state)
+        log.info("loaded backbone weights from %s", weights)
+    return encoder
+
+
+def backbone_weights(name: str, weights: str) -> dict[str, torch.Tensor] | None:
+    """The state dict that ``weights`` (as ``build_backbone`` takes it) gives a ``name``
+    encoder, its classifier (``fc.*``) dropped; None for ``none``. A command calls it first
+    to refuse bad weights before longer work.
+
+    Raises:
+        UserError: an unknown backbone, or weights that cannot be read or do not fit it
+            (naming the depth they fit, when they fit one); one line.
+    """
     if name not in BACKBONES:
         raise UserError(f"unknown backbone {name!r}: use one of {', '.join(BACKBONES)}")
-    net = torchvision.models.get_model(name, weights=None)
+    if weights == "none":
+        return None
     if weights == "imagenet":
-        _load_state(net, _imagenet_state(name), f"torchvision ImageNet weights for {name}")
-    elif weights != "none":
-        _load_state(net, _file_state(Path(weights)), str(weights))
-    return ResNetEncoder(net)
+        state, source = _imagenet_state(name), f"torchvision ImageNet weights for {name}"
+    else:
+        state, source = _file_state(Path(weights)), str(weights)
+    state = {k: v for k, v in state.items() if not (isinstance(k, str) and k.startswith("fc."))}
+    mismatch = _mismatch(name, state)
+    if mismatch:
+        fits = next((other for other in BACKBONES if not _mismatch(other, state)), "")
+        why = f"they are {fits} weights" if fits else mismatch
+        other = f", or --backbone {fits}" if fits else ""
+        raise UserError(
+            f"backbone weights {source} do not fit {name}: {why}; give a torchvision {name} "
+            f"state_dict{other}"
+        )
+    return state
 
 
 def _imagenet_state(name: str) -> dict[str, torch.Tensor]:
@@ -158,32 +187,25 @@ def _imagenet_state(name: str) -> dict[str, torch.Tensor]:
 
 
 def _file_state(path: Path) -> dict[str, torch.Tensor]:
-    """Read a state dict saved with ``torch.save``."""
+    """Read a state dict saved with ``torch.save`` (tensors and plain data only)."""
+    from rsis.checkpoint import read_torch_file  # rsis.checkpoint imports rsis.model
+
     if not path.is_file():
-        raise UserError(
-            f"backbone weights file {path} does not exist: give a torchvision ResNet state_dict "
-            "file, 'imagenet' or 'none'"
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch.load raises several types for unreadable files
-        raise UserError(f"cannot read backbone weights {path}: {error}") from error
+        raise UserError(f"backbone weights file {path} does not exist: give {WEIGHTS_FILE}")
+    state = read_torch_file(path, f"backbone weights {path}", WEIGHTS_FILE)
     if not isinstance(state, dict):
-        raise UserError(f"backbone weights {path} hold a {type(state).__name__}, not a state_dict")
+        raise UserError(
+            f"backbone weights {path} hold a {type(state).__name__}, not a state_dict: "
+            f"give {WEIGHTS_FILE}"
+        )
     return state
 
 
-def _load_state(net: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load ``state`` into ``net``; only the classifier (``fc.*``) may be absent."""
-    try:
-        result = net.load_state_dict(state, strict=False)
-    except RuntimeError as error:  # shape mismatches: weights of another ResNet
-        raise UserError(f"backbone weights {source} do not fit this ResNet: {error}") from error
-    missing = [key for key in result.missing_keys if not key.startswith("fc.")]
-    if missing or result.unexpected_keys:
-        raise UserError(
-            f"backbone weights {source} do not fit this ResNet: missing {missing[:5]}, "
-            f"unexpected {result.unexpected_keys[:5]} (is it a torchvision ResNet state_dict "
-            "of the same depth?)"
-        )
-    log.info("loaded backbone weights from %s", source)
+def _mismatch(name: str, state: dict[str, torch.Tensor]) -> str:
+    """Why ``state`` (no ``fc.*``) does not load into a ``name`` encoder, "" when it does
+    (checked on the meta device: no memory, no initialisation)."""
+    from rsis.checkpoint import state_mismatch  # rsis.checkpoint imports rsis.model
+
+    with torch.device("meta"):
+        encoder = ResNetEncoder(torchvision.models.get_model(name, weights=None))
+    return state_mismatch(encoder, state)

@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from rsis.cli import add_command
+from rsis.cli import add_command, output_file
 from rsis.data.refer import add_refer_arguments, refer_from_args
 from rsis.errors import UserError
 from rsis.io import atomic_path, open_hdf5, plain_attrs, require_members
@@ -60,6 +60,24 @@ class TokenTable:
         return self.ids[self.ptr[row] : self.ptr[row + 1]]
 
 
+def require_text(text: str, what: str) -> None:
+    """Refuse a string that is not Unicode text, which no tokenizer reads: one holding a lone
+    surrogate, as a command-line byte that is not UTF-8 (``\\udce9``) or a ``\\udcff``
+    escape in JSON becomes.
+
+    Args:
+        what: how the message calls ``text`` (e.g. ``expression 2``).
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise UserError(
+            f"{what} {text!r} is not UTF-8 text (character {error.start + 1} is "
+            f"{text[error.start]!r}, a byte that is not UTF-8 or a lone surrogate escape); "
+            "give the expression as UTF-8 text"
+        ) from error
+
+
 def encode(
     tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], limit: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -70,7 +88,12 @@ def encode(
 
     Returns:
         flat int32 ids, (N + 1,) int64 offsets, (N,) bool: whether each was truncated.
+
+    Raises:
+        UserError: an expression is not Unicode text (``require_text``).
     """
+    for number, text in enumerate(texts, 1):
+        require_text(text, f"expression {number}")
     sequences = tokenizer(list(texts), return_attention_mask=False, return_token_type_ids=False)[
         "input_ids"
     ]
@@ -231,5 +254,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(subparsers, "tokenize")
     add_refer_arguments(parser)
     parser.add_argument("--model", required=True, help="minilm, a model directory, or a hub id")
-    parser.add_argument("--out", type=Path, required=True, help="tokens.h5 to write")
+    parser.add_argument("--out", type=output_file, required=True, help="tokens.h5 to write")
     parser.set_defaults(func=_tokenize_command)
