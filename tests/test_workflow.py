@@ -226,9 +226,38 @@ def test_resources_the_jobs_cannot_use_are_refused(tmp_path, resources, message)
             {"datasets": {"demo": {"splitBy": "umd"}}},
             "config.yaml: datasets.demo.splitBy is 'umd', but the generated demo has 'unc'",
         ),
+        (
+            {"grid": {"extra": [{"embedding": "mean", "transform": "none", "dim": 64,
+                                 "order": "random", "batch_size": 16}]}},
+            "config.yaml: grid: run dim 64 with transform 'none': transform none takes dim "
+            "'native', every other transform a positive integer",
+        ),
+        (
+            {"settings": {"demo": {"lr": float("nan")}}},
+            "config.yaml: settings.demo: setting lr (--lr) is nan: give a finite number above 0",
+        ),
+        (
+            {"dataset": "refcoco_sample", "datasets": {"refcoco_sample": {"name": "mine"}},
+             "download": {"enabled": True}},
+            "config.yaml: download.enabled is true but download.annotations.mine is not set",
+        ),
+        (
+            {"grid": {"table2": {"runs": []}}},
+            "config.yaml: grid.table2.runs: [] should be non-empty",
+        ),
+        (
+            {"evaluation": {"expressions": []}},
+            "config.yaml: evaluation.expressions: [] should be non-empty",
+        ),
+        (
+            {"datasets": {"demo": {"splits": ["train", "val", "val", "testA"]}}},
+            "config.yaml: datasets.demo.splits: ['train', 'val', 'val', 'testA'] has non-unique "
+            "elements",
+        ),
     ],
-    ids=["figure-split", "no-eval-split", "no-val", "no-train", "demo-layout"],
-)
+    ids=["figure-split", "no-eval-split", "no-val", "no-train", "demo-layout", "grid-run",
+         "setting-value", "no-download-url", "empty-table", "no-expressions", "repeated-split"],
+)  # fmt: skip
 def test_config_that_cannot_finish_is_refused(tmp_path, config, message):
     result = _dry_run_with_resources(tmp_path, {}, **config)
     assert result.returncode != 0

@@ -10,6 +10,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from rsis.cli import build_parser
+from rsis.errors import UserError
 from rsis.launch import torchrun_arguments
 from rsis.runs import (
     EMBEDDINGS,
@@ -69,6 +70,20 @@ for _key, _written in DEMO_LAYOUT.items():
             "data, add your own entry to `datasets:` and pick it with `dataset:`"
         )
 DOWNLOAD = config["download"]["enabled"] and not IS_DEMO
+if DOWNLOAD:
+    for _key, _archive in (
+        (
+            f"download.annotations.{DS['name']}",
+            config["download"]["annotations"].get(DS["name"]),
+        ),
+        ("download.images", config["download"].get("images")),
+    ):
+        if _archive is None:
+            raise ValueError(
+                f"config.yaml: download.enabled is true but {_key} is not set: give its url "
+                "(config.yaml has RefCOCO's), or set download.enabled: false and put the files "
+                f"under datasets.{DATASET}.root and images yourself"
+            )
 
 
 def result(path):
@@ -160,14 +175,19 @@ def pca_fit_split(wildcards):
     return split
 
 
-RUNS = expand_grid(config["grid"])
+try:
+    RUNS = expand_grid(config["grid"])
+except UserError as error:
+    raise ValueError(f"config.yaml: grid: {error}") from None
 SEEDS = config["seeds"]
 # Bad settings are refused when the workflow is parsed, before any job. A training setting the
 # block leaves out takes TrainSettings' default (their one owner, not the schema), written
 # into the config so that the report states the values the runs use.
-for _key, _value in (
-    TrainSettings.from_setting(SETTING, seed=SEEDS[0]).to_dict().items()
-):
+try:
+    _defaults = TrainSettings.from_setting(SETTING, seed=SEEDS[0]).to_dict()
+except UserError as error:
+    raise ValueError(f"config.yaml: settings.{DS['setting']}: {error}") from None
+for _key, _value in _defaults.items():
     if _key != "seed":
         SETTING.setdefault(_key, _value)
 TABLES = {table.name: table for table in grid_tables(config["grid"])}
