@@ -254,9 +254,18 @@ def test_resources_the_jobs_cannot_use_are_refused(tmp_path, resources, message)
             "config.yaml: datasets.demo.splits: ['train', 'val', 'val', 'testA'] has non-unique "
             "elements",
         ),
+        (
+            {"seeds": [0.0, 1, 2]},  # JSON Schema's integer; the folder would be seed0.0
+            "config.yaml: seeds.0: 0.0 is not of type 'integer'",
+        ),
+        (
+            {"settings": {"demo": {"hidden": 64.0}}},  # rsis train --hidden 64.0 fails
+            "config.yaml: settings.demo.hidden: 64.0 is not of type 'integer'",
+        ),
     ],
     ids=["figure-split", "no-eval-split", "no-val", "no-train", "demo-layout", "grid-run",
-         "setting-value", "no-download-url", "empty-table", "no-expressions", "repeated-split"],
+         "setting-value", "no-download-url", "empty-table", "no-expressions", "repeated-split",
+         "float-seed", "float-width"],
 )  # fmt: skip
 def test_config_that_cannot_finish_is_refused(tmp_path, config, message):
     result = _dry_run_with_resources(tmp_path, {}, **config)

@@ -5,7 +5,9 @@ import re
 import shlex
 from pathlib import Path
 
-from jsonschema import ValidationError
+import yaml
+from jsonschema import Draft202012Validator, ValidationError, validators
+from jsonschema.exceptions import best_match
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
@@ -37,12 +39,30 @@ def schema_error(error):
     return f"config.yaml: {where}{problem}; see workflow/schemas/config.schema.yaml"
 
 
+def whole_number_floats(config, schema_file):
+    """The first schema violation of ``config`` when an integer must be an int: JSON Schema
+    takes 64.0 for an integer, but it would reach a command as ``--hidden 64.0`` or a folder
+    ``seed0.0``. None when there is none."""
+    schema = yaml.safe_load(Path(schema_file).read_text())
+    checker = Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer",
+        lambda _, value: isinstance(value, int) and not isinstance(value, bool),
+    )
+    strict = validators.extend(Draft202012Validator, type_checker=checker)
+    return best_match(strict(schema).iter_errors(config))
+
+
 try:  # also fills in the schema's defaults
     validate(config, schema="../schemas/config.schema.yaml")
 except WorkflowError as error:
     if not isinstance(error.__context__, ValidationError):
         raise
     raise ValueError(schema_error(error.__context__)) from None
+_float_error = whole_number_floats(
+    config, Path(workflow.current_basedir) / "../schemas/config.schema.yaml"
+)
+if _float_error is not None:
+    raise ValueError(schema_error(_float_error))
 
 DATASET = config["dataset"]
 if DATASET not in config["datasets"]:
