@@ -262,10 +262,15 @@ def test_resources_the_jobs_cannot_use_are_refused(tmp_path, resources, message)
             {"settings": {"demo": {"hidden": 64.0}}},  # rsis train --hidden 64.0 fails
             "config.yaml: settings.demo.hidden: 64.0 is not of type 'integer'",
         ),
+        (
+            {"settings": {"demo": {"weights": "ImageNet"}}},
+            "config.yaml: settings.demo.weights 'ImageNet' is neither imagenet nor none nor an "
+            "existing state_dict file: fix the name or the path",
+        ),
     ],
     ids=["figure-split", "no-eval-split", "no-val", "no-train", "demo-layout", "grid-run",
          "setting-value", "no-download-url", "empty-table", "no-expressions", "repeated-split",
-         "float-seed", "float-width"],
+         "float-seed", "float-width", "weights-name"],
 )  # fmt: skip
 def test_config_that_cannot_finish_is_refused(tmp_path, config, message):
     result = _dry_run_with_resources(tmp_path, {}, **config)

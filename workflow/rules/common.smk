@@ -227,6 +227,12 @@ WEIGHTS_FILES = [] if WEIGHTS in NAMED_WEIGHTS else [WEIGHTS]
 STORED_FEATURES = SETTING["encoder_lr"] == 0 and WEIGHTS != "none"
 # The demo's pretrained encoder is built (and probed) only where the setting loads it.
 PRETRAINED_DEMO_ENCODER = IS_DEMO and WEIGHTS == result("encoder/pretrained.pt")
+if WEIGHTS_FILES and not PRETRAINED_DEMO_ENCODER and not Path(WEIGHTS).is_file():
+    raise ValueError(
+        f"config.yaml: settings.{DS['setting']}.weights {WEIGHTS!r} is neither "
+        f"{' nor '.join(NAMED_WEIGHTS)} nor an existing state_dict file: fix the name or the "
+        "path"
+    )
 # The tables only the generated demo has: picture-blind baselines and IoU per expression type.
 DEMO_TABLES = (
     [result("tables/baselines.md"), result("tables/expression_types.md")]
