@@ -17,7 +17,7 @@ import torch
 
 from rsis import __version__
 from rsis.checkpoint import load_checkpoint, save_checkpoint, state_mismatch, trained_model
-from rsis.cli import add_command
+from rsis.cli import add_command, output_file
 from rsis.errors import UserError
 from rsis.io import describe_differences
 from rsis.model import RRIS, ModelConfig
@@ -105,7 +105,8 @@ def _equals(expected: list[float]) -> Callable[[Any], bool]:
     return lambda value: isinstance(value, list | tuple) and list(value) == expected
 
 
-# The fields rsis predict reads, each with what it holds and how to check it.
+# The fields a bundle must hold (mean and std: the normalisation its network applies), each
+# with what it holds and how to check it.
 FIELDS: tuple[tuple[str, str, Callable[[Any], bool]], ...] = (
     ("model", "the network's state_dict (names to tensors)", _is_state),
     *((f"model_config.{key}", "the network's setting", _anything) for key in ARCHITECTURE),
@@ -240,5 +241,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = add_command(subparsers, "export")
     p.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint (.pt)")
     p.add_argument("--text", type=Path, required=True, help="embeddings the run trained with")
-    p.add_argument("--out", type=Path, required=True, help="bundle file to write")
+    p.add_argument("--out", type=output_file, required=True, help="bundle file to write")
     p.set_defaults(func=_export_command)

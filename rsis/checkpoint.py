@@ -95,7 +95,9 @@ def state_mismatch(module: nn.Module, state: Mapping[str, Any]) -> str:
     line: how many keys are missing, unexpected or of another shape, the first of each named;
     "" when it loads."""
     own = module.state_dict()
-    missing = [key for key in own if key not in state]
+    # Batch norm fills in a missing step counter when it loads (files saved before torch
+    # 0.4.1 have none, torchvision's first ImageNet weights among them).
+    missing = [k for k in own if k not in state and not k.endswith(".num_batches_tracked")]
     unexpected = [key for key in state if key not in own]
     reshaped = [key for key in own if key in state and not _same_shape(state[key], own[key])]
     parts = [f"keys missing: {len(missing)} (first {missing[0]})"] if missing else []

@@ -7,6 +7,7 @@ import logging
 
 import torch
 
+from rsis.cli import non_negative_int
 from rsis.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -15,7 +16,10 @@ log = logging.getLogger(__name__)
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     """``--threads``: the CPU cores a command computes on (a cluster job passes its CPUs)."""
     parser.add_argument(
-        "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
+        "--threads",
+        type=non_negative_int,
+        default=0,
+        help="torch CPU threads (0: torch's default)",
     )
 
 

@@ -21,7 +21,13 @@ from pathlib import Path
 
 from rsis.cli import add_command, output_file
 from rsis.errors import UserError
-from rsis.io import missing_folders, require_writable_folder, sha256_of, undo_on_failure
+from rsis.io import (
+    is_disk_full,
+    missing_folders,
+    require_writable_folder,
+    sha256_of,
+    undo_on_failure,
+)
 from rsis.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -130,6 +136,10 @@ def _require_inside(zf: zipfile.ZipFile, archive: Path, destination: Path) -> No
             raise UserError(f"{archive}: member {member!r} would be written outside {root}")
 
 
+class UnreadableArchive(UserError):
+    """The downloaded file is no zip archive ``extract`` can read: of no use kept."""
+
+
 def extract(archive: Path, destination: Path) -> None:
     """Unzip ``archive`` into ``destination`` (members may not escape it). On failure the
     entries it added at the top of ``destination`` (and ``destination``, if it created it)
@@ -145,9 +155,16 @@ def extract(archive: Path, destination: Path) -> None:
                 for member in bar:
                     zf.extract(member, destination)
     except (zipfile.BadZipFile, zlib.error, EOFError) as error:
-        raise UserError(
+        raise UnreadableArchive(
             f"{archive} is not a readable zip archive ({error}), so it cannot be extracted: "
             "check the URL, or drop --extract-to to keep the file as it is"
+        ) from error
+    except OSError as error:
+        if not is_disk_full(error, archive.parent):
+            raise
+        raise UserError(
+            f"disk full while extracting {archive} into {destination}: free space there and "
+            f"rerun; the verified download is kept at {archive}"
         ) from error
 
 
@@ -168,10 +185,10 @@ def _download_command(args: argparse.Namespace) -> None:
     with undo_on_failure(missing_folders(args.out.parent)) as written:
         archive = download([args.url, *args.mirror], args.out, args.sha256, args.timeout)
         if args.extract_to:
-            written.append(archive)  # useless unextracted: deleted should extraction fail
             try:
                 extract(archive, args.extract_to)
-            except UserError as error:
+            except UnreadableArchive as error:  # of no use kept; any other failure keeps it
+                written.append(archive)
                 raise UserError(f"{error}; the download {archive} was deleted") from error
     if args.extract_to and args.remove_archive:
         archive.unlink()

@@ -18,7 +18,10 @@ from tests.helpers import SAMPLE_ROOT
 
 CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
 RUN = {"embedding": "mean", "transform": "pca", "dim": 64, "order": "random", "batch_size": 32}
-DAMAGED = "the instances file is damaged or not COCO: download it again (README, step 1)"
+DAMAGED = (
+    "the instances file is damaged or not COCO: download it again (README, step 1), or for "
+    "the generated demo run rsis demo again"
+)
 NOT_UTF8 = b"\xff\xfe not text"
 
 

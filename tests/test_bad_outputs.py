@@ -3,6 +3,7 @@ line, before the work, and nothing half-written or empty left behind."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import zipfile
 from pathlib import Path
@@ -262,3 +263,22 @@ def test_a_failed_download_leaves_no_folder_it_created(tmp_path, capsys):
         f"rsis download: error: could not download data.zip ({missing.as_uri()}: "
     )
     assert _files(tmp_path) == []
+
+
+def test_a_full_disk_while_extracting_keeps_the_verified_download(tmp_path, capsys, monkeypatch):
+    archive = tmp_path / "source.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("refcoco/refs.p", "refs")
+
+    def disk_full(self, member, path=None, pwd=None):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(zipfile.ZipFile, "extract", disk_full)
+    out, folder = tmp_path / "out" / "data.zip", tmp_path / "extracted"
+    assert main(_download(archive.as_uri(), out, "--extract-to", str(folder))) == 2
+    assert _error(capsys) == (
+        f"rsis download: error: disk full while extracting {out} into {folder}: free space "
+        f"there and rerun; the verified download is kept at {out}"
+    )
+    assert out.read_bytes() == archive.read_bytes()  # 13 GB of COCO images not fetched again
+    assert not folder.exists()

@@ -459,6 +459,20 @@ def test_weights_file_round_trip(tmp_path) -> None:
         build_backbone("resnet18", str(tmp_path / "missing.pt"))
 
 
+def test_weights_saved_without_batch_norm_step_counters_load(tmp_path):
+    """Files saved before torch 0.4.1 (torchvision's first ImageNet weights among them) have no
+    ``num_batches_tracked``: batch norm fills it in, so the weights fit."""
+    torch.manual_seed(0)
+    source = torchvision.models.resnet18()
+    state = source.state_dict()
+    old = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    torch.save(old, tmp_path / "old.pt")
+    encoder = build_backbone("resnet18", str(tmp_path / "old.pt"))
+    for key, value in encoder.state_dict().items():
+        expected = torch.tensor(0) if key.endswith("num_batches_tracked") else state[key]
+        torch.testing.assert_close(value, expected, rtol=0, atol=0)
+
+
 def coloured_squares(size: int = 48, side: int = 16) -> tuple[torch.Tensor, ...]:
     """Four grey images, each with two squares of different colours (every colour is a first
     and a second referent somewhere); the embedding of a referent is its colour, one-hot

@@ -267,10 +267,18 @@ def test_resources_the_jobs_cannot_use_are_refused(tmp_path, resources, message)
             "config.yaml: settings.demo.weights 'ImageNet' is neither imagenet nor none nor an "
             "existing state_dict file: fix the name or the path",
         ),
+        (
+            {"evaluation": {"seed": -1}},  # rsis evaluate --seed refuses it inside the job
+            "config.yaml: evaluation.seed: -1 is less than the minimum of 0",
+        ),
+        (
+            {"download": {"images": {"url": "coco.zip"}}},  # rsis download --url refuses it
+            "config.yaml: download.images.url: 'coco.zip' does not match '^(https?|ftp|file)://'",
+        ),
     ],
     ids=["figure-split", "no-eval-split", "no-val", "no-train", "demo-layout", "grid-run",
          "setting-value", "no-download-url", "empty-table", "no-expressions", "repeated-split",
-         "float-seed", "float-width", "weights-name"],
+         "float-seed", "float-hidden", "weights-name", "negative-seed", "bad-url"],
 )  # fmt: skip
 def test_config_that_cannot_finish_is_refused(tmp_path, config, message):
     result = _dry_run_with_resources(tmp_path, {}, **config)

@@ -345,7 +345,10 @@ KIND_NAMES = {int: "an integer", str: "a string"}
 def _instance_section(instances: dict, key: str, source: Path) -> list[dict]:
     """The entries of one COCO section of ``instances.json``, every one checked to hold the
     fields of ``INSTANCE_FIELDS``; a missing or malformed one names section, entry and field."""
-    damaged = "the instances file is damaged or not COCO: download it again (README, step 1)"
+    damaged = (
+        "the instances file is damaged or not COCO: download it again (README, step 1), or "
+        "for the generated demo run rsis demo again"
+    )
     if key not in instances:
         raise UserError(f"{source}: missing the COCO field {key!r}; {damaged}")
     entries = instances[key]

@@ -191,7 +191,8 @@ def _file_state(path: Path) -> dict[str, torch.Tensor]:
     from rsis.checkpoint import read_torch_file  # rsis.checkpoint imports rsis.model
 
     if not path.is_file():
-        raise UserError(f"backbone weights file {path} does not exist: give {WEIGHTS_FILE}")
+        problem = "is a folder" if path.is_dir() else "does not exist"
+        raise UserError(f"backbone weights file {path} {problem}: give {WEIGHTS_FILE}")
     state = read_torch_file(path, f"backbone weights {path}", WEIGHTS_FILE)
     if not isinstance(state, dict):
         raise UserError(

@@ -12,7 +12,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from transformers import PreTrainedModel
 
-from rsis.cli import add_command, output_file
+from rsis.cli import add_command, output_file, positive_int
 from rsis.cpu import add_threads_argument, use_threads
 from rsis.device import add_device_argument, resolve_device
 from rsis.errors import UserError
@@ -188,7 +188,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=output_file, required=True, help="embeddings.h5 to write")
     parser.add_argument(
         "--batch-size",
-        type=int,
+        type=positive_int,
         default=DEFAULT_BATCH_SIZE,
         help="expressions per batch, grouped by token length (default %(default)s)",
     )
