@@ -93,8 +93,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     so. Temporaries of ``path`` left by a killed writer are removed first.
     """
     final = Path(path)
-    if final.is_dir() or str(path).endswith((os.sep, "/")):
-        raise UserError(f"{path} is a folder: give a file name for this output")
+    if final.is_dir():
+        raise UserError(f"{final} is a folder: give a file name for this output")
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(final)
