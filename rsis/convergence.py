@@ -20,6 +20,7 @@ import pandas as pd
 
 from rsis.cli import add_command, output_file
 from rsis.errors import UserError
+from rsis.fields import check_fields
 from rsis.io import atomic_path, read_user_json
 
 log = logging.getLogger(__name__)
@@ -48,12 +49,8 @@ def last_epoch_under(
     return None
 
 
-# A field's annotation: the types its value may have in convergence.json, and their name.
-FIELD_KINDS: dict[str, tuple[type | tuple[type, ...], str]] = {
-    "str": (str, "a string"),
-    "int": (int, "an integer"),
-    "float": ((int, float), "a number"),
-}
+# A field's annotation and the JSON type its value has in convergence.json.
+FIELD_KINDS: dict[str, type] = {"str": str, "int": int, "float": float}
 
 
 @dataclass(frozen=True)
@@ -124,15 +121,9 @@ class Convergence:
         data = read_user_json(path, "--records the convergence.json that rsis train writes")
         if not isinstance(data, dict):
             raise UserError(f"{path}: not a convergence record (a JSON object); retrain the run")
-        for field in fields(cls):
-            kind, kind_name = FIELD_KINDS[field.type]
-            value = data.get(field.name, field.default)
-            if isinstance(value, bool) or not isinstance(value, kind):
-                found = "missing" if value is MISSING else f"{value!r:.40}"
-                raise UserError(
-                    f"{path}: not a convergence record (field {field.name!r} is {found}, "
-                    f"expected {kind_name}); retrain the run"
-                )
+        needed = [f for f in fields(cls) if f.name in data or f.default is MISSING]
+        kinds = {f.name: FIELD_KINDS[f.type] for f in needed}  # a field with a default may lack
+        check_fields(data, kinds, f"{path}: not a convergence record", "retrain the run")
         return cls(**{field.name: data[field.name] for field in fields(cls) if field.name in data})
 
 

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from rsis.errors import UserError
+from rsis.fields import check_fields
 from rsis.io import atomic_path, read_user_json
 from rsis.protocols import PRECISION_THRESHOLDS, PROTOCOLS, Protocol
 from rsis.runs import RunSpec
@@ -60,7 +61,6 @@ RECORD_TYPES: dict[str, type] = {
     "conventions": dict,
     "breakdowns": dict,
 }
-KIND_NAMES = {str: "a string", list: "a list", dict: "an object"}
 METRIC_FIELDS: tuple[str, ...] = (
     "overall_iou",
     "instance_iou",
@@ -345,6 +345,7 @@ def _validate(record: object, path: Path) -> None:
     """Raise ``UserError`` naming the file and field when ``record`` breaks the format."""
     if not isinstance(record, dict):
         raise UserError(f"{path}: expected a JSON object, got {type(record).__name__}")
+    advice = "see docs/metrics.md for the metrics file format"
     fields = {
         "": (record, RECORD_FIELDS),
         "run.": (record.get("run"), RUN_FIELDS),
@@ -355,21 +356,12 @@ def _validate(record: object, path: Path) -> None:
             raise UserError(f"{path}: field {prefix.rstrip('.')!r} must be an object")
         missing = [f"{prefix}{key}" for key in required if key not in section]
         if missing:
-            raise UserError(
-                f"{path}: missing field(s) {', '.join(missing)}; "
-                "see docs/metrics.md for the metrics file format"
-            )
-    for key, kind in RECORD_TYPES.items():
-        value = record.get(key, kind())
-        if not isinstance(value, kind):
-            raise UserError(
-                f"{path}: field {key!r} is {value!r:.60}, expected {KIND_NAMES[kind]}; "
-                "see docs/metrics.md for the metrics file format"
-            )
-    for key in METRIC_FIELDS:
-        value = record["metrics"][key]
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise UserError(f"{path}: metrics.{key} must be a number, got {value!r}")
+            raise UserError(f"{path}: missing field(s) {', '.join(missing)}; {advice}")
+    given = {key: kind for key, kind in RECORD_TYPES.items() if key in record}  # rest optional
+    check_fields(record, given, str(path), advice)
+    check_fields(
+        record["metrics"], dict.fromkeys(METRIC_FIELDS, float), str(path), advice, "metrics."
+    )
     try:
         RunSpec.from_dict(record["run"])
     except UserError as error:

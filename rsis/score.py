@@ -30,6 +30,7 @@ from rsis.data.refer import (
     rle_counts_problem,
 )
 from rsis.errors import UserError
+from rsis.fields import field_value
 from rsis.io import atomic_path, read_user_json, write_texts
 from rsis.metrics import MetricAccumulator
 from rsis.progress import progress_bar
@@ -81,9 +82,11 @@ def read_predictions_json(path: str | os.PathLike) -> dict[int, dict]:
         )
     found: dict[int, dict] = {}
     for position, entry in enumerate(entries):
-        sent_id = entry.get("sent_id") if isinstance(entry, dict) else None
-        if isinstance(sent_id, bool) or not isinstance(sent_id, int):
-            raise UserError(f"{path}: entry {position} has no integer sent_id")
+        if not isinstance(entry, dict):
+            raise UserError(f"{path}: entry {position} is {entry!r:.40}, not an object")
+        sent_id = field_value(
+            entry, "sent_id", int, f"{path}, entry {position}", f"give {PREDICTIONS}"
+        )
         rle = entry.get("segmentation")
         if not (
             isinstance(rle, dict)

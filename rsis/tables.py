@@ -24,6 +24,7 @@ import yaml
 
 from rsis.cli import add_command
 from rsis.errors import UserError
+from rsis.fields import field_value
 from rsis.io import read_user_text, write_texts
 from rsis.metrics import read_result_records
 from rsis.runs import GridTable, RunSpec, grid_tables
@@ -96,10 +97,14 @@ def _paper_values(table: GridTable, paper: dict) -> dict[tuple, float | None]:
 
 def run_seed(record: dict, path: Path) -> int:
     """The seed a metrics file's run was trained with."""
-    seed = record["run"].get("seed")
-    if not isinstance(seed, int):
-        raise UserError(f"{path}: run.seed is missing; rerun rsis evaluate with this version")
-    return seed
+    return field_value(
+        record["run"],
+        "seed",
+        int,
+        str(path),
+        "rerun rsis evaluate with this version",
+        label="run.seed",
+    )
 
 
 def _our_values(
@@ -444,8 +449,6 @@ def parse_grid(text: str) -> dict:
     """``--grid``: the grid as JSON (or YAML) text, or a YAML file such as config.yaml (its
     ``grid``), with every key the tables read."""
     source = Path(text) if text.endswith((".yaml", ".yml", ".json")) else None
-    if source is not None and not source.exists():
-        raise UserError(f"--grid {text}: cannot read it (no such file); {GRID_HELP}")
     try:
         grid = yaml.safe_load(
             read_user_text(source, GRID_SOURCE, "a YAML file") if source else text

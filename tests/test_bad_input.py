@@ -109,8 +109,11 @@ def test_instances_not_json_names_the_file(sample_copy, tmp_path, capsys):
     ("edit", "message"),
     [
         (lambda refs: refs[0].pop("sentences"), "field 'sentences' is missing"),
-        (lambda refs: refs[0]["sentences"][0].update(sent=None), "field 'sent' is NoneType None"),
-        (lambda refs: refs[0].update(ann_id="7"), "field 'ann_id' is a str, expected a int"),
+        (
+            lambda refs: refs[0]["sentences"][0].update(sent=None),
+            "field 'sentences[0].sent' is None, expected a string",
+        ),
+        (lambda refs: refs[0].update(ann_id="7"), "field 'ann_id' is '7', expected an integer"),
     ],
     ids=["no-sentences", "sent-none", "ann-id-str"],
 )

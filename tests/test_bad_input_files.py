@@ -23,6 +23,9 @@ DAMAGED = (
     "the generated demo run rsis demo again"
 )
 NOT_UTF8 = b"\xff\xfe not text"
+METRICS = {"overall_iou": 0.4, "instance_iou": 0.4, "n_referents": 10, "n_samples": 10} | {
+    f"prec@{x}": 0.5 for x in (0.5, 0.6, 0.7, 0.8, 0.9)
+}
 
 
 def error_line(capsys) -> str:
@@ -50,10 +53,8 @@ def write_val_predictions(refer, path: Path) -> list[dict]:
 
 def metrics_file(folder: Path, name: str = "val~first.json", **changes: object) -> Path:
     """A metrics file of run ``RUN`` seed 0 on val; ``changes`` replace top-level fields."""
-    metrics = {"overall_iou": 0.4, "instance_iou": 0.4, "n_referents": 10, "n_samples": 10}
-    metrics |= {f"prec@{x}": 0.5 for x in (0.5, 0.6, 0.7, 0.8, 0.9)}
     path = folder / name
-    summary = {"protocol": "rsis", "metrics": metrics, "conventions": CONVENTIONS}
+    summary = {"protocol": "rsis", "metrics": METRICS, "conventions": CONVENTIONS}
     record = write_metrics_json(
         path, summary, run={**RUN, "seed": 0}, split="val", expression="first",
         dataset="refcoco", text_model="all-MiniLM-L6-v2", backbone="resnet101",
@@ -125,11 +126,7 @@ def test_a_missing_or_non_utf8_input_file_names_the_option(option, tmp_path, cap
     path = tmp_path / name
     assert main(command(option, path, tmp_path)) == 2
     cmd = command(option, path, tmp_path)[0]
-    missing = (
-        "cannot read training metrics (no such file)" if option == "curves" else "no such file"
-    )
-    ending = "" if option == "curves" else f" ({kind})"
-    assert error_line(capsys) == f"rsis {cmd}: error: {path}: {missing}; {GIVE[option]}{ending}"
+    assert error_line(capsys) == f"rsis {cmd}: error: {path}: no such file; {GIVE[option]} ({kind})"
     path.write_bytes(NOT_UTF8)
     assert main(command(option, path, tmp_path)) == 2
     assert error_line(capsys) == (
@@ -150,11 +147,13 @@ def test_an_input_that_is_not_json_names_the_line(option, tmp_path, capsys):
     )
 
 
-def test_a_grid_file_that_is_not_utf8_or_yaml_is_refused(tmp_path, capsys):
+def test_a_grid_file_that_is_missing_not_utf8_or_not_yaml_is_refused(tmp_path, capsys):
     grid = tmp_path / "config.yaml"
     argv = ["tables", "--metrics", str(metrics_file(tmp_path)), "--grid", str(grid)]
     argv += ["--out-dir", str(tmp_path / "t"), "--dataset-label", "x"]
     give = "give --grid config.yaml, whose `grid` lays out the tables"
+    assert main(argv) == 2
+    assert error_line(capsys) == f"rsis tables: error: {grid}: no such file; {give} (a YAML file)"
     grid.write_bytes(NOT_UTF8)
     assert main(argv) == 2
     assert error_line(capsys) == (
@@ -179,16 +178,16 @@ def _drop(section: str, index: int, key: str):
     [
         (
             _drop("annotations", 0, "id"),
-            "annotations[0] field 'id' is missing, expected an integer",
+            "field 'annotations[0].id' is missing, expected an integer",
         ),
-        (_drop("images", 1, "id"), "images[1] field 'id' is missing, expected an integer"),
+        (_drop("images", 1, "id"), "field 'images[1].id' is missing, expected an integer"),
         (
             _drop("categories", 0, "name"),
-            "categories[0] field 'name' is missing, expected a string",
+            "field 'categories[0].name' is missing, expected a string",
         ),
         (
             lambda instances: instances["images"][2].update(height="480"),
-            "images[2] field 'height' is '480', expected an integer",
+            "field 'images[2].height' is '480', expected an integer",
         ),
         (
             lambda instances: instances.update(images={"id": 1}),
@@ -242,8 +241,13 @@ def test_instances_with_a_bad_section_or_entry_name_it(edit, problem, tmp_path, 
          "metrics file format"),
         ({"conventions": None}, "field 'conventions' is None, expected an object; see "
          "docs/metrics.md for the metrics file format"),
+        ({"metrics": {**METRICS, "overall_iou": "0.4"}}, "field 'metrics.overall_iou' is "
+         "'0.4', expected a number; see docs/metrics.md for the metrics file format"),
+        ({"metrics": {**METRICS, "n_samples": True}}, "field 'metrics.n_samples' is True, "
+         "expected a number; see docs/metrics.md for the metrics file format"),
     ],
-    ids=["dim-text", "batch-size-text", "batch-size-bool", "split-int", "conventions-null"],
+    ids=["dim-text", "batch-size-text", "batch-size-bool", "split-int", "conventions-null",
+         "metric-text", "metric-bool"],
 )  # fmt: skip
 @pytest.mark.parametrize("cmd", ["tables", "findings", "types"])
 def test_a_metrics_field_of_the_wrong_type_is_refused(cmd, changes, problem, tmp_path, capsys):
@@ -256,6 +260,18 @@ def test_a_metrics_field_of_the_wrong_type_is_refused(cmd, changes, problem, tmp
     assert main([cmd, "--metrics", str(path), *rest]) == 2
     assert error_line(capsys) == f"rsis {cmd}: error: {path}: {problem}"
     assert not (tmp_path / "t").exists()
+
+
+def test_a_metrics_file_without_a_seed_names_run_seed(tmp_path, capsys):
+    path = metrics_file(tmp_path, run=RUN)
+    out = tmp_path / "t"
+    argv = ["--grid", str(CONFIG), "--out-dir", str(out), "--dataset-label", "x"]
+    assert main(["tables", "--metrics", str(path), *argv]) == 2
+    assert error_line(capsys) == (
+        f"rsis tables: error: {path}: field 'run.seed' is missing, expected an integer; "
+        "rerun rsis evaluate with this version"
+    )
+    assert not out.exists()
 
 
 CONVERGENCE = {"run": "mean-pca-64-random-bs32", "seed": 0, "best_epoch": 4,
@@ -286,7 +302,7 @@ def test_a_convergence_record_field_of_the_wrong_type_is_refused(
     out.unlink()
     assert main(["convergence", "--records", str(good), str(bad), "--out", str(out)]) == 2
     assert error_line(capsys) == (
-        f"rsis convergence: error: {bad}: not a convergence record ({problem}); retrain the run"
+        f"rsis convergence: error: {bad}: not a convergence record: {problem}; retrain the run"
     )
     assert not out.exists()
 

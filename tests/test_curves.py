@@ -58,4 +58,4 @@ def test_curves_command_draws_each_configuration(tmp_path, capsys):
     assert (31, 119, 180) in colours and (255, 127, 14) in colours  # tab10 lines 1 and 2
     missing = ["curves", "--run", "x", str(tmp_path / "none.csv"), "--out", str(out)]
     assert main(missing) == 2
-    assert f"{tmp_path / 'none.csv'}: cannot read training metrics" in capsys.readouterr().err
+    assert f"{tmp_path / 'none.csv'}: no such file; give --run LABEL" in capsys.readouterr().err

@@ -164,6 +164,12 @@ def edit_predictions(path, change):
         (lambda e: [{**e[0], "sent_id": 999999}, *e[1:]], "sent_id 999999 is not a sentence"),
         (lambda e: [{**e[0], "ref_id": 424242}, *e[1:]], "not 424242"),
         (
+            lambda e: [{**e[0], "sent_id": "12"}, *e[1:]],
+            "oracle.json, entry 0: field 'sent_id' is '12', expected an integer; give "
+            '--predictions a JSON list of {"sent_id", "segmentation": COCO RLE}',
+        ),
+        (lambda e: [*e[:2], [1, 2]], "oracle.json: entry 2 is [1, 2], not an object"),
+        (
             lambda e: [{**e[0], "segmentation": encode_rle(np.zeros((5, 7)))}, *e[1:]],
             "5x7 mask",
         ),

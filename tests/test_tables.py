@@ -274,5 +274,5 @@ def test_a_reverse_order_or_second_file_of_one_cell_is_refused(tmp_path, capsys)
 def test_grid_from_the_config_file_equals_the_grid_as_json():
     config = Path(__file__).resolve().parents[1] / "config.yaml"
     assert parse_grid(str(config)) == parse_grid(json.dumps(GRID)) == GRID
-    with pytest.raises(UserError, match=r"--grid nowhere\.yaml: cannot read it"):
+    with pytest.raises(UserError, match=r"^nowhere\.yaml: no such file; give --grid config\.yaml"):
         parse_grid("nowhere.yaml")

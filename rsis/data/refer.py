@@ -19,6 +19,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from rsis.errors import UserError
+from rsis.fields import check_fields
 
 log = logging.getLogger(__name__)
 
@@ -286,23 +287,13 @@ SENTENCE_FIELDS = {"sent_id": int, "sent": str}
 def _check_ref(ref: dict, number: int, source: Path) -> None:
     """Refuse a ref that lacks a field or holds a value of the wrong type, naming both."""
     where = f"{source}, ref {ref.get('ref_id', f'#{number}')!r}"
-    for key, kind in REF_FIELDS.items():
-        if not isinstance(ref.get(key), kind):
-            found = "missing" if key not in ref else f"a {type(ref[key]).__name__}"
-            raise UserError(
-                f"{where}: field {key!r} is {found}, expected a {kind.__name__}; "
-                "the refs file is damaged or not in the refer format: download it again"
-            )
-    for sentence in ref["sentences"]:
-        for key, kind in SENTENCE_FIELDS.items():
-            value = sentence.get(key) if isinstance(sentence, dict) else None
-            if not isinstance(value, kind):
-                present = isinstance(sentence, dict) and key in sentence
-                found = f"{type(value).__name__} {value!r:.40}" if present else "missing"
-                raise UserError(
-                    f"{where}: sentence field {key!r} is {found}, expected a "
-                    f"{kind.__name__}; the refs file is damaged: download it again"
-                )
+    damaged = "the refs file is damaged or not in the refer format: download it again"
+    check_fields(ref, REF_FIELDS, where, damaged)
+    for index, sentence in enumerate(ref["sentences"]):
+        label = f"sentences[{index}]"
+        if not isinstance(sentence, dict):
+            raise UserError(f"{where}: {label} is {sentence!r:.40}, not an object; {damaged}")
+        check_fields(sentence, SENTENCE_FIELDS, where, damaged, f"{label}.")
 
 
 def _clean_refs(
@@ -339,7 +330,6 @@ INSTANCE_FIELDS: dict[str, dict[str, type]] = {
     "annotations": {"id": int},
     "categories": {"id": int, "name": str},
 }
-KIND_NAMES = {int: "an integer", str: "a string"}
 
 
 def _instance_section(instances: dict, key: str, source: Path) -> list[dict]:
@@ -359,14 +349,7 @@ def _instance_section(instances: dict, key: str, source: Path) -> list[dict]:
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise UserError(f"{source}: {key}[{index}] is {entry!r:.40}, not an object; {damaged}")
-        for name, kind in INSTANCE_FIELDS[key].items():
-            value = entry.get(name)
-            if isinstance(value, bool) or not isinstance(value, kind):
-                found = f"{value!r:.40}" if name in entry else "missing"
-                raise UserError(
-                    f"{source}: {key}[{index}] field {name!r} is {found}, expected "
-                    f"{KIND_NAMES[kind]}; {damaged}"
-                )
+        check_fields(entry, INSTANCE_FIELDS[key], str(source), damaged, f"{key}[{index}].")
     return entries
 
 

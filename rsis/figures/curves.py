@@ -68,8 +68,6 @@ def _cell(value: object) -> str:
 def read_metrics(path: str | os.PathLike) -> pd.DataFrame:
     """A run's ``metrics.csv`` (written by ``rsis train``), checked for the needed columns
     and for a number in each of their cells."""
-    if not Path(path).exists():
-        raise UserError(f"{path}: cannot read training metrics (no such file); give {WHAT}")
     text = read_user_text(path, WHAT, "a CSV file")
     try:
         frame = pd.read_csv(io.StringIO(text))
