@@ -92,11 +92,23 @@ def _dry_run_with_resources(
 ) -> subprocess.CompletedProcess:
     """``snakemake -n`` of the whole grid with ``resources`` (and any other top-level
     ``config`` keys) laid over config.yaml."""
-    overlay = tmp_path / "resources.yaml"
+    overlay = _overlay(tmp_path)
     overlay.write_text(yaml.safe_dump({"resources": resources, **config}))
     command = ["snakemake", "--cores", "2", "-n", "--forceall", "-p"]
     command += ["--configfile", "config.yaml", str(overlay)]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def _overlay(tmp_path: Path) -> Path:
+    """The --configfile that ``_dry_run_with_resources`` lays over config.yaml."""
+    return tmp_path / "resources.yaml"
+
+
+def _overlay_source(tmp_path: Path) -> str:
+    """How the workflow's messages name the configuration of ``_dry_run_with_resources``
+    (config.yaml, given again, is left out; the overlay, outside the working directory, is
+    named by its absolute path)."""
+    return f"config.yaml with --configfile {_overlay(tmp_path)}"
 
 
 def test_train_asks_its_processes_cpus_and_each_computes_with_its_share(tmp_path):
@@ -150,8 +162,8 @@ def test_a_bad_resource_names_the_key_it_came_from(tmp_path):
     result = _dry_run_with_resources(tmp_path, {"evaluate": {}}, settings={"demo": demo})
     assert result.returncode != 0
     assert (
-        "config.yaml: settings.demo.resources.evaluate.gpu 2: evaluate runs one process on one GPU"
-        in (result.stdout + result.stderr)
+        f"{_overlay_source(tmp_path)}: settings.demo.resources.evaluate.gpu 2: evaluate runs "
+        "one process on one GPU" in (result.stdout + result.stderr)
     )
 
 
@@ -180,13 +192,12 @@ def test_train_processes_other_than_one_per_gpu_are_refused(tmp_path):
     [
         (
             {"train": {"processes": 3}},
-            "config.yaml: grid run pooled-none-native-random-bs32 has batch size 32, which does "
+            "grid run pooled-none-native-random-bs32 has batch size 32, which does "
             "not split over 3 training processes",
         ),
         (
             {"evaluate": {"gpu": 2}},
-            "config.yaml: resources.evaluate.gpu 2: evaluate runs one process on one GPU; "
-            "set 0 or 1",
+            "resources.evaluate.gpu 2: evaluate runs one process on one GPU; set 0 or 1",
         ),
     ],
     ids=["batch-over-processes", "evaluate-gpus"],
@@ -194,7 +205,7 @@ def test_train_processes_other_than_one_per_gpu_are_refused(tmp_path):
 def test_resources_the_jobs_cannot_use_are_refused(tmp_path, resources, message):
     result = _dry_run_with_resources(tmp_path, resources)
     assert result.returncode != 0
-    assert message in result.stdout + result.stderr
+    assert f"{_overlay_source(tmp_path)}: {message}" in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize(
@@ -202,16 +213,16 @@ def test_resources_the_jobs_cannot_use_are_refused(tmp_path, resources, message)
     [
         (
             {"figures": {"splits": ["testa"]}},
-            "config.yaml: figures.splits 'testa' is no evaluated split of any dataset "
+            "figures.splits 'testa' is no evaluated split of any dataset "
             "(test, testA, testB, val): fix its name",
         ),
         (
             {"datasets": {"demo": {"splits": ["train"]}}},
-            "config.yaml: datasets.demo.splits has no split but train",
+            "datasets.demo.splits has no split but train",
         ),
         (
             {"datasets": {"demo": {"splits": ["train", "testA", "testB"]}}},
-            "config.yaml: datasets.demo.splits (train, testA, testB) has no val split, "
+            "datasets.demo.splits (train, testA, testB) has no val split, "
             "which training stops early on",
         ),
         (
@@ -219,61 +230,61 @@ def test_resources_the_jobs_cannot_use_are_refused(tmp_path, resources, message)
                 "datasets": {"demo": {"splits": ["val", "testA", "testB"]}},
                 "language": {"fit_split": "val"},
             },
-            "config.yaml: datasets.demo.splits (val, testA, testB) has no train split, "
+            "datasets.demo.splits (val, testA, testB) has no train split, "
             "which training learns on",
         ),
         (
             {"datasets": {"demo": {"splitBy": "umd"}}},
-            "config.yaml: datasets.demo.splitBy is 'umd', but the generated demo has 'unc'",
+            "datasets.demo.splitBy is 'umd', but the generated demo has 'unc'",
         ),
         (
             {"grid": {"extra": [{"embedding": "mean", "transform": "none", "dim": 64,
                                  "order": "random", "batch_size": 16}]}},
-            "config.yaml: grid: run dim 64 with transform 'none': transform none takes dim "
+            "grid: run dim 64 with transform 'none': transform none takes dim "
             "'native', every other transform a positive integer",
         ),
         (
             {"settings": {"demo": {"lr": float("nan")}}},
-            "config.yaml: settings.demo: setting lr (--lr) is nan: give a finite number above 0",
+            "settings.demo: setting lr (--lr) is nan: give a finite number above 0",
         ),
         (
             {"dataset": "refcoco_sample", "datasets": {"refcoco_sample": {"name": "mine"}},
              "download": {"enabled": True}},
-            "config.yaml: download.enabled is true but download.annotations.mine is not set",
+            "download.enabled is true but download.annotations.mine is not set",
         ),
         (
             {"grid": {"table2": {"runs": []}}},
-            "config.yaml: grid.table2.runs: [] should be non-empty",
+            "grid.table2.runs: [] should be non-empty",
         ),
         (
             {"evaluation": {"expressions": []}},
-            "config.yaml: evaluation.expressions: [] should be non-empty",
+            "evaluation.expressions: [] should be non-empty",
         ),
         (
             {"datasets": {"demo": {"splits": ["train", "val", "val", "testA"]}}},
-            "config.yaml: datasets.demo.splits: ['train', 'val', 'val', 'testA'] has non-unique "
+            "datasets.demo.splits: ['train', 'val', 'val', 'testA'] has non-unique "
             "elements",
         ),
         (
             {"seeds": [0.0, 1, 2]},  # JSON Schema's integer; the folder would be seed0.0
-            "config.yaml: seeds.0: 0.0 is not of type 'integer'",
+            "seeds.0: 0.0 is not of type 'integer'",
         ),
         (
             {"settings": {"demo": {"hidden": 64.0}}},  # rsis train --hidden 64.0 fails
-            "config.yaml: settings.demo.hidden: 64.0 is not of type 'integer'",
+            "settings.demo.hidden: 64.0 is not of type 'integer'",
         ),
         (
             {"settings": {"demo": {"weights": "ImageNet"}}},
-            "config.yaml: settings.demo.weights 'ImageNet' is neither imagenet nor none nor an "
+            "settings.demo.weights 'ImageNet' is neither imagenet nor none nor an "
             "existing state_dict file: fix the name or the path",
         ),
         (
             {"evaluation": {"seed": -1}},  # rsis evaluate --seed refuses it inside the job
-            "config.yaml: evaluation.seed: -1 is less than the minimum of 0",
+            "evaluation.seed: -1 is less than the minimum of 0",
         ),
         (
             {"download": {"images": {"url": "coco.zip"}}},  # rsis download --url refuses it
-            "config.yaml: download.images.url: 'coco.zip' does not match '^(https?|ftp|file)://'",
+            "download.images.url: 'coco.zip' does not match '^(https?|ftp|file)://'",
         ),
     ],
     ids=["figure-split", "no-eval-split", "no-val", "no-train", "demo-layout", "grid-run",
@@ -283,7 +294,7 @@ def test_resources_the_jobs_cannot_use_are_refused(tmp_path, resources, message)
 def test_config_that_cannot_finish_is_refused(tmp_path, config, message):
     result = _dry_run_with_resources(tmp_path, {}, **config)
     assert result.returncode != 0
-    assert message in result.stdout + result.stderr
+    assert f"{_overlay_source(tmp_path)}: {message}" in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize(
@@ -295,7 +306,7 @@ def test_schema_error_is_one_line_naming_the_key(tmp_path, config, where):
     assert result.returncode != 0
     key = where.split(".")[-1]
     line = (
-        f"config.yaml: {where}: unexpected key ('{key}' was unexpected); "
+        f"{_overlay_source(tmp_path)}: {where}: unexpected key ('{key}' was unexpected); "
         "see workflow/schemas/config.schema.yaml"
     )
     output = result.stdout + result.stderr
@@ -315,7 +326,7 @@ def test_a_decoder_width_the_model_cannot_build_is_refused_before_any_job(tmp_pa
     result = _dry_run_with_resources(tmp_path, {}, settings={"demo": {"hidden": 24}})
     assert result.returncode != 0
     line = (
-        "config.yaml: settings.demo.hidden: 24 is not a multiple of 16; "
+        f"{_overlay_source(tmp_path)}: settings.demo.hidden: 24 is not a multiple of 16; "
         "see workflow/schemas/config.schema.yaml"
     )
     assert line in (result.stdout + result.stderr).splitlines()
@@ -352,6 +363,49 @@ def _tiny_copy(workdir: Path, **overlay: object) -> Path:
     update_config(config, overlay)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     return workdir
+
+
+# A bad value, and the message that names it after the source
+FLOAT_HIDDEN = {"settings": {"demo": {"hidden": 64.0}}}
+HIDDEN_FLOAT = "settings.demo.hidden: 64.0 is not of type 'integer'"
+SCHEMA_HINT = "; see workflow/schemas/config.schema.yaml"
+
+
+@pytest.mark.parametrize(
+    ("in_config", "overlay", "args", "line"),
+    [
+        (FLOAT_HIDDEN, None, [], f"config.yaml: {HIDDEN_FLOAT}"),
+        (
+            {},
+            FLOAT_HIDDEN,
+            ["--configfile", "mine.yaml"],
+            f"config.yaml with --configfile mine.yaml: {HIDDEN_FLOAT}",
+        ),
+        (
+            {},
+            None,
+            ["--config", "foo=1"],
+            "config.yaml with --config: foo: unexpected key ('foo' was unexpected)",
+        ),
+        (
+            {},
+            FLOAT_HIDDEN,
+            ["--configfile", "config.yaml", "mine.yaml", "--config", "dataset=demo"],
+            f"config.yaml with --configfile mine.yaml and --config: {HIDDEN_FLOAT}",
+        ),
+    ],
+    ids=["config.yaml", "configfile", "config", "both"],
+)
+def test_a_config_error_names_its_source(tmp_path, in_config, overlay, args, line):
+    # before: every message began `config.yaml:`, where a --configfile or --config value
+    # the user laid over it is not
+    workdir = _tiny_copy(tmp_path, **in_config)
+    if overlay is not None:
+        (workdir / "mine.yaml").write_text(yaml.safe_dump(overlay))
+    command = ["snakemake", "--cores", "1", "-n", *args]
+    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert line + SCHEMA_HINT in (result.stdout + result.stderr).splitlines()
 
 
 @pytest.fixture(scope="module")

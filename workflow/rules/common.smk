@@ -24,6 +24,28 @@ from rsis.runs import (
 )
 
 
+def config_source():
+    """Where the configuration came from, for messages: config.yaml, and the --configfile
+    files (relative to the working directory when inside it) and --config values Snakemake
+    laid over it."""
+    here = Path.cwd()
+    files = [
+        Path(os.path.abspath(path)) for path in workflow.config_settings.configfiles
+    ]
+    shown = [
+        str(path.relative_to(here) if path.is_relative_to(here) else path)
+        for path in files
+        if path != here / "config.yaml"  # `--configfile config.yaml overlay.yaml`
+    ]
+    overrides = [f"--configfile {', '.join(shown)}"] if shown else []
+    overrides += ["--config"] if workflow.config_settings.config else []
+    return f"config.yaml with {' and '.join(overrides)}" if overrides else "config.yaml"
+
+
+# The first words of every configuration error: the files a bad value may be in.
+CONFIG_SOURCE = config_source()
+
+
 def schema_error(error):
     """One line for a schema violation: the key path and the problem."""
     path = ".".join(str(key) for key in error.absolute_path)
@@ -36,7 +58,7 @@ def schema_error(error):
         _, paren, rest = problem.partition("(")
         problem = f"unexpected key {paren}{rest}".rstrip()
     where = f"{path}: " if path else ""
-    return f"config.yaml: {where}{problem}; see workflow/schemas/config.schema.yaml"
+    return f"{CONFIG_SOURCE}: {where}{problem}; see workflow/schemas/config.schema.yaml"
 
 
 def whole_number_floats(config, schema_file):
@@ -67,13 +89,13 @@ if _float_error is not None:
 DATASET = config["dataset"]
 if DATASET not in config["datasets"]:
     raise ValueError(
-        f"config.yaml: dataset {DATASET!r} is not a key of `datasets` "
+        f"{CONFIG_SOURCE}: dataset {DATASET!r} is not a key of `datasets` "
         f"({', '.join(config['datasets'])}); set `dataset` to one of them"
     )
 DS = config["datasets"][DATASET]
 if DS["setting"] not in config["settings"]:
     raise ValueError(
-        f"config.yaml: datasets.{DATASET}.setting {DS['setting']!r} is not a key of `settings`"
+        f"{CONFIG_SOURCE}: datasets.{DATASET}.setting {DS['setting']!r} is not a key of `settings`"
     )
 SETTING = config["settings"][DS["setting"]]
 LANG = {**config["language"], "model": SETTING["text_model"]}
@@ -85,7 +107,7 @@ for _key, _written in DEMO_LAYOUT.items():
     _given = config["datasets"]["demo"][_key]
     if os.path.normpath(str(_given)) != os.path.normpath(_written):
         raise ValueError(
-            f"config.yaml: datasets.demo.{_key} is {_given!r}, but the generated demo has "
+            f"{CONFIG_SOURCE}: datasets.demo.{_key} is {_given!r}, but the generated demo has "
             f"{_written!r} (rsis demo's layout under datasets.demo.root); to train on other "
             "data, add your own entry to `datasets:` and pick it with `dataset:`"
         )
@@ -100,7 +122,7 @@ if DOWNLOAD:
     ):
         if _archive is None:
             raise ValueError(
-                f"config.yaml: download.enabled is true but {_key} is not set: give its url "
+                f"{CONFIG_SOURCE}: download.enabled is true but {_key} is not set: give its url "
                 "(config.yaml has RefCOCO's), or set download.enabled: false and put the files "
                 f"under datasets.{DATASET}.root and images yourself"
             )
@@ -189,7 +211,7 @@ def pca_fit_split(wildcards):
     split = LANG["fit_split"]
     if split not in DS["splits"]:
         raise ValueError(
-            f"config.yaml: language.fit_split {split!r} is not a split of "
+            f"{CONFIG_SOURCE}: language.fit_split {split!r} is not a split of "
             f"datasets.{DATASET}.splits ({', '.join(DS['splits'])}); the PCA is fitted on it"
         )
     return split
@@ -198,7 +220,7 @@ def pca_fit_split(wildcards):
 try:
     RUNS = expand_grid(config["grid"])
 except UserError as error:
-    raise ValueError(f"config.yaml: grid: {error}") from None
+    raise ValueError(f"{CONFIG_SOURCE}: grid: {error}") from None
 SEEDS = config["seeds"]
 # Bad settings are refused when the workflow is parsed, before any job. A training setting the
 # block leaves out takes TrainSettings' default (their one owner, not the schema), written
@@ -206,7 +228,7 @@ SEEDS = config["seeds"]
 try:
     _defaults = TrainSettings.from_setting(SETTING, seed=SEEDS[0]).to_dict()
 except UserError as error:
-    raise ValueError(f"config.yaml: settings.{DS['setting']}: {error}") from None
+    raise ValueError(f"{CONFIG_SOURCE}: settings.{DS['setting']}: {error}") from None
 for _key, _value in _defaults.items():
     if _key != "seed":
         SETTING.setdefault(_key, _value)
@@ -229,7 +251,7 @@ STORED_FEATURES = SETTING["encoder_lr"] == 0 and WEIGHTS != "none"
 PRETRAINED_DEMO_ENCODER = IS_DEMO and WEIGHTS == result("encoder/pretrained.pt")
 if WEIGHTS_FILES and not PRETRAINED_DEMO_ENCODER and not Path(WEIGHTS).is_file():
     raise ValueError(
-        f"config.yaml: settings.{DS['setting']}.weights {WEIGHTS!r} is neither "
+        f"{CONFIG_SOURCE}: settings.{DS['setting']}.weights {WEIGHTS!r} is neither "
         f"{' nor '.join(NAMED_WEIGHTS)} nor an existing state_dict file: fix the name or the "
         "path"
     )
@@ -301,7 +323,7 @@ def train_inputs(wildcards):
     for split, use in (("train", "learns on"), ("val", "stops early on")):
         if split not in DS["splits"]:
             raise ValueError(
-                f"config.yaml: datasets.{DATASET}.splits ({', '.join(DS['splits'])}) has no "
+                f"{CONFIG_SOURCE}: datasets.{DATASET}.splits ({', '.join(DS['splits'])}) has no "
                 f"{split} split, which training {use}: add it, or ask only for targets that "
                 "need no training"
             )
@@ -363,12 +385,12 @@ def per_attempt(rule_kind, key):
 for rule_name in ("evaluate", "embed"):
     if "processes" in RESOURCES[rule_name]:
         raise ValueError(
-            f"config.yaml: {resource_source(rule_name, 'processes')}: only `train` runs "
+            f"{CONFIG_SOURCE}: {resource_source(rule_name, 'processes')}: only `train` runs "
             "several processes"
         )
     if RESOURCES[rule_name]["gpu"] > 1:
         raise ValueError(
-            f"config.yaml: {resource_source(rule_name, 'gpu')} {RESOURCES[rule_name]['gpu']}: "
+            f"{CONFIG_SOURCE}: {resource_source(rule_name, 'gpu')} {RESOURCES[rule_name]['gpu']}: "
             f"{rule_name} runs one process on one GPU; set 0 or 1"
         )
 
@@ -379,7 +401,7 @@ def train_processes():
     processes = RESOURCES["train"].get("processes", max(1, gpus))
     if gpus and processes != gpus:
         raise ValueError(
-            f"config.yaml: {resource_source('train', 'processes')} {processes} with gpu "
+            f"{CONFIG_SOURCE}: {resource_source('train', 'processes')} {processes} with gpu "
             f"{gpus}: training runs one process per GPU; remove `processes` or make it equal "
             "to `gpu`"
         )
@@ -396,7 +418,7 @@ DEVICE = {name: "cuda" if needs["gpu"] else "auto" for name, needs in RESOURCES.
 for run_id, spec in RUNS.items():
     if spec.batch_size % TRAIN_PROCESSES:
         raise ValueError(
-            f"config.yaml: grid run {run_id} has batch size {spec.batch_size}, which does not "
+            f"{CONFIG_SOURCE}: grid run {run_id} has batch size {spec.batch_size}, which does not "
             f"split over {TRAIN_PROCESSES} training processes (resources.train.gpu or "
             "processes): choose a number that divides every batch size"
         )
@@ -443,14 +465,14 @@ wildcard_constraints:
 EVAL_SPLITS = [split for split in DS["splits"] if split != "train"]
 if not EVAL_SPLITS:
     raise ValueError(
-        f"config.yaml: datasets.{DATASET}.splits has no split but train: the tables score "
+        f"{CONFIG_SOURCE}: datasets.{DATASET}.splits has no split but train: the tables score "
         "the runs on every other split; add val or a test split"
     )
 KNOWN_SPLITS = {split for ds in config["datasets"].values() for split in ds["splits"]}
 for split in config["figures"]["splits"]:
     if split not in KNOWN_SPLITS - {"train"}:
         raise ValueError(
-            f"config.yaml: figures.splits {split!r} is no evaluated split of any dataset "
+            f"{CONFIG_SOURCE}: figures.splits {split!r} is no evaluated split of any dataset "
             f"({', '.join(sorted(KNOWN_SPLITS - {'train'}))}): fix its name"
         )
 # a split the chosen dataset lacks (testA for RefCOCOg) is skipped: switching datasets needs
@@ -459,12 +481,12 @@ FIGURE_SPLITS = [s for s in config["figures"]["splits"] if s in EVAL_SPLITS]
 FIGURE_RUN = config["figures"]["run"]
 if FIGURE_RUN not in RUNS:
     raise ValueError(
-        f"config.yaml: figures.run {FIGURE_RUN!r} is not a configuration of the grid; "
+        f"{CONFIG_SOURCE}: figures.run {FIGURE_RUN!r} is not a configuration of the grid; "
         f"choose one of {', '.join(RUNS)}"
     )
 if config["figures"]["seed"] not in SEEDS:
     raise ValueError(
-        f"config.yaml: figures.seed {config['figures']['seed']} is not one of seeds {SEEDS}"
+        f"{CONFIG_SOURCE}: figures.seed {config['figures']['seed']} is not one of seeds {SEEDS}"
     )
 FIGURE_DIR = RUN_DIR.format(run=FIGURE_RUN, seed=config["figures"]["seed"])
 DATASET_LABEL = DS.get("label", DATASET)
