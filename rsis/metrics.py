@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from rsis.errors import UserError
-from rsis.fields import check_fields
+from rsis.fields import check_fields, field_value
 from rsis.io import atomic_path, read_user_json
 from rsis.protocols import PRECISION_THRESHOLDS, PROTOCOLS, Protocol
 from rsis.runs import RunSpec
@@ -68,6 +68,11 @@ METRIC_FIELDS: tuple[str, ...] = (
     "n_referents",
     "n_samples",
 )
+# The JSON type of each metric: fractions, and the two counts.
+METRIC_KINDS: dict[str, type] = dict.fromkeys(METRIC_FIELDS, float) | {
+    "n_referents": int,
+    "n_samples": int,
+}
 
 
 def binarize(scores: torch.Tensor, *, probabilities: bool = False) -> torch.Tensor:
@@ -352,16 +357,20 @@ def _validate(record: object, path: Path) -> None:
         "metrics.": (record.get("metrics"), METRIC_FIELDS),
     }
     for prefix, (section, required) in fields.items():
-        if not isinstance(section, dict):
-            raise UserError(f"{path}: field {prefix.rstrip('.')!r} must be an object")
+        if prefix:
+            field_value(record, prefix.rstrip("."), dict, str(path), advice)
         missing = [f"{prefix}{key}" for key in required if key not in section]
         if missing:
             raise UserError(f"{path}: missing field(s) {', '.join(missing)}; {advice}")
     given = {key: kind for key, kind in RECORD_TYPES.items() if key in record}  # rest optional
     check_fields(record, given, str(path), advice)
-    check_fields(
-        record["metrics"], dict.fromkeys(METRIC_FIELDS, float), str(path), advice, "metrics."
-    )
+    check_fields(record["metrics"], METRIC_KINDS, str(path), advice, "metrics.")
+    for name, labels in record.get("breakdowns", {}).items():
+        field_value(record["breakdowns"], name, dict, str(path), advice, label=f"breakdowns.{name}")
+        for label in labels:
+            where = f"breakdowns.{name}.{label}"
+            field_value(labels, label, dict, str(path), advice, label=where)
+            check_fields(labels[label], METRIC_KINDS, str(path), advice, f"{where}.")
     try:
         RunSpec.from_dict(record["run"])
     except UserError as error:

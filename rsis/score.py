@@ -83,10 +83,13 @@ def read_predictions_json(path: str | os.PathLike) -> dict[int, dict]:
     found: dict[int, dict] = {}
     for position, entry in enumerate(entries):
         if not isinstance(entry, dict):
-            raise UserError(f"{path}: entry {position} is {entry!r:.40}, not an object")
-        sent_id = field_value(
-            entry, "sent_id", int, f"{path}, entry {position}", f"give {PREDICTIONS}"
-        )
+            raise UserError(
+                f"{path}: entry {position} is {entry!r:.40}, not an object; give {PREDICTIONS}"
+            )
+        where = f"{path}, entry {position}"
+        sent_id = field_value(entry, "sent_id", int, where, f"give {PREDICTIONS}")
+        if "ref_id" in entry:  # optional: checked against the sentence's ref below
+            field_value(entry, "ref_id", int, where, f"give {PREDICTIONS}")
         rle = entry.get("segmentation")
         if not (
             isinstance(rle, dict)

@@ -244,10 +244,19 @@ def test_instances_with_a_bad_section_or_entry_name_it(edit, problem, tmp_path, 
         ({"metrics": {**METRICS, "overall_iou": "0.4"}}, "field 'metrics.overall_iou' is "
          "'0.4', expected a number; see docs/metrics.md for the metrics file format"),
         ({"metrics": {**METRICS, "n_samples": True}}, "field 'metrics.n_samples' is True, "
-         "expected a number; see docs/metrics.md for the metrics file format"),
+         "expected an integer; see docs/metrics.md for the metrics file format"),
+        ({"metrics": {**METRICS, "n_referents": 10.5}}, "field 'metrics.n_referents' is 10.5, "
+         "expected an integer; see docs/metrics.md for the metrics file format"),
+        ({"breakdowns": {"expression_type": {"attribute": {**METRICS, "instance_iou": "x"}}}},
+         "field 'breakdowns.expression_type.attribute.instance_iou' is 'x', expected a number; "
+         "see docs/metrics.md for the metrics file format"),
+        ({"breakdowns": {"expression_type": {"attribute": 0.5}}}, "field "
+         "'breakdowns.expression_type.attribute' is 0.5, expected an object; see "
+         "docs/metrics.md for the metrics file format"),
     ],
     ids=["dim-text", "batch-size-text", "batch-size-bool", "split-int", "conventions-null",
-         "metric-text", "metric-bool"],
+         "metric-text", "metric-bool", "count-fraction", "breakdown-metric-text",
+         "breakdown-not-object"],
 )  # fmt: skip
 @pytest.mark.parametrize("cmd", ["tables", "findings", "types"])
 def test_a_metrics_field_of_the_wrong_type_is_refused(cmd, changes, problem, tmp_path, capsys):

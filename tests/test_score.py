@@ -168,7 +168,11 @@ def edit_predictions(path, change):
             "oracle.json, entry 0: field 'sent_id' is '12', expected an integer; give "
             '--predictions a JSON list of {"sent_id", "segmentation": COCO RLE}',
         ),
-        (lambda e: [*e[:2], [1, 2]], "oracle.json: entry 2 is [1, 2], not an object"),
+        (lambda e: [*e[:2], [1, 2]], "oracle.json: entry 2 is [1, 2], not an object; give"),
+        (
+            lambda e: [{**e[0], "ref_id": True}, *e[1:]],
+            "oracle.json, entry 0: field 'ref_id' is True, expected an integer",
+        ),
         (
             lambda e: [{**e[0], "segmentation": encode_rle(np.zeros((5, 7)))}, *e[1:]],
             "5x7 mask",
