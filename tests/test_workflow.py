@@ -111,6 +111,19 @@ def _overlay_source(tmp_path: Path) -> str:
     return f"config.yaml with --configfile {_overlay(tmp_path)}"
 
 
+def test_missing_real_data_names_the_key_and_where_it_is_set(tmp_path):
+    root = tmp_path / "nowhere"
+    result = _dry_run_with_resources(
+        tmp_path, {}, dataset="refcoco", datasets={"refcoco": {"root": str(root)}}
+    )
+    assert result.returncode != 0
+    assert (
+        f"{root} does not exist: set datasets.refcoco.root in {_overlay_source(tmp_path)} "
+        "(README.md, 'Reproducing the paper', says where the files come from), or set "
+        "download.enabled: true to fetch them" in result.stdout + result.stderr
+    )
+
+
 def test_train_asks_its_processes_cpus_and_each_computes_with_its_share(tmp_path):
     result = _dry_run_with_resources(tmp_path, {"train": {"processes": 2, "cpus": 1}})
     assert result.returncode == 0, result.stderr[-3000:]

@@ -190,9 +190,9 @@ def dataset_inputs(wildcards=None):
     for path, key in checks:
         if not Path(path).exists():
             raise ValueError(
-                f"{path} does not exist: set datasets.{DATASET}.{key} in config.yaml "
+                f"{path} does not exist: set datasets.{DATASET}.{key} in {CONFIG_SOURCE} "
                 "(README.md, 'Reproducing the paper', says where the files come from), or set "
-                "download.enabled: true in config.yaml to fetch them"
+                "download.enabled: true to fetch them"
             )
     return [str(f) for f in files]
 
@@ -446,8 +446,8 @@ def job_cpus(cpus):
         capped = cores is not None and cores.value is not None and cores.value < cpus
         if cluster_run and capped:
             raise ValueError(
-                f"--cores {cores.value} would shrink cluster jobs that config.yaml's "
-                f"`resources` give {cpus} CPUs: run with `--workflow-profile profiles/slurm` "
+                f"--cores {cores.value} would shrink cluster jobs that the `resources` of "
+                f"{CONFIG_SOURCE} give {cpus} CPUs: run with `--workflow-profile profiles/slurm` "
                 "(`--profile` keeps profiles/default and its `cores: all`), or a larger --cores"
             )
         return cpus
