@@ -416,7 +416,9 @@ def test_model_config_round_trip() -> None:
     [
         ({"hiden": 64}, "unknown model setting"),
         ({"hidden": 24}, "multiple of 16"),
-        ({"hidden": "64"}, "hidden='64'"),
+        ({"hidden": "64"}, "^model setting hidden='64' is not an integer$"),
+        ({"hidden": True}, "^model setting hidden=True is not an integer$"),
+        ({"proj_dim": "x"}, r"^model setting proj_dim='x' is not of type int \| None$"),
         ({"backbone": "vgg16"}, "unknown backbone"),
         ({"text_transform": "linear"}, "needs proj_dim"),
     ],

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from rsis.errors import UserError
+from rsis.fields import KIND_NAMES
 from rsis.model.backbone import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, build_backbone
 from rsis.model.decoder import RecurrentMaskDecoder, decoder_channels
 from rsis.model.frozen import encoder_digest
@@ -73,7 +74,8 @@ class ModelConfig:
         for field, kind in typing.get_type_hints(ModelConfig).items():
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, kind):
-                raise UserError(f"model setting {field}={value!r} is not of type {kind}")
+                wanted = KIND_NAMES.get(kind, f"of type {kind}")  # int | None: as written
+                raise UserError(f"model setting {field}={value!r} is not {wanted}")
         if self.backbone not in BACKBONES:
             raise UserError(
                 f"unknown backbone {self.backbone!r}: use one of {', '.join(BACKBONES)}"
