@@ -6,6 +6,7 @@ and checks the message names the file, field or value, and that no cache is left
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import pickle
@@ -323,3 +324,17 @@ def test_prepare_names_a_wrong_image_folder_before_reading(sample_copy, tmp_path
     assert _prepare(sample_copy, out, images=tmp_path / "empty") == 2
     assert f"image folder {tmp_path / 'empty'} holds none of the" in _error(capsys)
     assert _nothing_written(out)
+
+
+def test_an_image_id_that_is_true_or_false_is_no_image(sample_refer):
+    """JSON true equals 1 in Python: an annotation whose image_id is true must not be read as
+    image 1's."""
+    ann_id = sample_refer.refs[0]["ann_id"]
+    annotation = sample_refer.annotations[ann_id]
+    images = dict(sample_refer.images)
+    refer = copy.copy(sample_refer)
+    refer.images = images | {1: images[annotation["image_id"]]}
+    refer.annotations = {ann_id: {**annotation, "image_id": 1}}
+    assert refer.segmentation_problem(ann_id) is None
+    refer.annotations = {ann_id: {**annotation, "image_id": True}}
+    assert refer.segmentation_problem(ann_id) == "image_id True is not in instances.json"

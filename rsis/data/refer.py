@@ -19,7 +19,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from rsis.errors import UserError
-from rsis.fields import check_fields
+from rsis.fields import check_fields, holds
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class Refer:
         """
         ann = self.annotations[ann_id]
         image_id = ann.get("image_id")
-        image = self.images.get(image_id) if isinstance(image_id, int) else None
+        image = self.images.get(image_id) if holds(image_id, int) else None
         if image is None:
             return f"image_id {ann.get('image_id')!r} is not in instances.json"
         segmentation = ann.get("segmentation")
