@@ -116,7 +116,7 @@ def _drawn_images(jobs: list, workers: int) -> Iterator[_Drawn]:
     if workers <= 1:
         yield from map(_draw, jobs)
         return
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
         yield from pool.imap(_draw, jobs, chunksize=4)
 
 
