@@ -19,6 +19,7 @@ from rsis import __version__
 from rsis.checkpoint import load_checkpoint, save_checkpoint, state_mismatch, trained_model
 from rsis.cli import add_command, output_file
 from rsis.errors import UserError
+from rsis.fields import holds
 from rsis.io import describe_differences
 from rsis.model import RRIS, ModelConfig
 from rsis.model.backbone import IMAGENET_MEAN, IMAGENET_STD
@@ -82,11 +83,11 @@ def _anything(value: Any) -> bool:
 
 
 def _is_str(value: Any) -> bool:
-    return isinstance(value, str)
+    return holds(value, str)
 
 
 def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return holds(value, int) and value >= 1
 
 
 def _float_tensor(value: Any, shape: tuple[int | None, ...]) -> bool:

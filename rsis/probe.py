@@ -28,7 +28,7 @@ from rsis.model.backbone import (
     STAGES,
     ResNetEncoder,
     backbone_weights,
-    build_backbone,
+    encoder_with,
 )
 from rsis.model.frozen import calibrate_batch_norm
 from rsis.pretrain import CALIBRATION_BATCH, batch_sizes, check_batch_of_one
@@ -171,8 +171,8 @@ def markdown_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
 def _probe_command(args: argparse.Namespace) -> None:
     use_threads(0)  # torch's default threads, subnormal floats flushed
     encoders = _encoders(args.encoder)
-    for weights in encoders.values():  # bad weights refused before the scenes are rendered
-        backbone_weights(args.backbone, weights)
+    # Each encoder's weights read once, so bad ones are refused before the scenes are rendered.
+    states = {name: backbone_weights(args.backbone, weights) for name, weights in encoders.items()}
     common = {
         "seed": args.seed,
         "stream": PROBE_STREAM,
@@ -185,7 +185,7 @@ def _probe_command(args: argparse.Namespace) -> None:
     results = {}
     for name, weights in encoders.items():
         torch.manual_seed(args.seed)
-        encoder = build_backbone(args.backbone, weights).eval()
+        encoder = encoder_with(args.backbone, states[name], weights).eval()
         if weights == "none":  # random running statistics mean nothing: estimate them
             sizes = batch_sizes(args.fit_scenes, CALIBRATION_BATCH)
             check_batch_of_one(encoder, common["input_size"], sizes, "--fit-scenes")

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rsis.errors import UserError
+from rsis.fields import holds
 
 NATIVE = "native"  # the text model's own embedding size (no reduction)
 EMBEDDINGS: tuple[str, ...] = ("pooled", "mean")
@@ -49,11 +50,6 @@ _ID_PATTERN = re.compile(
     "-".join(f"{form.format(f'(?P<{name}>{pattern})')}" for name, form, pattern in ID_PARTS)
     + rf"(?:-(?P<decoder>{'|'.join(DECODERS[1:])}))?"
 )
-
-
-def _is_int(value: object) -> bool:
-    """Whether ``value`` is an integer (a bool is not)."""
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _digits_to_int(value: object) -> object:
@@ -98,9 +94,9 @@ class RunSpec:
                 f"run dim {self.dim!r} with transform {self.transform!r}: transform none "
                 f"takes dim {NATIVE!r}, every other transform a positive integer"
             )
-        if self.dim != NATIVE and not (_is_int(self.dim) and self.dim > 0):
+        if self.dim != NATIVE and not (holds(self.dim, int) and self.dim > 0):
             raise UserError(f"run dim {self.dim!r} must be {NATIVE!r} or a positive integer")
-        if not _is_int(self.batch_size):
+        if not holds(self.batch_size, int):
             raise UserError(f"run batch size {self.batch_size!r} must be an integer")
         if self.batch_size < 1:
             raise UserError(f"run batch size {self.batch_size} must be at least 1")

@@ -30,7 +30,7 @@ from rsis.data.refer import (
     rle_counts_problem,
 )
 from rsis.errors import UserError
-from rsis.fields import field_value
+from rsis.fields import field_value, holds
 from rsis.io import atomic_path, read_user_json, write_texts
 from rsis.metrics import MetricAccumulator
 from rsis.progress import progress_bar
@@ -65,11 +65,7 @@ PREDICTIONS = '--predictions a JSON list of {"sent_id", "segmentation": COCO RLE
 
 def _is_size(size: object) -> bool:
     """Whether ``size`` is an RLE's ``[height, width]``: two non-negative integers."""
-    return (
-        isinstance(size, list)
-        and len(size) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in size)
-    )
+    return isinstance(size, list) and len(size) == 2 and all(holds(v, int) and v >= 0 for v in size)
 
 
 def read_predictions_json(path: str | os.PathLike) -> dict[int, dict]:

@@ -168,7 +168,7 @@ class Refer:
         image_id = ann.get("image_id")
         image = self.images.get(image_id) if holds(image_id, int) else None
         if image is None:
-            return f"image_id {ann.get('image_id')!r} is not in instances.json"
+            return f"image_id {image_id!r} is not in instances.json"
         segmentation = ann.get("segmentation")
         if isinstance(segmentation, list):
             if not segmentation:
@@ -227,7 +227,7 @@ def rle_counts_problem(segmentation: dict, height: int, width: int) -> str | Non
     counts = segmentation.get("counts")
     if not isinstance(counts, list):
         return None
-    odd = next((c for c in counts if isinstance(c, bool) or not isinstance(c, int) or c < 0), None)
+    odd = next((c for c in counts if not holds(c, int) or c < 0), None)
     if odd is not None:
         return f"uncompressed RLE count {odd!r} is not a non-negative integer"
     if sum(counts) != height * width:

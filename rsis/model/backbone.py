@@ -128,11 +128,16 @@ def build_backbone(name: str = "resnet101", weights: str = "imagenet") -> ResNet
             ``$TORCH_HOME/hub/checkpoints`` or downloaded), ``none`` (random initialisation),
             or the path of a torchvision ResNet state dict saved with ``torch.save``.
     """
-    state = backbone_weights(name, weights)
+    return encoder_with(name, backbone_weights(name, weights), weights)
+
+
+def encoder_with(name: str, state: dict[str, torch.Tensor] | None, source: str) -> ResNetEncoder:
+    """A ``name`` encoder holding ``state``, as ``backbone_weights`` gives it (None: random
+    initialisation); ``source`` names the weights in the log."""
     encoder = ResNetEncoder(torchvision.models.get_model(name, weights=None))
     if state is not None:
         encoder.load_state_dict(state)
-        log.info("loaded backbone weights from %s", weights)
+        log.info("loaded backbone weights from %s", source)
     return encoder
 
 

@@ -13,6 +13,7 @@ from snakemake.utils import validate
 
 from rsis.cli import build_parser
 from rsis.errors import UserError
+from rsis.fields import holds
 from rsis.launch import torchrun_arguments
 from rsis.runs import (
     EMBEDDINGS,
@@ -68,7 +69,7 @@ def whole_number_floats(config, schema_file):
     schema = yaml.safe_load(Path(schema_file).read_text())
     checker = Draft202012Validator.TYPE_CHECKER.redefine(
         "integer",
-        lambda _, value: isinstance(value, int) and not isinstance(value, bool),
+        lambda _, value: holds(value, int),
     )
     strict = validators.extend(Draft202012Validator, type_checker=checker)
     return best_match(strict(schema).iter_errors(config))
